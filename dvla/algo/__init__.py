@@ -1,0 +1,1 @@
+"""Pure RL math: advantages and losses. No I/O, no global state."""

@@ -1,0 +1,41 @@
+"""Policy-gradient losses over flat minibatches of N steps."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def clipped_surrogate(
+    log_probs: Tensor,  # [N] under the policy being trained
+    old_log_probs: Tensor,  # [N] under the behaviour policy
+    advantages: Tensor,  # [N]
+    clip_eps: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped objective, as a loss to minimise.
+
+    Stats are detached 0-dim tensors so a caller on GPU decides when to sync:
+    'clip_frac' (share of steps with |ratio - 1| > clip_eps) and 'approx_kl'
+    (the low-variance estimator mean((r - 1) - log r), as in CleanRL).
+    """
+    if not (log_probs.shape == old_log_probs.shape == advantages.shape) or log_probs.dim() != 1:
+        raise ValueError(f"log_probs {tuple(log_probs.shape)}, old_log_probs {tuple(old_log_probs.shape)} "
+                         f"and advantages {tuple(advantages.shape)} must all be [N]")
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = torch.max(unclipped, clipped).mean()
+    with torch.no_grad():
+        stats = {
+            "clip_frac": ((ratio - 1.0).abs() > clip_eps).float().mean(),
+            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+        }
+    return loss, stats
+
+
+def value_loss(values: Tensor, returns: Tensor) -> Tensor:
+    """0.5 * mean squared error between [N] value predictions and [N] returns."""
+    # Same shape required: [N] vs [N, 1] would silently broadcast to [N, N].
+    if values.shape != returns.shape:
+        raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} must have the same shape")
+    return 0.5 * (values - returns).square().mean()

@@ -1,0 +1,359 @@
+"""Typed, frozen run configuration: one dataclass per component, presets as functions.
+
+Every field has a docstring (the string literal under it); `dvla run --help-config`
+prints them. Overrides come from a YAML file and from `section.field=value` pairs,
+and every value is checked at start: a bad one raises ValueError naming the field.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config field '{name}': {msg}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    task: str = "PushCube-v1"
+    """ManiSkill3 env id. Tested: PushCube-v1, PickCube-v1."""
+    obs_mode: str = "state"
+    """ManiSkill3 observation mode ('state' for now)."""
+    control_mode: str = "pd_ee_delta_pos"
+    """ManiSkill3 controller; end-effector deltas learn much faster than joint deltas."""
+    reward_mode: str = "normalized_dense"
+    """ManiSkill3 reward mode: 'normalized_dense', 'dense' or 'sparse'."""
+    max_episode_steps: int = 50
+    """Steps before an episode is truncated."""
+    sim_backend: str = "auto"
+    """'auto' (physx_cuda with a GPU, else cpu), 'cpu' or 'physx_cuda'."""
+    num_envs: int = 8
+    """Env instances per rollout worker. With GRPO, a multiple of algo.group_size."""
+
+    def validate(self) -> None:
+        _check(self.obs_mode in ("state",), "env.obs_mode", f"'{self.obs_mode}' is not supported yet; use 'state'")
+        _check(self.reward_mode in ("normalized_dense", "dense", "sparse"), "env.reward_mode", f"unknown '{self.reward_mode}'")
+        _check(self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend", f"unknown '{self.sim_backend}'")
+        _check(self.max_episode_steps > 0, "env.max_episode_steps", "must be > 0")
+        _check(self.num_envs > 0, "env.num_envs", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    name: str = "mlp"
+    """Policy family, chosen by name from dvla.policy.REGISTRY."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the MLP trunk."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of the Gaussian action distribution."""
+    value_head: bool = True
+    """Build a value head (needed by PPO+GAE; GRPO ignores it)."""
+
+    def validate(self) -> None:
+        _check(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes), "policy.hidden_sizes", "need one or more positive widths")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    name: str = "ppo"
+    """'ppo' (clipped surrogate + GAE value head) or 'grpo' (group-relative advantages)."""
+    group_size: int = 4
+    """GRPO: G episodes sharing one initial state (same reset seed) form a group."""
+    gamma: float = 0.8
+    """Discount factor (PPO/GAE)."""
+    gae_lambda: float = 0.9
+    """GAE lambda (PPO)."""
+    clip_eps: float = 0.2
+    """Clip range of the probability ratio."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    update_epochs: int = 4
+    """Passes over each global batch."""
+    num_minibatches: int = 4
+    """Minibatches per pass."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient (PPO)."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clip."""
+    normalize_advantages: bool = True
+    """PPO: normalise advantages per minibatch."""
+
+    def validate(self) -> None:
+        _check(self.name in ("ppo", "grpo"), "algo.name", f"unknown '{self.name}'; choose 'ppo' or 'grpo'")
+        _check(self.group_size >= 2 or self.name != "grpo", "algo.group_size", "GRPO needs groups of at least 2")
+        _check(0.0 < self.gamma <= 1.0, "algo.gamma", "must be in (0, 1]")
+        _check(0.0 <= self.gae_lambda <= 1.0, "algo.gae_lambda", "must be in [0, 1]")
+        _check(self.clip_eps > 0, "algo.clip_eps", "must be > 0")
+        _check(self.lr > 0, "algo.lr", "must be > 0")
+        _check(self.update_epochs > 0, "algo.update_epochs", "must be > 0")
+        _check(self.num_minibatches > 0, "algo.num_minibatches", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    mode: str = "sync"
+    """'sync': lockstep roll out, train, publish, fetch (RLinf colocated baseline)."""
+    num_rollout_workers: int = 1
+    """Rollout processes (each holds env.num_envs envs)."""
+    max_staleness: int = 0
+    """eta: a rollout epoch may use weights at most this many versions old (0 = lockstep)."""
+    num_updates: int = 50
+    """Actor updates (policy versions published after v0) before the run ends."""
+
+    def validate(self) -> None:
+        _check(self.mode in ("sync",), "pipeline.mode", f"'{self.mode}' is not implemented; available: sync")
+        _check(self.num_rollout_workers > 0, "pipeline.num_rollout_workers", "must be > 0")
+        _check(self.max_staleness >= 0, "pipeline.max_staleness", "must be >= 0")
+        _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    host: str = "127.0.0.1"
+    """Address weight_control listens on."""
+    port: int = 50551
+    """Port of weight_control (0 = any free port, launcher only)."""
+    keep_versions: int = 4
+    """Newest policy versions kept in host memory."""
+    chunk_bytes: int = 1 << 20
+    """Bytes per weight chunk on the wire."""
+    max_message_bytes: int = 8 << 20
+    """gRPC message size limit; larger messages are refused."""
+    max_version_bytes: int = 4 << 30
+    """Largest accepted policy version."""
+    rpc_timeout_s: float = 30.0
+    """Deadline of unary RPCs."""
+    transfer_timeout_s: float = 300.0
+    """Deadline of a whole weight publish or fetch."""
+    heartbeat_s: float = 2.0
+    """Worker heartbeat period; a worker silent for 5 periods is marked dead."""
+
+    def validate(self) -> None:
+        _check(0 <= self.port < 65536, "control.port", "must be in [0, 65535]")
+        _check(self.keep_versions >= 2, "control.keep_versions", "must be >= 2 (one serving, one arriving)")
+        _check(0 < self.chunk_bytes < self.max_message_bytes, "control.chunk_bytes", "must be > 0 and below control.max_message_bytes")
+        _check(self.rpc_timeout_s > 0 and self.transfer_timeout_s > 0, "control.rpc_timeout_s", "deadlines must be > 0")
+
+
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    backend: str = "auto"
+    """torch.distributed backend: 'auto' (nccl with CUDA, else gloo), 'gloo' or 'nccl'."""
+    host: str = "127.0.0.1"
+    """Address the actor advertises for the data-plane rendezvous."""
+    port: int = 0
+    """Rendezvous port (0 = any free port)."""
+    timeout_s: float = 600.0
+    """torch.distributed operation timeout."""
+
+    def validate(self) -> None:
+        _check(self.backend in ("auto", "gloo", "nccl"), "dataplane.backend", f"unknown '{self.backend}'")
+        _check(0 <= self.port < 65536, "dataplane.port", "must be in [0, 65535]")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    """Run name; outputs go to <out_dir>/<name>/."""
+    out_dir: str = "runs"
+    """Folder holding run folders."""
+    seed: int = 0
+    """Seed for policy init, env resets and sampling."""
+    device: str = "auto"
+    """Torch device for actor and inference: 'auto' (cuda if present), 'cpu', 'cuda'."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
+
+    def validate(self) -> "RunConfig":
+        _check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'")
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if is_dataclass(v):
+                v.validate()
+        if self.algo.name == "grpo":
+            _check(self.env.num_envs % self.algo.group_size == 0, "env.num_envs",
+                   f"{self.env.num_envs} is not a multiple of algo.group_size={self.algo.group_size}")
+        return self
+
+    @property
+    def env_steps_per_update(self) -> int:
+        """Upper bound on env steps collected per policy version (all workers)."""
+        return self.pipeline.num_rollout_workers * self.env.num_envs * self.env.max_episode_steps
+
+
+# ---------------------------------------------------------------- presets
+def preset_pushcube() -> RunConfig:
+    """The default: PPO on PushCube-v1 state obs, one rollout worker, ~10 min on 2 cores."""
+    return RunConfig(name="pushcube")
+
+
+def preset_pushcube_grpo() -> RunConfig:
+    return RunConfig(name="pushcube-grpo", algo=AlgoConfig(name="grpo", group_size=4))
+
+
+def preset_smoke() -> RunConfig:
+    """A run of seconds, for tests and a first look."""
+    return RunConfig(
+        name="smoke",
+        env=EnvConfig(num_envs=4, max_episode_steps=20),
+        pipeline=PipelineConfig(num_updates=3),
+    )
+
+
+PRESETS = {
+    "pushcube": preset_pushcube,
+    "pushcube-grpo": preset_pushcube_grpo,
+    "smoke": preset_smoke,
+}
+
+
+# ---------------------------------------------------------------- overrides
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields (attribute docstrings)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+            docs[a.target.id] = b.value.value
+    return docs
+
+
+def describe(cfg: Any = None, prefix: str = "") -> list[str]:
+    """One line per leaf field: dotted name, value, docstring."""
+    cfg = RunConfig() if cfg is None else cfg
+    docs = _field_docs(type(cfg))
+    lines = []
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            lines += describe(v, f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  {prefix}{f.name} = {v!r}\n      {docs.get(f.name, '')}")
+    return lines
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config field '{name}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"config field '{name}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"config field '{name}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"config field '{name}': expected a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config field '{name}': expected a list, got {value!r}")
+        (elem, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(name, v, elem) for v in value)
+    raise AssertionError(f"unsupported config type {tp} for {name}")
+
+
+def _apply(cfg: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(type(cfg))
+    known = {f.name for f in fields(cfg)}
+    changes = {}
+    for key, value in updates.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ValueError(f"config field '{name}' does not exist; known: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config field '{name}' is a section; give it a mapping")
+            changes[key] = _apply(current, value, f"{name}.")
+        else:
+            changes[key] = _coerce(name, value, hints[key])
+    return replace(cfg, **changes)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'algo.lr=1e-3' -> {'algo': {'lr': 0.001}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override '{text}' is not of the form section.field=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RunConfig:
+    """Preset (default 'pushcube'), then the YAML file, then `a.b=c` overrides; validated."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; available: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset or "pushcube"]()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file '{p}' does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file '{p}' must hold a mapping at the top level")
+        cfg = _apply(cfg, data)
+    merged: dict = {}
+    for o in overrides:
+        merged = _merge(merged, parse_override(o))
+    cfg = _apply(cfg, merged)
+    return cfg.validate()
+
+
+def to_dict(cfg: Any) -> dict:
+    d = dataclasses.asdict(cfg)
+
+    def lists(x):
+        if isinstance(x, dict):
+            return {k: lists(v) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return [lists(v) for v in x]
+        return x
+    return lists(d)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

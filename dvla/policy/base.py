@@ -1,0 +1,90 @@
+"""The interface every policy family implements, from a state MLP to a VLA.
+
+A VLA reads images plus a language instruction; an MLP reads state and ignores
+`instructions`. Rollout workers call `act`, the actor calls `evaluate`, and the
+weight plane moves `export_weights` / `load_weights` dicts between them.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ActOutput:
+    actions: Tensor  # [N, A] raw sampled actions (the env clips)
+    log_probs: Tensor  # [N]
+    values: Tensor  # [N] (zeros if no value head)
+
+
+@dataclass
+class EvalOutput:
+    log_probs: Tensor  # [N]
+    entropy: Tensor  # [N]
+    values: Tensor  # [N] (zeros if no value head)
+
+
+class Policy(torch.nn.Module, abc.ABC):
+    """Abstract policy: subclasses implement act, evaluate and value."""
+
+    @abc.abstractmethod
+    def act(
+        self,
+        obs: Tensor,
+        instructions: list[str] | None = None,
+        *,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActOutput:
+        """Sample (or, if deterministic, take the mode of) actions for [N, ...] obs.
+
+        Runs under torch.no_grad. `generator` makes sampling reproducible.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self, obs: Tensor, actions: Tensor, instructions: list[str] | None = None) -> EvalOutput:
+        """Log-probs, entropy and values of given [N, A] actions, with grad."""
+
+    @abc.abstractmethod
+    def value(self, obs: Tensor, instructions: list[str] | None = None) -> Tensor:
+        """[N] value estimates, with grad; wrap in torch.no_grad() to bootstrap rollouts."""
+
+    def export_weights(self) -> dict[str, Tensor]:
+        """Name -> contiguous CPU tensor (parameters and persistent buffers).
+
+        Always a copy: a CPU tensor aliasing the live parameter would change
+        under the next optimizer step while it is still being published.
+        """
+        return {
+            name: t.detach().to("cpu", copy=True).contiguous()
+            for name, t in self.state_dict().items()
+        }
+
+    def load_weights(self, weights: dict[str, Tensor]) -> None:
+        """Copy `weights` into this policy in place, strictly.
+
+        In place so an optimizer holding the parameters keeps working. Every
+        name, shape and dtype is checked before anything is copied, so a bad
+        dict leaves the policy unchanged.
+        """
+        own = self.state_dict(keep_vars=True)
+        missing = sorted(own.keys() - weights.keys())
+        unexpected = sorted(weights.keys() - own.keys())
+        if missing:
+            raise ValueError(f"load_weights: missing tensors {missing}")
+        if unexpected:
+            raise ValueError(f"load_weights: unexpected tensors {unexpected}")
+        for name, target in own.items():
+            src = weights[name]
+            if not isinstance(src, Tensor):
+                raise ValueError(f"load_weights: '{name}' is a {type(src).__name__}, not a tensor")
+            if src.shape != target.shape:
+                raise ValueError(f"load_weights: '{name}' has shape {tuple(src.shape)}, expected {tuple(target.shape)}")
+            if src.dtype != target.dtype:
+                raise ValueError(f"load_weights: '{name}' has dtype {src.dtype}, expected {target.dtype}")
+        with torch.no_grad():
+            for name, target in own.items():
+                target.copy_(weights[name])

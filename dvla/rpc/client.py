@@ -1,0 +1,188 @@
+"""Synchronous client of weight_control, for the actor's and rollouts' lane threads.
+
+Every call has a deadline. gRPC failures surface as RpcFailed(code, message) so
+the loops never import grpc.
+"""
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dvla.config import ControlConfig
+from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.rpc import codec
+from dvla.types import EnvSpec
+from dvla.weights import Manifest, pack, unpack
+
+
+class RpcFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VersionEvent:
+    version: int  # -1 when none is published yet
+    final: bool
+    state: str  # starting | running | finished
+
+
+@dataclass(frozen=True)
+class Registration:
+    rank: int
+    world_size: int
+    rendezvous_address: str
+    epoch: int
+
+
+def _wrap(fn):
+    def call(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except grpc.RpcError as e:
+            raise RpcFailed(e.code().name, e.details() or "") from None
+    call.__name__ = fn.__name__
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def _event(ev: weights_pb2.VersionEvent) -> VersionEvent:
+    v = ev.latest.version if ev.has_version else -1
+    return VersionEvent(v, ev.has_version and ev.latest.final, codec.STATE_NAMES.get(ev.state, "unknown"))
+
+
+class ControlClient:
+    def __init__(self, address: str, cfg: ControlConfig):
+        self.address = address
+        self.cfg = cfg
+        opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        self.channel = grpc.insecure_channel(address, options=opts)
+        self.weights = weights_pb2_grpc.WeightControlStub(self.channel)
+        self.registry = registry_pb2_grpc.RegistryStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ------------------------------------------------------------ health
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Block until the server reports SERVING; RpcFailed('UNAVAILABLE') after timeout_s."""
+        try:
+            r = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise RpcFailed("UNAVAILABLE", f"weight_control at {self.address} not reachable within {timeout_s:.0f}s") from None
+            raise RpcFailed(e.code().name, e.details() or "") from None
+        if r.status != health_pb2.HealthCheckResponse.SERVING:
+            raise RpcFailed("UNAVAILABLE", f"weight_control at {self.address} is not serving")
+
+    # ------------------------------------------------------------ registry
+    @_wrap
+    def register(self, role: str, worker_id: str, rendezvous_address: str = "", env_spec: EnvSpec | None = None) -> Registration:
+        req = registry_pb2.RegisterRequest(role=codec.ROLE_TO_PB[role], worker_id=worker_id, address=socket.gethostname(),
+                                           rendezvous_address=rendezvous_address)
+        if env_spec is not None:
+            req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
+        r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
+        return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
+
+    @_wrap
+    def heartbeat(self, worker_id: str, stats: dict) -> VersionEvent:
+        r = self.registry.Heartbeat(registry_pb2.HeartbeatRequest(worker_id=worker_id, stats=codec.stats_to_pb(stats)),
+                                    timeout=self.cfg.rpc_timeout_s)
+        return VersionEvent(r.latest_version, False, codec.STATE_NAMES.get(r.state, "unknown"))
+
+    @_wrap
+    def world(self) -> registry_pb2.World:
+        return self.registry.GetWorld(registry_pb2.GetWorldRequest(), timeout=self.cfg.rpc_timeout_s)
+
+    def env_spec(self, world: registry_pb2.World) -> EnvSpec | None:
+        specs = {codec.env_spec_from_pb(w.env_spec) for w in world.workers if w.role == pb.ROLLOUT}
+        specs.discard(None)
+        if len(specs) > 1:
+            raise ValueError(f"rollout workers report different environments: {specs}")
+        return next(iter(specs), None)
+
+    # ------------------------------------------------------------ weights
+    @_wrap
+    def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = "") -> int:
+        """Pack and stream one version; returns the bytes sent."""
+        manifest, buf = pack(tensors)
+        return self.publish_packed(version, manifest, buf, final, publisher_id)
+
+    @_wrap
+    def publish_packed(self, version: int, manifest: Manifest, buf: bytes | bytearray, final: bool = False,
+                       publisher_id: str = "") -> int:
+        header = weights_pb2.WeightHeader(version=version, manifest=codec.manifest_to_pb(manifest), final=final,
+                                          publisher_id=publisher_id)
+
+        def chunks() -> Iterator[weights_pb2.PublishChunk]:
+            yield weights_pb2.PublishChunk(header=header)
+            view, step = memoryview(buf), self.cfg.chunk_bytes
+            for off in range(0, len(view), step):
+                yield weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off:off + step])))
+
+        self.weights.PublishWeights(chunks(), timeout=self.cfg.transfer_timeout_s)
+        return len(buf)
+
+    @_wrap
+    def fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        """Fetch a version (None = latest); returns (version, final, tensors), checksum verified."""
+        req = weights_pb2.FetchRequest(latest=True) if version is None else weights_pb2.FetchRequest(version=version)
+        stream = self.weights.FetchWeights(req, timeout=self.cfg.transfer_timeout_s)
+        header, buf, received = None, None, 0
+        for msg in stream:
+            if msg.WhichOneof("body") == "header":
+                header = msg.header
+                manifest = codec.manifest_from_pb(header.manifest)
+                buf = bytearray(manifest.total_bytes)
+                continue
+            if header is None or msg.data.offset != received:
+                raise RpcFailed("DATA_LOSS", "weight stream out of order")
+            end = received + len(msg.data.data)
+            if end > len(buf):
+                raise RpcFailed("DATA_LOSS", f"weight stream overruns {len(buf)} bytes")
+            buf[received:end] = msg.data.data
+            received = end
+        if header is None or received != manifest.total_bytes:
+            raise RpcFailed("DATA_LOSS", f"weight stream ended after {received} bytes")
+        try:
+            tensors = unpack(manifest, buf, verify=True)
+        except ValueError as e:
+            raise RpcFailed("DATA_LOSS", str(e)) from None
+        return header.version, header.final, tensors
+
+    @_wrap
+    def latest(self) -> VersionEvent:
+        return _event(self.weights.GetLatest(weights_pb2.GetLatestRequest(), timeout=self.cfg.rpc_timeout_s))
+
+    def watch(self, after_version: int, stop: threading.Event | None = None) -> Iterator[VersionEvent]:
+        """Yield version/state changes newer than after_version until cancelled or stop is set."""
+        call = self.weights.WatchVersions(weights_pb2.WatchRequest(after_version=after_version))
+        if stop is not None:
+            threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True).start()
+        try:
+            for ev in call:
+                yield _event(ev)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise RpcFailed(e.code().name, e.details() or "") from None
+        finally:
+            call.cancel()
+
+    # ------------------------------------------------------------ admin
+    @_wrap
+    def status(self) -> admin_pb2.StatusReply:
+        return self.admin.Status(admin_pb2.StatusRequest(), timeout=self.cfg.rpc_timeout_s)

@@ -1,0 +1,38 @@
+"""Errors the control-plane parts raise; server.py maps `.code` to a gRPC status."""
+
+
+class ControlError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ControlError):
+    code = "INVALID_ARGUMENT"
+
+
+class AlreadyExists(ControlError):
+    code = "ALREADY_EXISTS"
+
+
+class OutOfOrder(ControlError):
+    code = "FAILED_PRECONDITION"
+
+
+class NotFound(ControlError):
+    code = "NOT_FOUND"
+
+
+class DataLoss(ControlError):
+    """Truncated stream or checksum mismatch."""
+    code = "DATA_LOSS"
+
+
+class TooLarge(ControlError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class PermissionDenied(ControlError):
+    code = "PERMISSION_DENIED"

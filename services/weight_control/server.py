@@ -1,0 +1,208 @@
+"""gRPC servicers of weight_control: decode, call the store/registry, encode,
+and map ControlError to a gRPC status. All handlers run on one asyncio loop, so
+the store and registry need no locks."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+
+import grpc
+
+from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.rpc import codec
+
+from .errors import ControlError, InvalidArgument, NotFound
+from .registry import ROLLOUT, Registry
+from .store import StoredVersion, VersionStore
+
+
+def _status(fn):
+    """Turn ControlError (and ValueError from codecs) into a precise gRPC status."""
+    async def abort(context, e):
+        code = getattr(e, "code", "INVALID_ARGUMENT")
+        await context.abort(grpc.StatusCode[code], getattr(e, "message", str(e)))
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def gen(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except (ControlError, ValueError) as e:
+                await abort(context, e)
+        return gen
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except (ControlError, ValueError) as e:
+            await abort(context, e)
+    return unary
+
+
+class ControlState:
+    """What the three services share: the store, the registry, the run state."""
+
+    def __init__(self, store: VersionStore, registry: Registry, chunk_bytes: int):
+        self.store = store
+        self.registry = registry
+        self.chunk_bytes = chunk_bytes
+        self.started = time.monotonic()
+        self.generation = 0  # bumped on every version or state change, for watchers
+        self.changed = asyncio.Condition()
+
+    @property
+    def state(self) -> int:
+        latest = self.store.latest
+        if latest is None:
+            return pb.STARTING
+        return pb.FINISHED if latest.final else pb.RUNNING
+
+    def version_info(self, v: StoredVersion) -> pb.VersionInfo:
+        return pb.VersionInfo(version=v.version, total_bytes=v.manifest.total_bytes, sha256=v.manifest.sha256,
+                              published_unix_ns=v.published_unix_ns, final=v.final, num_tensors=len(v.manifest.tensors))
+
+    def event(self) -> weights_pb2.VersionEvent:
+        latest = self.store.latest
+        if latest is None:
+            return weights_pb2.VersionEvent(has_version=False, state=self.state)
+        return weights_pb2.VersionEvent(has_version=True, latest=self.version_info(latest), state=self.state)
+
+    async def bump(self) -> None:
+        async with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
+
+class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
+    def __init__(self, s: ControlState):
+        self.s = s
+
+    @_status
+    async def PublishWeights(self, request_iterator, context):
+        first = None
+        async for first in request_iterator:
+            break
+        if first is None or first.WhichOneof("body") != "header":
+            self.s.store.reject()
+            raise InvalidArgument("a publish must start with a header message")
+        h = first.header
+        try:
+            manifest = codec.manifest_from_pb(h.manifest)
+        except ValueError as e:
+            self.s.store.reject()
+            raise InvalidArgument(f"version {h.version}: bad manifest: {e}") from None
+        upload = self.s.store.begin(h.version, manifest, h.final, h.publisher_id)
+        try:
+            async for msg in request_iterator:
+                if msg.WhichOneof("body") != "data":
+                    raise InvalidArgument(f"version {h.version}: a second header arrived inside the stream")
+                upload.write(msg.data.offset, msg.data.data)
+        except ControlError:
+            self.s.store.reject()
+            raise
+        stored = self.s.store.commit(upload)
+        await self.s.bump()
+        return self.s.version_info(stored)
+
+    @_status
+    async def FetchWeights(self, request, context):
+        if request.latest:
+            v = self.s.store.latest
+            if v is None:
+                raise NotFound("no version has been published yet")
+        else:
+            v = self.s.store.get(request.version)
+        yield weights_pb2.WeightChunk(header=weights_pb2.WeightHeader(
+            version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id))
+        view, step = memoryview(v.data), self.s.chunk_bytes
+        for off in range(0, len(view), step):
+            yield weights_pb2.WeightChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off:off + step])))
+
+    async def WatchVersions(self, request, context):
+        seen_gen, last_sent = -1, None
+        while True:
+            async with self.s.changed:
+                await self.s.changed.wait_for(lambda: self.s.generation != seen_gen)
+                seen_gen = self.s.generation
+            ev = self.s.event()
+            key = (ev.latest.version if ev.has_version else -1, ev.state)
+            if key != last_sent and (key[0] > request.after_version or ev.state == pb.FINISHED):
+                last_sent = key
+                yield ev
+
+    async def GetLatest(self, request, context):
+        return self.s.event()
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    def __init__(self, s: ControlState):
+        self.s = s
+
+    @_status
+    async def Register(self, request, context):
+        role = codec.PB_TO_ROLE.get(request.role)
+        if role is None:
+            raise InvalidArgument(f"unknown role code {request.role}")
+        w = self.s.registry.register(role, request.worker_id, request.address, request.rendezvous_address,
+                                     codec.env_spec_from_pb(request.env_spec))
+        await self.s.bump()
+        return registry_pb2.RegisterReply(rank=w.rank, world_size=self.s.registry.world_size,
+                                          rendezvous_address=self.s.registry.rendezvous_address, epoch=self.s.registry.epoch)
+
+    @_status
+    async def Heartbeat(self, request, context):
+        self.s.registry.heartbeat(request.worker_id, codec.stats_from_pb(request.stats))
+        latest = self.s.store.latest
+        return registry_pb2.HeartbeatReply(state=self.s.state, latest_version=latest.version if latest else -1)
+
+    @_status
+    async def GetWorld(self, request, context):
+        r = self.s.registry
+        return registry_pb2.World(world_size=r.world_size, rendezvous_address=r.rendezvous_address, complete=r.complete,
+                                  workers=worker_infos(r), epoch=r.epoch)
+
+
+def worker_infos(r: Registry) -> list[pb.WorkerInfo]:
+    out = []
+    for w in r.workers():
+        info = pb.WorkerInfo(worker_id=w.worker_id, role=codec.ROLE_TO_PB[w.role], rank=w.rank, address=w.address,
+                             alive=r.alive(w), last_seen_s_ago=r.seen_ago(w), stats=codec.stats_to_pb(w.stats))
+        if w.env_spec is not None:
+            info.env_spec.CopyFrom(codec.env_spec_to_pb(w.env_spec))
+        out.append(info)
+    return out
+
+
+def totals(r: Registry) -> admin_pb2.Totals:
+    t = {"env_steps_produced": 0, "episodes_produced": 0, "episodes_received": 0, "episodes_trained": 0, "episodes_dropped": 0}
+    for w in r.workers():
+        for k in t:
+            t[k] += int(w.stats.get(k, 0))
+    in_flight = t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"]
+    return admin_pb2.Totals(**t, episodes_in_flight=in_flight)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, s: ControlState):
+        self.s = s
+
+    async def Status(self, request, context):
+        latest = self.s.store.latest
+        return admin_pb2.StatusReply(
+            state=self.s.state, has_version=latest is not None, latest_version=latest.version if latest else -1,
+            versions=[self.s.version_info(v) for v in self.s.store.versions()],
+            workers=worker_infos(self.s.registry), totals=totals(self.s.registry),
+            uptime_s=time.monotonic() - self.s.started)
+
+
+SERVICE_NAMES = ["dvla.v1.WeightControl", "dvla.v1.Registry", "dvla.v1.Admin"]
+
+
+def add_servicers(server: grpc.aio.Server, s: ControlState) -> None:
+    weights_pb2_grpc.add_WeightControlServicer_to_server(WeightControlServicer(s), server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(s), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(s), server)

@@ -1,0 +1,55 @@
+"""Registry and Admin through a real server."""
+from __future__ import annotations
+
+import pytest
+
+from dvla.rpc.client import RpcFailed
+from dvla.types import EnvSpec
+
+SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
+
+
+def test_ranks_world_and_status(client):
+    a = client.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
+    r1 = client.register("rollout", "r-a", env_spec=SPEC)
+    assert (a.rank, r1.rank, r1.world_size, r1.rendezvous_address) == (0, 1, 3, "127.0.0.1:29500")
+    assert not client.world().complete
+    r2 = client.register("rollout", "r-b", env_spec=SPEC)
+    assert r2.rank == 2
+    assert client.register("rollout", "r-a", env_spec=SPEC).rank == 1  # a restart keeps its rank
+    world = client.world()
+    assert world.complete and client.env_spec(world) == SPEC
+    client.heartbeat("r-a", {"episodes_produced": 10, "env_steps_produced": 500, "policy_version": 3})
+    client.heartbeat("r-b", {"episodes_produced": 6})
+    client.heartbeat("actor-0", {"episodes_received": 12, "episodes_trained": 8, "episodes_dropped": 1})
+    t = client.status().totals
+    assert (t.episodes_produced, t.episodes_trained, t.episodes_dropped, t.episodes_in_flight) == (16, 8, 1, 7)
+    assert [w.rank for w in client.status().workers] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("call,code", [
+    (lambda c: c.register("rollout", "r-z", env_spec=None), "INVALID_ARGUMENT"),
+    (lambda c: c.register("actor", "a", rendezvous_address=""), "INVALID_ARGUMENT"),
+    (lambda c: c.register("rollout", "", env_spec=SPEC), "INVALID_ARGUMENT"),
+    (lambda c: c.heartbeat("nobody", {}), "NOT_FOUND"),
+])
+def test_bad_registry_calls(client, call, code):
+    with pytest.raises(RpcFailed) as e:
+        call(client)
+    assert e.value.code == code
+
+
+def test_world_full_and_second_actor(client):
+    client.register("actor", "a0", rendezvous_address="h:1")
+    client.register("rollout", "r1", env_spec=SPEC)
+    client.register("rollout", "r2", env_spec=SPEC)
+    with pytest.raises(RpcFailed) as e:
+        client.register("rollout", "r3", env_spec=SPEC)
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+    with pytest.raises(RpcFailed) as e:
+        client.register("actor", "a1", rendezvous_address="h:2")
+    assert e.value.code == "ALREADY_EXISTS"
+
+
+def test_health_is_serving(client):
+    client.wait_healthy(5)
