@@ -265,6 +265,11 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return value
         raise ValueError(f"config field '{name}': expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '5e-4' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ValueError(f"config field '{name}': expected a number, got {value!r}")

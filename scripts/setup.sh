@@ -47,18 +47,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 fi
 PY="$VENV/bin/python"
+# pip's output minus this machine's notes about absent local indexes; pipefail keeps pip's status.
+pip_install() { "$PY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   if have_nvidia; then
-    log "installing torch (CUDA build)"; "$PY" -m pip install -q torch
+    log "installing torch (CUDA build)"; pip_install torch
   else
     # A plain `torch` requirement would pull a multi-GB CUDA build; 2.13.0 is a CPU wheel.
-    log "installing torch==2.13.0 (CPU)"; "$PY" -m pip install -q torch==2.13.0
+    log "installing torch==2.13.0 (CPU)"; pip_install torch==2.13.0
   fi
 fi
 stamp="$VENV/.dvla-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing dvla and its dependencies"
-  "$PY" -m pip install -q -e '.[dev]'
+  pip_install -e '.[dev]'
   touch "$stamp"
 fi
 log "ready: $VENV"

@@ -1,0 +1,35 @@
+"""The `dvla` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dvla.config import PRESETS, describe, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dvla", description="Asynchronous RL for robot policies (D-VLA on ManiSkill3)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train on this machine: weight_control, actor and rollouts as separate processes")
+    r.add_argument("--config", help="YAML config file")
+    r.add_argument("--preset", choices=sorted(PRESETS), help="named preset (default: pushcube)")
+    r.add_argument("--no-progress", action="store_true", help="print a line per update instead of a progress bar")
+    r.add_argument("--help-config", action="store_true", help="list every config field with its doc and exit")
+    r.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.lr=1e-3 pipeline.num_updates=20")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        if args.help_config:
+            print("\n".join(describe()))
+            return 0
+        try:
+            cfg = load_config(args.config, args.overrides, args.preset)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        from dvla.launch import run
+        return run(cfg, progress=not args.no_progress and sys.stderr.isatty())
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Data plane: trajectories from rollout workers to the actor over torch.distributed."""
+from dvla.dataplane.transport import (
+    KIND_END,
+    KIND_TRAJECTORIES,
+    TrajectoryReceiver,
+    TrajectorySender,
+    check_header,
+    decode_payload,
+    encode_batch,
+    free_port,
+    init_dataplane,
+    shutdown_dataplane,
+)
+
+__all__ = [
+    "KIND_END", "KIND_TRAJECTORIES", "TrajectoryReceiver", "TrajectorySender", "check_header",
+    "decode_payload", "encode_batch", "free_port", "init_dataplane", "shutdown_dataplane",
+]

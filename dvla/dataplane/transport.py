@@ -1,0 +1,334 @@
+"""Trajectory transport over torch.distributed: rollout workers send, the actor receives.
+
+Wire format (never pickled), per message, from one sender to one receiver:
+
+    header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, epoch,
+                         trace-context bytes (reserved, 0), payload bytes, 5 zeros
+    payload  uint8[n]    only for TRAJECTORIES: every TrajectoryBatch.TENSOR_FIELDS
+                         tensor in that order, raw bytes (bool as 1 byte), each
+                         padded to 8 bytes so the receiver can view it in place
+
+One payload send instead of twelve keeps per-message latency at two sends.
+
+Receiving from whichever sender is ready: NCCL has no any-source receive, so the
+receiver keeps one posted header irecv per open source and polls them. Gloo's
+irecv never reports completion until someone waits on it, so under gloo a small
+daemon thread waits on each posted header and raises a flag.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from dvla.types import TrajectoryBatch
+
+HEADER_LEN = 16
+MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
+WIRE_VERSION = 1
+KIND_TRAJECTORIES = 1
+KIND_END = 2  # this sender will send no more
+DEFAULT_MAX_ELEMENTS = 1 << 28  # largest accepted B*T*max(D, A): 1 GiB of float32 obs
+
+# Shape (in header letters) and dtype of every field, in wire order.
+FIELD_LAYOUT: dict[str, tuple[str, torch.dtype]] = {
+    "obs": ("BTD", torch.float32),
+    "actions": ("BTA", torch.float32),
+    "log_probs": ("BT", torch.float32),
+    "values": ("BT", torch.float32),
+    "rewards": ("BT", torch.float32),
+    "dones": ("BT", torch.bool),
+    "versions": ("BT", torch.int64),
+    "lengths": ("B", torch.int64),
+    "terminated": ("B", torch.bool),
+    "success": ("B", torch.bool),
+    "final_obs": ("BD", torch.float32),
+    "group_ids": ("B", torch.int64),
+}
+assert tuple(FIELD_LAYOUT) == TrajectoryBatch.TENSOR_FIELDS, "wire layout out of date with TrajectoryBatch"
+
+_MIN_POLL_S = 50e-6  # first sleep between polls; doubles while idle ...
+_MAX_POLL_S = 2e-3  # ... up to this, so an idle receiver costs little CPU
+
+
+# ------------------------------------------------------------------ process group
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (another process may still take it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' -> 'nccl' with CUDA, else 'gloo'."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise ValueError("data-plane backend 'nccl' needs CUDA and an NCCL build of torch; use 'gloo'")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"unknown data-plane backend '{backend}'; use 'auto', 'gloo' or 'nccl'")
+    return backend
+
+
+def init_dataplane(rendezvous: str, rank: int, world_size: int, backend: str = "auto",
+                   timeout_s: float = 600.0) -> None:
+    """Join the data-plane process group; rank 0 hosts the rendezvous store at `host:port`.
+
+    With NCCL, set this process's CUDA device (torch.cuda.set_device) first:
+    messages travel on the current device.
+    """
+    host, sep, port = rendezvous.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"data-plane rendezvous '{rendezvous}' is not of the form host:port")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    dist.init_process_group(
+        backend=resolve_backend(backend),
+        init_method=f"tcp://{host}:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def shutdown_dataplane() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def comm_device() -> torch.device:
+    """Where message tensors must live for the current backend."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ codec (no I/O)
+@dataclass(frozen=True)
+class Header:
+    kind: int
+    B: int
+    T: int
+    D: int
+    A: int
+    worker_rank: int
+    epoch: int
+    payload_bytes: int
+
+
+def _field_shapes(B: int, T: int, D: int, A: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    sizes = {"B": B, "T": T, "D": D, "A": A}
+    return {name: (tuple(sizes[c] for c in dims), dtype) for name, (dims, dtype) in FIELD_LAYOUT.items()}
+
+
+def _padded_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    nbytes = math.prod(shape) * dtype.itemsize
+    return -(-nbytes // 8) * 8
+
+
+def payload_nbytes(B: int, T: int, D: int, A: int) -> int:
+    return sum(_padded_nbytes(s, dt) for s, dt in _field_shapes(B, T, D, A).values())
+
+
+def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
+                   epoch: int = 0, payload_bytes: int = 0) -> torch.Tensor:
+    h = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    h[:11] = torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, 0, payload_bytes])
+    return h
+
+
+def end_header(worker_rank: int) -> torch.Tensor:
+    return _header_tensor(KIND_END, worker_rank=worker_rank)
+
+
+def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(header int64[16], payload uint8[n]) for one batch; raises ValueError on a malformed batch."""
+    if batch.obs.dim() != 3 or batch.actions.dim() != 3:
+        raise ValueError(f"TrajectoryBatch.obs and .actions must be [B, T, D] and [B, T, A], "
+                         f"got {list(batch.obs.shape)} and {list(batch.actions.shape)}")
+    (B, T, D), A = batch.obs.shape, batch.actions.shape[2]
+    parts = []
+    for name, (shape, dtype) in _field_shapes(B, T, D, A).items():
+        x = getattr(batch, name)
+        if x.dtype != dtype or tuple(x.shape) != shape:
+            raise ValueError(f"TrajectoryBatch.{name}: expected {dtype} {list(shape)}, got {x.dtype} {list(x.shape)}")
+        raw = x.detach().contiguous().reshape(-1).view(torch.uint8)
+        pad = _padded_nbytes(shape, dtype) - raw.numel()
+        parts += [raw, raw.new_zeros(pad)] if pad else [raw]
+    payload = torch.cat(parts)
+    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel())
+    check_header(header)
+    return header, payload
+
+
+def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Header:
+    """Parse and validate a received header; ValueError says what is wrong with it."""
+    if header.dtype != torch.int64 or tuple(header.shape) != (HEADER_LEN,):
+        raise ValueError(f"data-plane header must be int64[{HEADER_LEN}], got {header.dtype} {list(header.shape)}")
+    (magic, version, kind, B, T, D, A, worker_rank, epoch, trace_bytes, nbytes, *reserved) = header.tolist()
+    if magic != MAGIC:
+        raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
+                         "not a dvla message, or the stream lost its place")
+    if version != WIRE_VERSION:
+        raise ValueError(f"data-plane wire version {version} is not supported (this side speaks {WIRE_VERSION})")
+    if trace_bytes != 0 or any(reserved):
+        raise ValueError("data-plane header sets reserved fields (trace context, tail) this version does not read")
+    if worker_rank < 0 or epoch < 0:
+        raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or epoch {epoch}")
+    if kind == KIND_END:
+        if (B, T, D, A, nbytes) != (0, 0, 0, 0, 0):
+            raise ValueError("data-plane END header must carry no sizes and no payload")
+        return Header(kind, 0, 0, 0, 0, worker_rank, epoch, 0)
+    if kind != KIND_TRAJECTORIES:
+        raise ValueError(f"data-plane header has unknown message kind {kind}")
+    if min(B, T, D, A) < 1 or B * T * max(D, A) > max_elements:
+        raise ValueError(f"data-plane header sizes B={B} T={T} D={D} A={A} are outside "
+                         f"[1, ...] with B*T*max(D, A) <= {max_elements}")
+    expected = payload_nbytes(B, T, D, A)
+    if nbytes != expected:
+        raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
+    return Header(kind, B, T, D, A, worker_rank, epoch, nbytes)
+
+
+def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
+    """Views into `payload` (no copies), one per field."""
+    assert payload.dtype == torch.uint8 and payload.numel() == header.payload_bytes
+    fields, offset = {}, 0
+    for name, (shape, dtype) in _field_shapes(header.B, header.T, header.D, header.A).items():
+        nbytes = math.prod(shape) * dtype.itemsize
+        fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
+        offset += _padded_nbytes(shape, dtype)
+    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, epoch=header.epoch)
+
+
+# ------------------------------------------------------------------ send / receive
+class TrajectorySender:
+    """Sends batches to rank `dst`; each call returns once the data has left."""
+
+    def __init__(self, dst: int = 0):
+        self.dst = dst
+        self.device = comm_device()
+        self.num_sent = 0
+
+    def send(self, batch: TrajectoryBatch) -> None:
+        header, payload = encode_batch(batch)
+        dist.send(header.to(self.device), dst=self.dst)
+        dist.send(payload.to(self.device), dst=self.dst)
+        self.num_sent += 1
+
+    def send_end(self) -> None:
+        dist.send(end_header(worker_rank=dist.get_rank()).to(self.device), dst=self.dst)
+
+
+class _PostedHeader:
+    """One header irecv posted to one source, asked without blocking whether it has arrived."""
+
+    def __init__(self, src: int, device: torch.device, use_waiter_thread: bool):
+        self.tensor = torch.empty(HEADER_LEN, dtype=torch.int64, device=device)
+        self.work = dist.irecv(self.tensor, src=src)
+        self._flag: threading.Event | None = None
+        self._error: BaseException | None = None
+        if use_waiter_thread:
+            self._flag = threading.Event()
+            threading.Thread(target=self._wait, name=f"dataplane-header-from-{src}", daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            self.work.wait()  # releases the GIL
+        except BaseException as e:  # handed to the receiving thread in arrived()
+            self._error = e
+        self._flag.set()
+
+    def arrived(self) -> bool:
+        if self._flag is None:
+            return self.work.is_completed()
+        if self._flag.is_set() and self._error is not None:
+            raise self._error
+        return self._flag.is_set()
+
+    def received(self) -> torch.Tensor:
+        """The header, on the CPU; only once arrived()."""
+        if self._flag is None:
+            self.work.wait()  # NCCL: the copy below must queue behind the receive
+        return self.tensor.cpu()
+
+
+class TrajectoryReceiver:
+    """Receives batches from `sources` in arrival order until each has sent END.
+
+    Batches come back on the backend's device (CUDA under NCCL), as views into
+    one buffer per message.
+    """
+
+    def __init__(self, sources: list[int], max_elements: int = DEFAULT_MAX_ELEMENTS):
+        if not sources or len(set(sources)) != len(sources):
+            raise ValueError(f"receiver needs distinct source ranks, got {sources}")
+        self.max_elements = max_elements
+        self.device = comm_device()
+        self._use_waiter_threads = dist.get_backend() != "nccl"
+        self._posted = {src: self._post(src) for src in sources}
+        self._order = deque(sources)  # round robin: a busy source cannot starve the others
+        self.num_received = {src: 0 for src in sources}
+
+    @property
+    def open_sources(self) -> list[int]:
+        """Sources that have not sent END (nor a header we could not parse)."""
+        return sorted(self._posted)
+
+    def recv(self, timeout_s: float | None = None) -> tuple[int, TrajectoryBatch | None]:
+        """(source rank, batch), or (source rank, None) when that source sent END.
+
+        Raises TimeoutError after `timeout_s` without a message, RuntimeError when
+        no source is open, ValueError on a malformed header (that source is closed).
+        """
+        if not self._posted:
+            raise RuntimeError("data-plane receiver has no open source: every source sent END")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        sleep_s = _MIN_POLL_S
+        while True:
+            src = self._ready_source()
+            if src is not None:
+                return src, self._take(src)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no data-plane message from sources {self.open_sources} in {timeout_s} s")
+            time.sleep(sleep_s)
+            sleep_s = min(2 * sleep_s, _MAX_POLL_S)
+
+    def _post(self, src: int) -> _PostedHeader:
+        return _PostedHeader(src, self.device, self._use_waiter_threads)
+
+    def _ready_source(self) -> int | None:
+        for k, src in enumerate(self._order):
+            if self._posted[src].arrived():
+                self._order.rotate(-(k + 1))
+                return src
+        return None
+
+    def _close(self, src: int) -> None:
+        del self._posted[src]
+        self._order.remove(src)
+
+    def _take(self, src: int) -> TrajectoryBatch | None:
+        try:
+            header = check_header(self._posted[src].received(), self.max_elements)
+        except ValueError:
+            self._close(src)  # the rest of its stream cannot be parsed
+            raise
+        if header.kind == KIND_END:
+            self._close(src)
+            return None
+        payload = torch.empty(header.payload_bytes, dtype=torch.uint8, device=self.device)
+        dist.recv(payload, src=src)
+        # Only now: a header irecv posted earlier would have matched this payload.
+        self._posted[src] = self._post(src)
+        self.num_received[src] += 1
+        return decode_payload(header, payload)

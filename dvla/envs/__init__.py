@@ -1,0 +1,11 @@
+"""Environments: ManiSkill3 batches behind the `EnvBatch` interface."""
+from dvla.envs.maniskill import (
+    CpuEnvBatch,
+    EnvBatch,
+    GpuEnvBatch,
+    StepResult,
+    env_spec,
+    make_env_batch,
+)
+
+__all__ = ["CpuEnvBatch", "EnvBatch", "GpuEnvBatch", "StepResult", "env_spec", "make_env_batch"]

@@ -1,0 +1,63 @@
+"""Joining a run: register with weight_control, learn the data-plane world, heartbeat."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+from dvla.rpc.client import ControlClient, Registration, RpcFailed
+from dvla.types import EnvSpec
+
+log = logging.getLogger("dvla.membership")
+
+
+def default_worker_id(role: str) -> str:
+    return os.environ.get("DVLA_WORKER_ID") or f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec | None = None,
+         rendezvous_address: str = "", timeout_s: float = 300.0, stop: threading.Event | None = None) -> Registration:
+    """Register, then wait until the actor's rendezvous address is known."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        reg = client.register(role, worker_id, rendezvous_address=rendezvous_address, env_spec=env_spec)
+        if reg.rendezvous_address:
+            return reg
+        if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+            raise TimeoutError(f"no actor registered with weight_control within {timeout_s:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+class Heartbeat:
+    """A daemon thread reporting `stats()` every period; failures are logged, never fatal."""
+
+    def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float):
+        self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
+        self.stop_event = threading.Event()
+        self.state = "unknown"
+        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def beat(self) -> None:
+        try:
+            self.state = self.client.heartbeat(self.worker_id, self.stats()).state
+        except RpcFailed as e:
+            log.warning("heartbeat failed: %s", e)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.period_s):
+            self.beat()
+
+    def stop(self) -> None:
+        """Stop the thread and send one last report, so final counters reach the status API."""
+        self.stop_event.set()
+        self.thread.join(self.period_s + 5)
+        self.beat()

@@ -1,0 +1,103 @@
+"""The rollout worker: ManiSkill3 envs plus a frozen inference copy of the policy.
+
+    weight_control --(version v, chunks)--> weight lane --> inference copy (v)
+    env batch <--(actions)-- inference copy      sampler --> episodes --> data plane --> actor
+
+One rollout epoch = every env runs one whole episode. Admission control: epoch e
+may start only once weight_control holds a version >= e - max_staleness, so
+max_staleness=0 is the lockstep `sync` baseline. The run ends when the actor
+marks a version final; the worker then sends END so the actor can account for
+everything in flight.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dvla.config import RunConfig
+from dvla.dataplane import TrajectorySender, init_dataplane, shutdown_dataplane
+from dvla.envs import make_env_batch
+from dvla.membership import Heartbeat, join
+from dvla.policy import build_policy
+from dvla.rpc.client import ControlClient
+
+from .sampler import collect_episodes
+from .weights import WeightLane
+
+log = logging.getLogger("dvla.rollout")
+
+
+@dataclass
+class RolloutStats:
+    env_steps_produced: int = 0
+    episodes_produced: int = 0
+    episodes_sent: int = 0
+    policy_version: int = -1
+    env_steps_per_s: float = 0.0
+    num_envs: int = 0
+    versions_used: list[int] = field(default_factory=list)
+
+    def report(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "versions_used"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def episode_seeds(cfg: RunConfig, rank: int, epoch: int) -> tuple[list[int], list[int]]:
+    """Reset seeds and group ids for one epoch; a GRPO group shares its seed, which is also its id."""
+    n, g = cfg.env.num_envs, (cfg.algo.group_size if cfg.algo.name == "grpo" else 1)
+    base = (cfg.seed * 1_000_003 + epoch * cfg.pipeline.num_rollout_workers + (rank - 1)) * n
+    seeds = [base + i // g for i in range(n)]
+    return seeds, seeds
+
+
+def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Event) -> RolloutStats:
+    device = resolve_device(cfg.device)
+    envs = make_env_batch(cfg.env, device)
+    stats = RolloutStats(num_envs=envs.num_envs)
+    client = ControlClient(control, cfg.control)
+    heartbeat = None
+    try:
+        client.wait_healthy(cfg.control.rpc_timeout_s)
+        reg = join(client, "rollout", worker_id, env_spec=envs.spec, stop=stop)
+        log.info("rank %d of %d, rendezvous %s", reg.rank, reg.world_size, reg.rendezvous_address)
+        init_dataplane(reg.rendezvous_address, reg.rank, reg.world_size, cfg.dataplane.backend, cfg.dataplane.timeout_s)
+        heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
+        sender = TrajectorySender(dst=0)
+        torch.manual_seed(cfg.seed)
+        lane = WeightLane(client, build_policy(cfg.policy, envs.spec).to(device).eval())
+        generator = torch.Generator(device=device).manual_seed(cfg.seed + reg.rank)
+        epoch, t0 = 0, time.monotonic()
+        while not stop.is_set():
+            ev = lane.wait_for(epoch - cfg.pipeline.max_staleness, stop)
+            if ev is None or ev.final:
+                break
+            stats.policy_version = lane.load_latest()
+            seeds, groups = episode_seeds(cfg, reg.rank, epoch)
+            batch = collect_episodes(envs, lane, seeds, groups, generator, device)
+            batch.worker_rank, batch.epoch = reg.rank, epoch
+            stats.env_steps_produced += batch.num_steps
+            stats.episodes_produced += batch.num_episodes
+            sender.send(batch)
+            stats.episodes_sent += batch.num_episodes
+            stats.env_steps_per_s = stats.env_steps_produced / (time.monotonic() - t0)
+            epoch += 1
+        sender.send_end()
+        stats.versions_used = list(lane.versions_used)
+        log.info("done: %d episodes, %d env steps, versions %s", stats.episodes_sent, stats.env_steps_produced,
+                 stats.versions_used)
+        return stats
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        envs.close()
+        shutdown_dataplane()
+        client.close()

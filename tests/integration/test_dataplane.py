@@ -1,0 +1,217 @@
+"""Data plane across real processes (gloo, world size 3) and header validation.
+
+Rank 0 receives; ranks 1 and 2 send NUM_MESSAGES batches each, then END.
+"""
+import hashlib
+import multiprocessing as mp
+import queue
+import time
+import traceback
+
+import pytest
+import torch
+
+from dvla.dataplane import (
+    TrajectoryReceiver,
+    TrajectorySender,
+    check_header,
+    decode_payload,
+    encode_batch,
+    free_port,
+    init_dataplane,
+    shutdown_dataplane,
+)
+from dvla.dataplane.transport import KIND_END, MAGIC, end_header
+from dvla.types import TrajectoryBatch
+
+WORLD_SIZE = 3
+SENDERS = [1, 2]
+NUM_MESSAGES = 6
+D, A = 35, 4
+
+
+def make_batch(rank: int, index: int) -> TrajectoryBatch:
+    """Deterministic in (rank, index), so the receiver can rebuild what was sent."""
+    g = torch.Generator().manual_seed(1000 * rank + index)
+    B = 1 + index % 3
+    T = int(torch.randint(1, 60, (1,), generator=g))  # differs per message
+    obs = torch.randn(B, T, D, generator=g)
+    obs[0, 0, :3] = torch.tensor([float("nan"), -0.0, float("inf")])  # bits, not values, must survive
+    return TrajectoryBatch(
+        obs=obs,
+        actions=torch.randn(B, T, A, generator=g),
+        log_probs=torch.randn(B, T, generator=g),
+        values=torch.randn(B, T, generator=g),
+        rewards=torch.randn(B, T, generator=g),
+        dones=torch.rand(B, T, generator=g) < 0.5,
+        versions=torch.randint(-2**62, 2**62, (B, T), generator=g),
+        lengths=torch.randint(1, T + 1, (B,), generator=g),
+        terminated=torch.rand(B, generator=g) < 0.5,
+        success=torch.rand(B, generator=g) < 0.5,
+        final_obs=torch.randn(B, D, generator=g),
+        group_ids=torch.randint(0, 2**40, (B,), generator=g),
+        worker_rank=rank,
+        epoch=index,
+    )
+
+
+def digests(batch: TrajectoryBatch) -> dict[str, str]:
+    return {name: hashlib.sha256(_bytes(getattr(batch, name)).numpy().tobytes()).hexdigest()
+            for name in TrajectoryBatch.TENSOR_FIELDS}
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().reshape(-1).view(torch.uint8)
+
+
+def same_bits(a: TrajectoryBatch, b: TrajectoryBatch) -> bool:
+    # torch.equal on the raw bytes: NaN != NaN as a value, but its bits must match.
+    return all(getattr(a, n).dtype == getattr(b, n).dtype and getattr(a, n).shape == getattr(b, n).shape
+               and torch.equal(_bytes(getattr(a, n)), _bytes(getattr(b, n)))
+               for n in TrajectoryBatch.TENSOR_FIELDS)
+
+
+def _receive(results: mp.Queue, go) -> None:
+    rx = TrajectoryReceiver(SENDERS)
+    try:
+        rx.recv(timeout_s=0.2)  # senders wait for `go`, so nothing can be here yet
+        timed_out = False
+    except TimeoutError:
+        timed_out = True
+    go.set()
+    got, ends = [], []
+    while rx.open_sources:
+        src, batch = rx.recv(timeout_s=20)
+        if batch is None:
+            ends.append(src)
+            continue
+        exact = batch.worker_rank == src and same_bits(batch, make_batch(src, batch.epoch))
+        got.append((src, batch.epoch, digests(batch), exact))
+    try:
+        rx.recv(timeout_s=1)
+        closed_raises = False
+    except RuntimeError:
+        closed_raises = True
+    results.put(("receiver", 0, dict(got=got, ends=ends, timed_out=timed_out, closed_raises=closed_raises,
+                                     counts=rx.num_received)))
+
+
+def _send(rank: int, results: mp.Queue, go) -> None:
+    assert go.wait(20), "receiver never said go"
+    tx = TrajectorySender(dst=0)
+    sent = []
+    for index in range(NUM_MESSAGES):
+        batch = make_batch(rank, index)
+        tx.send(batch)
+        sent.append((rank, index, digests(batch)))
+    tx.send_end()
+    results.put(("sender", rank, dict(sent=sent, num_sent=tx.num_sent)))
+
+
+def _worker(rank: int, port: int, results: mp.Queue, go) -> None:
+    try:
+        init_dataplane(f"127.0.0.1:{port}", rank, WORLD_SIZE, backend="gloo", timeout_s=20)
+        if rank == 0:
+            _receive(results, go)
+        else:
+            _send(rank, results, go)
+        shutdown_dataplane()
+    except BaseException:
+        results.put(("error", rank, traceback.format_exc()))
+        raise
+
+
+def run_world(timeout_s: float = 25.0) -> dict[int, tuple[str, object]]:
+    ctx = mp.get_context("spawn")
+    results, go = ctx.Queue(), ctx.Event()
+    port = free_port("127.0.0.1")
+    procs = [ctx.Process(target=_worker, args=(r, port, results, go), daemon=True) for r in range(WORLD_SIZE)]
+    reports = {}
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout_s
+        while len(reports) < WORLD_SIZE and time.monotonic() < deadline:
+            try:
+                role, rank, data = results.get(timeout=0.5)
+                reports[rank] = (role, data)
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    break
+        for p in procs:
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    errors = [data for role, data in reports.values() if role == "error"]
+    assert not errors, "\n".join(errors)
+    assert len(reports) == WORLD_SIZE, f"only ranks {sorted(reports)} reported; exit codes {[p.exitcode for p in procs]}"
+    assert [p.exitcode for p in procs] == [0] * WORLD_SIZE
+    return reports
+
+
+def test_trajectories_arrive_bit_exact_from_two_senders():
+    reports = run_world()
+    rx = reports[0][1]
+    sent = [m for r in SENDERS for m in reports[r][1]["sent"]]
+
+    assert rx["timed_out"], "recv(timeout_s) must raise TimeoutError when nothing arrives"
+    assert sorted(rx["ends"]) == SENDERS
+    assert rx["closed_raises"], "recv after every END must raise RuntimeError"
+    assert all(exact for *_, exact in rx["got"])
+    assert rx["counts"] == {r: NUM_MESSAGES for r in SENDERS}
+    assert [reports[r][1]["num_sent"] for r in SENDERS] == [NUM_MESSAGES] * len(SENDERS)
+    received = sorted((src, index, d) for src, index, d, _ in rx["got"])
+    assert received == sorted(sent), "sha256 of some tensor differs between sender and receiver"
+    per_sender_order = [index for src, index, *_ in rx["got"] if src == 1]
+    assert per_sender_order == list(range(NUM_MESSAGES)), "one sender's messages must arrive in order"
+
+
+# ---------------------------------------------------------------- codec only, no processes
+def test_encode_decode_round_trip_in_process():
+    batch = make_batch(1, 4)
+    header, payload = encode_batch(batch)
+    out = decode_payload(check_header(header), payload)
+    assert same_bits(out, batch) and (out.worker_rank, out.epoch) == (1, 4)
+
+
+def corrupt(index: int, value: int) -> torch.Tensor:
+    header, _ = encode_batch(make_batch(1, 0))
+    header[index] = value
+    return header
+
+
+@pytest.mark.parametrize("header, message", [
+    (corrupt(0, 0x1234), "magic"),
+    (corrupt(1, 99), "version"),
+    (corrupt(2, 7), "unknown message kind"),
+    (corrupt(3, 1 << 40), "outside"),  # absurd B
+    (corrupt(4, -5), "outside"),  # negative T
+    (corrupt(10, 12), "payload bytes"),
+    (corrupt(9, 64), "reserved"),
+    (torch.zeros(16, dtype=torch.int64), "magic"),
+    (torch.zeros(15, dtype=torch.int64), r"int64\[16\]"),
+    (corrupt(0, MAGIC).float(), r"int64\[16\]"),
+])
+def test_bad_header_raises_value_error(header, message):
+    with pytest.raises(ValueError, match=message):
+        check_header(header)
+
+
+def test_sizes_above_max_elements_are_refused():
+    header, _ = encode_batch(make_batch(1, 0))
+    with pytest.raises(ValueError, match="<= 10"):
+        check_header(header, max_elements=10)
+
+
+def test_end_header_parses():
+    assert check_header(end_header(worker_rank=2)).kind == KIND_END
+
+
+def test_malformed_batch_is_refused_before_sending():
+    batch = make_batch(1, 0)
+    batch.rewards = batch.rewards.double()
+    with pytest.raises(ValueError, match="rewards"):
+        encode_batch(batch)

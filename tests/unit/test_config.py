@@ -1,0 +1,60 @@
+"""Config: presets, YAML and CLI overrides, and errors that name the field."""
+from __future__ import annotations
+
+import pytest
+
+from dvla.config import PRESETS, RunConfig, describe, load_config, to_yaml
+
+
+def test_presets_validate():
+    for name, make in PRESETS.items():
+        assert isinstance(make().validate(), RunConfig), name
+
+
+def test_overrides_and_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algo:\n  lr: 0.001\nenv:\n  num_envs: 4\n")
+    cfg = load_config(f, ["algo.lr=5e-4", "policy.hidden_sizes=[32, 32]", "pipeline.num_updates=7"])
+    assert cfg.algo.lr == 5e-4 and cfg.env.num_envs == 4
+    assert cfg.policy.hidden_sizes == (32, 32) and cfg.pipeline.num_updates == 7
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["algo.name=grpo", "policy.hidden_sizes=[8]"])
+    f = tmp_path / "c.yaml"
+    f.write_text(to_yaml(cfg))
+    assert load_config(f) == cfg
+
+
+@pytest.mark.parametrize("override,field", [
+    ("algo.lr=-1", "algo.lr"),
+    ("algo.lr=fast", "algo.lr"),
+    ("algo.name=dqn", "algo.name"),
+    ("algo.nme=ppo", "algo.nme"),
+    ("env.num_envs=0", "env.num_envs"),
+    ("env.obs_mode=rgb", "env.obs_mode"),
+    ("pipeline.mode=turbo", "pipeline.mode"),
+    ("policy.hidden_sizes=[]", "policy.hidden_sizes"),
+    ("control.port=70000", "control.port"),
+    ("algo=3", "algo"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        load_config(None, [override])
+
+
+def test_grpo_needs_whole_groups():
+    with pytest.raises(ValueError, match="env.num_envs"):
+        load_config(None, ["algo.name=grpo", "algo.group_size=3", "env.num_envs=8"])
+
+
+def test_missing_file_and_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config(None, preset="nope")
+
+
+def test_every_field_is_documented():
+    undocumented = [line for line in describe() if line.rstrip().endswith("\n      ") or line.splitlines()[1].strip() == ""]
+    assert not undocumented
