@@ -123,7 +123,9 @@ class Launcher:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Free to listen on; like servers, ignore connections lingering in TIME_WAIT."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
             return True
