@@ -38,6 +38,14 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+def _rolling_mean(y: list, window: int) -> list:
+    out = []
+    for i in range(len(y)):
+        vals = [v for v in y[max(0, i - window + 1):i + 1] if v is not None]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
 def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     """Success rate and mean episode return against env steps, side by side."""
     import matplotlib
@@ -48,11 +56,14 @@ def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     x = [r["env_steps"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "return_mean", "mean episode return")):
-        ax.plot(x, [r.get(key) for r in rows], marker="o", markersize=3)
+        y = [r.get(key) for r in rows]
+        ax.plot(x, y, color="tab:blue", alpha=0.35, linewidth=1, label="per update")
+        ax.plot(x, _rolling_mean(y, max(1, len(y) // 15)), color="tab:blue", linewidth=2, label="rolling mean")
         ax.set_xlabel("env steps")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)
+    axes[1].legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title)
     png_path = Path(png_path)

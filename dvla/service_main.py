@@ -5,6 +5,8 @@ import logging
 import signal
 import threading
 
+import torch
+
 
 def setup_logging(name: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
@@ -19,3 +21,10 @@ def install_stop_signals(stop: threading.Event) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when a GPU is visible, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -23,6 +23,7 @@ from dvla.checkpoint import save_checkpoint
 from dvla.config import RunConfig, to_yaml
 from dvla.dataplane import TrajectoryReceiver, free_port, init_dataplane, shutdown_dataplane
 from dvla.membership import Heartbeat, join
+from dvla.service_main import resolve_device
 from dvla.metrics import MetricsLog, plot_metrics
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
@@ -46,12 +47,6 @@ class ActorStats:
 
     def report(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "received_from"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def split_stale(batches: list[TrajectoryBatch], version: int, max_staleness: int) -> tuple[list, list]:

@@ -22,6 +22,7 @@ from dvla.config import RunConfig
 from dvla.dataplane import TrajectorySender, init_dataplane, shutdown_dataplane
 from dvla.envs import make_env_batch
 from dvla.membership import Heartbeat, join
+from dvla.service_main import resolve_device
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 
@@ -45,12 +46,6 @@ class RolloutStats:
         return {k: v for k, v in self.__dict__.items() if k != "versions_used"}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def episode_seeds(cfg: RunConfig, rank: int, epoch: int) -> tuple[list[int], list[int]]:
     """Reset seeds and group ids for one epoch; a GRPO group shares its seed, which is also its id."""
     n, g = cfg.env.num_envs, (cfg.algo.group_size if cfg.algo.name == "grpo" else 1)
@@ -61,6 +56,7 @@ def episode_seeds(cfg: RunConfig, rank: int, epoch: int) -> tuple[list[int], lis
 
 def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Event) -> RolloutStats:
     device = resolve_device(cfg.device)
+    torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
     envs = make_env_batch(cfg.env, device)
     stats = RolloutStats(num_envs=envs.num_envs)
     client = ControlClient(control, cfg.control)
