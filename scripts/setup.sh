@@ -41,14 +41,14 @@ else
 fi
 
 # --- Python environment ---------------------------------------------------------
+# pip's output minus this machine's notes about absent local indexes; pipefail keeps pip's status.
+pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  pip_install --upgrade pip
 fi
 PY="$VENV/bin/python"
-# pip's output minus this machine's notes about absent local indexes; pipefail keeps pip's status.
-pip_install() { "$PY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 if ! "$PY" -c 'import torch' 2>/dev/null; then
   if have_nvidia; then
     log "installing torch (CUDA build)"; pip_install torch

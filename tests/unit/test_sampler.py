@@ -1,0 +1,64 @@
+"""collect_episodes against a small fake env batch with known episode ends."""
+from __future__ import annotations
+
+import torch
+
+from dvla.config import PolicyConfig
+from dvla.envs import StepResult
+from dvla.policy import build_policy
+from dvla.types import EnvSpec
+from services.rollout.sampler import collect_episodes
+
+
+class CountingEnvs:
+    """Env i terminates (successfully) after ends[i] steps; obs = [step count, env id]."""
+
+    def __init__(self, ends: list[int], max_steps: int):
+        self.ends, self.num_envs = ends, len(ends)
+        self.spec = EnvSpec("Fake-v0", 2, 1, (-1.0,), (1.0,), max_steps)
+        self.steps = torch.zeros(self.num_envs)
+        self.stepped_inactive = False
+
+    def _obs(self):
+        return torch.stack([self.steps, torch.arange(self.num_envs, dtype=torch.float32)], dim=1)
+
+    def reset(self, seeds):
+        self.steps.zero_()
+        return self._obs()
+
+    def step(self, actions, active):
+        self.steps += active.float()
+        term = torch.tensor([s >= e for s, e in zip(self.steps.tolist(), self.ends)]) & active
+        return StepResult(obs=self._obs(), reward=active.float(), terminated=term,
+                          truncated=torch.zeros(self.num_envs, dtype=torch.bool), success=term)
+
+
+class Slot:
+    def __init__(self, policy):
+        self.policy, self.version, self.calls = policy, 7, 0
+
+    def current(self):
+        self.calls += 1
+        if self.calls == 3:  # a new version arrives between two inference batches
+            self.version = 8
+        return self.policy, self.version
+
+
+def test_episodes_end_where_the_env_says():
+    envs = CountingEnvs(ends=[2, 5, 100], max_steps=6)
+    slot = Slot(build_policy(PolicyConfig(hidden_sizes=(8,)), envs.spec))
+    b = collect_episodes(envs, slot, [0, 1, 2], [10, 11, 12], torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert b.lengths.tolist() == [2, 5, 6]
+    assert b.terminated.tolist() == [True, True, False] and b.success.tolist() == [True, True, False]
+    assert b.returns().tolist() == [2.0, 5.0, 6.0]
+    assert b.dones.sum(1).tolist() == [1, 1, 1] and b.dones[0, 1] and b.dones[2, 5]
+    assert b.obs[1, :5, 0].tolist() == [0, 1, 2, 3, 4]  # obs before each action
+    assert b.final_obs[:, 0].tolist() == [2, 5, 6]
+    assert (b.obs[0, 2:] == 0).all() and (b.log_probs[0, 2:] == 0).all()  # padding
+    # each step carries the version that chose its action
+    assert b.versions[2].tolist() == [7, 7, 8, 8, 8, 8]
+    assert b.group_ids.tolist() == [10, 11, 12]
+    # behaviour log-probs are those of the policy for the recorded actions
+    m = b.step_mask()
+    out = slot.policy.evaluate(b.obs[m], b.actions[m])
+    assert torch.allclose(out.log_probs, b.log_probs[m], atol=1e-5)
