@@ -89,6 +89,10 @@ class AlgoConfig:
     """Gradient norm clip."""
     normalize_advantages: bool = True
     """PPO: normalise advantages per minibatch."""
+    bootstrap_on_termination: bool = True
+    """PPO: bootstrap the value after a success termination too. ManiSkill ends episodes on success while the
+    success state keeps paying the top reward; without this, hovering near the goal pays more than finishing
+    (ManiSkill's PPO baseline defaults to bootstrap_at_done='always' for the same reason)."""
 
     def validate(self) -> None:
         _check(self.name in ("ppo", "grpo"), "algo.name", f"unknown '{self.name}'; choose 'ppo' or 'grpo'")

@@ -141,7 +141,7 @@ class _Progress:
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=cfg.pipeline.num_updates, unit="update", desc=f"{cfg.name}", dynamic_ncols=True)
+            self.bar = tqdm(total=cfg.pipeline.num_updates, unit="update", desc=f"{cfg.name}")
 
     def update(self) -> None:
         rows = read_metrics(self.metrics_path)

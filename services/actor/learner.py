@@ -29,7 +29,8 @@ class Learner:
             return adv, torch.zeros_like(adv)
         with torch.no_grad():  # bootstrap truncated episodes from the current critic
             final_values = self.policy.value(b.final_obs.to(self.device)).cpu()
-        return gae(b.rewards, b.values, mask, b.lengths, b.terminated, final_values, self.cfg.gamma, self.cfg.gae_lambda)
+        terminal = torch.zeros_like(b.terminated) if self.cfg.bootstrap_on_termination else b.terminated
+        return gae(b.rewards, b.values, mask, b.lengths, terminal, final_values, self.cfg.gamma, self.cfg.gae_lambda)
 
     def behaviour_gap(self, b: TrajectoryBatch, version: int) -> float:
         """Max |log-prob now - behaviour log-prob| over steps taken by `version` (our current weights).
