@@ -89,6 +89,8 @@ class AlgoConfig:
     """Gradient norm clip."""
     normalize_advantages: bool = True
     """PPO: normalise advantages per minibatch."""
+    max_behaviour_weight: float = 2.0
+    """Decoupled loss: cap of the pi_prox / pi_behaviour weight on steps sampled by an older version."""
     bootstrap_on_termination: bool = True
     """PPO: bootstrap the value after a success termination too. ManiSkill ends episodes on success while the
     success state keeps paying the top reward; without this, hovering near the goal pays more than finishing
@@ -103,24 +105,70 @@ class AlgoConfig:
         _check(self.lr > 0, "algo.lr", "must be > 0")
         _check(self.update_epochs > 0, "algo.update_epochs", "must be > 0")
         _check(self.num_minibatches > 0, "algo.num_minibatches", "must be > 0")
+        _check(self.max_behaviour_weight > 0, "algo.max_behaviour_weight", "must be > 0")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     mode: str = "sync"
-    """'sync': lockstep roll out, train, publish, fetch (RLinf colocated baseline)."""
+    """One of MODES, each adding one strategy to the one before: 'sync' (lockstep, colocated: RLinf's
+    baseline), 'disaggregated' (lockstep, rollouts and actor on their own cores), 'train_async' (rollouts
+    sample with weights up to max_staleness versions old while the actor trains), 'streamer' (the actor
+    backpropagates each rollout batch as it arrives and steps once per global batch), 'swimlane' (weights
+    are published and fetched on their own threads, off the critical path: D-VLA)."""
     num_rollout_workers: int = 2
     """Rollout processes (each holds env.num_envs envs); CPU physics holds the GIL, so shards are processes."""
-    max_staleness: int = 0
-    """eta: a rollout epoch may use weights at most this many versions old (0 = lockstep)."""
+    max_staleness: int = 1
+    """eta, for the asynchronous modes: a rollout epoch may start on weights at most this many versions
+    behind the actor, and the actor drops (and counts) episodes older than that. Lockstep modes use 0."""
     num_updates: int = 220
     """Actor updates (policy versions published after v0) before the run ends."""
+    slow_actor_s: float = 0.0
+    """Testing: extra seconds the actor sleeps per update, to exercise staleness and backpressure."""
+    slow_rollout_s: float = 0.0
+    """Testing: extra seconds a rollout sleeps per env step, to exercise an actor that waits."""
+    queue_batches: int = 8
+    """Actor receive queue, in rollout batches. When full, the receive lane stops taking from the data
+    plane, so rollouts block on send (backpressure): nothing is dropped for lack of room."""
+
+    @property
+    def stage(self) -> int:
+        return MODES.index(self.mode)
+
+    @property
+    def lockstep(self) -> bool:
+        return self.stage < MODES.index("train_async")
+
+    @property
+    def staleness(self) -> int:
+        """The eta in force: 0 in the lockstep modes."""
+        return 0 if self.lockstep else self.max_staleness
+
+    @property
+    def streamer(self) -> bool:
+        return self.stage >= MODES.index("streamer")
+
+    @property
+    def background_weights(self) -> bool:
+        return self.stage >= MODES.index("swimlane")
+
+    @property
+    def pinned(self) -> bool:
+        """Rollouts and the actor on disjoint cores (everything but colocated sync)."""
+        return self.stage >= MODES.index("disaggregated")
 
     def validate(self) -> None:
-        _check(self.mode in ("sync",), "pipeline.mode", f"'{self.mode}' is not implemented; available: sync")
+        _check(self.mode in MODES, "pipeline.mode", f"unknown '{self.mode}'; choose from {', '.join(MODES)}")
         _check(self.num_rollout_workers > 0, "pipeline.num_rollout_workers", "must be > 0")
         _check(self.max_staleness >= 0, "pipeline.max_staleness", "must be >= 0")
+        _check(self.lockstep or self.max_staleness >= 1, "pipeline.max_staleness",
+               f"mode '{self.mode}' is asynchronous and needs max_staleness >= 1")
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
+        _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
+        _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
+
+
+MODES = ("sync", "disaggregated", "train_async", "streamer", "swimlane")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class Launcher:
         self.config_path = run_dir / "config.yaml"
         self.config_path.write_text(to_yaml(cfg))
 
-    def spawn(self, name: str, module: str, *args: str) -> Child:
+    def spawn(self, name: str, module: str, *args: str, cores: set[int] | None = None) -> Child:
         log_path = self.run_dir / "logs" / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         f = open(log_path, "w")
@@ -62,6 +62,8 @@ class Launcher:
         proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(self.config_path), *args],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         f.close()
+        if cores:
+            os.sched_setaffinity(proc.pid, cores)
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child
@@ -89,9 +91,12 @@ class Launcher:
             client.wait_healthy(60)
         finally:
             client.close()
-        self.spawn("actor", "services.actor", "--control", address, "--run-dir", str(self.run_dir), "--worker-id", "actor-0")
+        actor_cores, rollout_cores = placement(cfg)
+        self.spawn("actor", "services.actor", "--control", address, "--run-dir", str(self.run_dir), "--worker-id", "actor-0",
+                   cores=actor_cores)
         for i in range(cfg.pipeline.num_rollout_workers):
-            self.spawn(f"rollout-{i}", "services.rollout", "--control", address, "--worker-id", f"rollout-{i}")
+            self.spawn(f"rollout-{i}", "services.rollout", "--control", address, "--worker-id", f"rollout-{i}",
+                       cores=rollout_cores)
         return address
 
     def wait(self) -> int:
@@ -120,6 +125,18 @@ class Launcher:
                 time.sleep(0.5)
         finally:
             bar.close()
+
+
+def placement(cfg: RunConfig) -> tuple[set[int] | None, set[int] | None]:
+    """CPU cores for (actor, rollouts): shared when colocated, disjoint when disaggregated.
+
+    Disaggregated, the actor gets the last core and the rollouts the rest: on a
+    CPU machine the rollouts' physics is the heavier side.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if not cfg.pipeline.pinned or len(cores) < 2:
+        return None, None
+    return {cores[-1]}, set(cores[:-1])
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -68,6 +68,11 @@ class TrajectoryBatch:
         """[B] undiscounted episode returns."""
         return (self.rewards * self.step_mask()).sum(dim=1)
 
+    def select(self, keep: torch.Tensor) -> "TrajectoryBatch":
+        """The episodes where keep [B] bool is True."""
+        return TrajectoryBatch(**{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
+                               worker_rank=self.worker_rank, epoch=self.epoch)
+
     @staticmethod
     def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
         """Join batches along B, padding T to the longest."""

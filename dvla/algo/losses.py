@@ -10,8 +10,14 @@ def clipped_surrogate(
     old_log_probs: Tensor,  # [N] under the behaviour policy
     advantages: Tensor,  # [N]
     clip_eps: float,
+    weights: Tensor | None = None,  # [N] per-step weights, e.g. behaviour_weights(); None = 1
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped objective, as a loss to minimise.
+
+    Decoupled PPO (Hilton et al. 2022, as AReaL and RL-VLA3 use it for stale
+    data): pass the *proximal* policy's log-probs as `old_log_probs`, so the
+    trust region is around a recent policy, and `weights=behaviour_weights(...)`
+    to correct for the older policy that actually sampled the steps.
 
     Stats are detached 0-dim tensors so a caller on GPU decides when to sync:
     'clip_frac' (share of steps with |ratio - 1| > clip_eps) and 'approx_kl'
@@ -24,7 +30,12 @@ def clipped_surrogate(
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = torch.max(unclipped, clipped).mean()
+    per_step = torch.max(unclipped, clipped)
+    if weights is not None:
+        if weights.shape != per_step.shape:
+            raise ValueError(f"weights {tuple(weights.shape)} must be [N] like advantages {tuple(advantages.shape)}")
+        per_step = per_step * weights.detach()
+    loss = per_step.mean()
     with torch.no_grad():
         stats = {
             "clip_frac": ((ratio - 1.0).abs() > clip_eps).float().mean(),
@@ -39,3 +50,13 @@ def value_loss(values: Tensor, returns: Tensor) -> Tensor:
     if values.shape != returns.shape:
         raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} must have the same shape")
     return 0.5 * (values - returns).square().mean()
+
+
+def behaviour_weights(prox_log_probs: Tensor, behaviour_log_probs: Tensor, max_weight: float) -> Tensor:
+    """[N] importance weights pi_prox / pi_behaviour, clamped above at max_weight (no grad)."""
+    if prox_log_probs.shape != behaviour_log_probs.shape:
+        raise ValueError(f"prox {tuple(prox_log_probs.shape)} and behaviour {tuple(behaviour_log_probs.shape)} log-probs differ in shape")
+    if max_weight <= 0:
+        raise ValueError(f"max_weight must be > 0, got {max_weight}")
+    with torch.no_grad():
+        return (prox_log_probs - behaviour_log_probs).exp().clamp(max=max_weight)

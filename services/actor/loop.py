@@ -1,35 +1,40 @@
 """The actor: receives episodes, trains, publishes every new policy version.
 
-    rollouts --(episodes, data plane)--> receive --> staleness filter --> learner
-    learner --(weights v+1)--> weight_control --(v+1)--> rollouts
+    data plane --> receive lane --(bounded queue)--> training lane --> publish lane --> weight_control
+                   (thread: backpressure             (main thread)     (inline, or a thread in
+                    when the queue is full)                             swimlane mode)
 
-Per update the actor takes one rollout epoch from each worker (the global
-batch), drops episodes whose oldest step is more than max_staleness versions
-behind (counted), trains, and publishes. After the last update it publishes a
-final version, then keeps receiving until every rollout has sent END, so every
-episode produced is either trained on or counted as dropped.
+Training lane, per update: take rollout batches until the global batch
+(num_rollout_workers x num_envs episodes) is complete; drop and count episodes
+older than the staleness bound eta; train (PPO/GRPO with the decoupled loss for
+steps from older versions), either on the whole batch or, in streamer mode, by
+backpropagating each batch as it arrives and stepping once per global batch;
+publish the new version. The last version is marked final; then the actor drains
+the data plane until every rollout has sent END, so produced = trained + dropped.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from dvla.algo.staleness import lag_stats, stale_episodes
 from dvla.checkpoint import save_checkpoint
 from dvla.config import RunConfig, to_yaml
 from dvla.dataplane import TrajectoryReceiver, free_port, init_dataplane, shutdown_dataplane
 from dvla.membership import Heartbeat, join
-from dvla.service_main import resolve_device
 from dvla.metrics import MetricsLog, plot_metrics
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
+from dvla.service_main import resolve_device
 from dvla.types import TrajectoryBatch
 
-from .learner import Learner
+from .lanes import PublishLane, ReceiveLane
+from .learner import Learner, Samples
 
 log = logging.getLogger("dvla.actor")
 
@@ -43,29 +48,83 @@ class ActorStats:
     env_steps_trained: int = 0
     updates: int = 0
     env_steps_per_s: float = 0.0
-    received_from: dict = field(default_factory=dict)  # rank -> episodes
 
     def report(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "received_from"}
+        return asdict(self)
 
 
-def split_stale(batches: list[TrajectoryBatch], version: int, max_staleness: int) -> tuple[list, list]:
-    """Keep batches whose oldest real step is at most max_staleness versions behind `version`."""
-    fresh, stale = [], []
-    for b in batches:
-        oldest = int(b.versions[b.step_mask()].min())
-        (fresh if version - oldest <= max_staleness else stale).append(b)
-    return fresh, stale
+class Trainer:
+    """The training lane: global batches in, new versions out."""
 
+    def __init__(self, cfg: RunConfig, learner: Learner, inbox: ReceiveLane, stats: ActorStats):
+        self.cfg, self.learner, self.inbox, self.stats = cfg, learner, inbox, stats
+        self.global_episodes = cfg.pipeline.num_rollout_workers * cfg.env.num_envs
+        self.ended = False  # every rollout sent END
 
-def episode_metrics(b: TrajectoryBatch, version: int) -> dict:
-    lag = (version - b.versions[b.step_mask()]).float()
-    return {
-        "success_rate": float(b.success.float().mean()),
-        "return_mean": float(b.returns().mean()),
-        "episode_length": float(b.lengths.float().mean()),
-        "staleness_min": float(lag.min()), "staleness_mean": float(lag.mean()), "staleness_max": float(lag.max()),
-    }
+    def _next_fresh(self) -> TrajectoryBatch | None:
+        """Next batch with stale episodes dropped (and counted); None at END."""
+        while True:
+            b = self.inbox.take()
+            if b is None:
+                self.ended = True
+                return None
+            self.stats.episodes_received = self.inbox.episodes_received
+            stale = stale_episodes(b, self.stats.policy_version, self.cfg.pipeline.staleness, self.cfg.algo.name == "grpo")
+            if stale.any():
+                self.stats.episodes_dropped += int(stale.sum())
+                b = b.select(~stale)
+            if b.num_episodes:
+                return b
+
+    def update(self) -> dict | None:
+        """One optimizer update; None if the rollouts ended before a global batch was complete."""
+        version = self.stats.policy_version
+        batches, samples, stream_stats, n_eps = [], [], [], 0
+        t_start = time.monotonic()
+        t_first = None
+        while n_eps < self.global_episodes:
+            b = self._next_fresh()
+            if b is None:
+                self.stats.episodes_dropped += n_eps  # a partial global batch is never trained on
+                return None
+            t_first = t_first or time.monotonic()
+            batches.append(b)
+            n_eps += b.num_episodes
+            s = self.learner.prepare(b, version)
+            samples.append(s)
+            if self.cfg.pipeline.streamer:
+                stream_stats.append(self.learner.accumulate(s))
+        t_batch = time.monotonic()
+        batch = TrajectoryBatch.concat(batches)
+        record = {"check/behaviour_logp_gap": self.learner.behaviour_gap(batch, version)}
+        if self.cfg.pipeline.streamer:
+            grad_norm = self.learner.step_accumulated()
+            record |= {k: sum(d[k] for d in stream_stats) / len(stream_stats) for k in stream_stats[0]}
+            record |= {"loss/grad_norm": grad_norm, "train/samples": float(sum(len(s) for s in samples))}
+        else:
+            record |= self.learner.update(Samples.concat(samples))
+        t_end = time.monotonic()
+        self.stats.updates += 1
+        self.stats.episodes_trained += batch.num_episodes
+        self.stats.env_steps_trained += batch.num_steps
+        return record | lag_stats(batch, version) | {
+            "success_rate": float(batch.success.float().mean()),
+            "return_mean": float(batch.returns().mean()),
+            "episode_length": float(batch.lengths.float().mean()),
+            "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
+            "time/wait_s": (t_first or t_batch) - t_start,
+            "time/train_s": t_end - (t_first if self.cfg.pipeline.streamer else t_batch),
+        }
+
+    def drain(self) -> None:
+        """After the last update: count whatever still arrives as dropped, until END."""
+        while not self.ended:
+            b = self.inbox.take()
+            if b is None:
+                self.ended = True
+            else:
+                self.stats.episodes_dropped += b.num_episodes
+        self.stats.episodes_received = self.inbox.episodes_received
 
 
 def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop: threading.Event) -> ActorStats:
@@ -88,69 +147,47 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         spec = client.env_spec(client.world())
         if spec is None:
             raise RuntimeError("the data plane formed but no rollout reported an env spec")
-        heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
 
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg.policy, spec).to(device)
         learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
-        client.publish(0, policy.export_weights(), publisher_id=worker_id)
+        inbox = ReceiveLane(TrajectoryReceiver(sources=list(range(1, reg.world_size))), cfg.pipeline.queue_batches, stop).start()
+        trainer = Trainer(cfg, learner, inbox, stats)
+        publisher = PublishLane(client, worker_id, background=cfg.pipeline.background_weights)
+        heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
+        publisher.submit(0, policy.export_weights())
         stats.policy_version = 0
-        receiver = TrajectoryReceiver(sources=list(range(1, reg.world_size)))
-        pending: list[TrajectoryBatch] = []
+        log.info("published v0; mode %s, %d updates", cfg.pipeline.mode, cfg.pipeline.num_updates)
         t0 = time.monotonic()
-        log.info("published v0 (%d tensors); training %d updates", len(policy.export_weights()), cfg.pipeline.num_updates)
-
         while stats.updates < cfg.pipeline.num_updates and not stop.is_set():
-            t_wait = time.monotonic()
-            while len(pending) < cfg.pipeline.num_rollout_workers:
-                src, b = receiver.recv()
-                if b is None:
-                    raise RuntimeError(f"rollout rank {src} ended before the actor finished (update {stats.updates + 1})")
-                stats.episodes_received += b.num_episodes
-                stats.received_from[src] = stats.received_from.get(src, 0) + b.num_episodes
-                pending.append(b)
-            take, pending = pending[:cfg.pipeline.num_rollout_workers], pending[cfg.pipeline.num_rollout_workers:]
-            fresh, stale = split_stale(take, stats.policy_version, cfg.pipeline.max_staleness)
-            stats.episodes_dropped += sum(b.num_episodes for b in stale)
-            if not fresh:
-                continue
-            batch = TrajectoryBatch.concat(fresh)
-            t_train = time.monotonic()
-            record = episode_metrics(batch, stats.policy_version)
-            record["check/behaviour_logp_gap"] = learner.behaviour_gap(batch, stats.policy_version)
-            record["versions_used"] = sorted({int(v) for v in batch.versions[batch.step_mask()].unique()})
-            record |= learner.update(batch)
-            stats.updates += 1
-            stats.episodes_trained += batch.num_episodes
-            stats.env_steps_trained += batch.num_steps
-            final = stats.updates == cfg.pipeline.num_updates
+            record = trainer.update()
+            if record is None:
+                raise RuntimeError(f"every rollout ended before update {stats.updates + 1}")
+            if cfg.pipeline.slow_actor_s:
+                time.sleep(cfg.pipeline.slow_actor_s)
             t_pub = time.monotonic()
-            client.publish(stats.updates, policy.export_weights(), final=final, publisher_id=worker_id)
+            publisher.submit(stats.updates, policy.export_weights(), final=stats.updates == cfg.pipeline.num_updates)
             stats.policy_version = stats.updates
             now = time.monotonic()
             stats.env_steps_per_s = stats.env_steps_trained / (now - t0)
             metrics.write({
                 "version": stats.policy_version, "update": stats.updates, "env_steps": stats.env_steps_trained,
-                "episodes": stats.episodes_trained, "episodes_dropped": stats.episodes_dropped,
-                "env_steps_per_s": stats.env_steps_per_s, "wall_s": now - t0,
-                "time/wait_s": t_train - t_wait, "time/train_s": t_pub - t_train, "time/publish_s": now - t_pub,
-                **record,
+                "episodes": stats.episodes_trained, "episodes_received": stats.episodes_received,
+                "episodes_dropped": stats.episodes_dropped, "episodes_queued": inbox.episodes_queued,
+                "env_steps_per_s": stats.env_steps_per_s, "wall_s": now - t0, "time/publish_s": now - t_pub,
+                "time/receive_blocked_s": inbox.blocked_s, **record,
             })
-        # Account for everything still on the wire: received after the last update = dropped.
-        while receiver.open_sources:
-            src, b = receiver.recv()
-            if b is not None:
-                stats.episodes_received += b.num_episodes
-                stats.episodes_dropped += b.num_episodes
-                stats.received_from[src] = stats.received_from.get(src, 0) + b.num_episodes
-        stats.episodes_dropped += sum(b.num_episodes for b in pending)
+        publisher.flush()
+        trainer.drain()
         save_checkpoint(run_dir / "checkpoint", policy.export_weights(), learner.optimizer.state_dict(),
                         stats.policy_version, stats.report(), cfg)
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png", title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name})")
-        log.info("done: %d updates, %d episodes trained, %d dropped", stats.updates, stats.episodes_trained,
-                 stats.episodes_dropped)
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
+                     title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {cfg.pipeline.mode})")
+        log.info("done: %d updates, %d episodes trained, %d dropped, %d received", stats.updates,
+                 stats.episodes_trained, stats.episodes_dropped, stats.episodes_received)
         return stats
     finally:
+        stop.set()
         if heartbeat is not None:
             heartbeat.stop()
         metrics.close()

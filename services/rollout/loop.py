@@ -69,16 +69,17 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
         sender = TrajectorySender(dst=0)
         torch.manual_seed(cfg.seed)
-        lane = WeightLane(client, build_policy(cfg.policy, envs.spec).to(device).eval())
+        lane = WeightLane(client, lambda: build_policy(cfg.policy, envs.spec).to(device).eval(), stop,
+                          background=cfg.pipeline.background_weights).start()
         generator = torch.Generator(device=device).manual_seed(cfg.seed + reg.rank)
         epoch, t0 = 0, time.monotonic()
         while not stop.is_set():
-            ev = lane.wait_for(epoch - cfg.pipeline.max_staleness, stop)
-            if ev is None or ev.final:
+            # admission control: never run further ahead of the actor than max_staleness versions
+            if not lane.wait_loaded(epoch - cfg.pipeline.staleness) or lane.final:
                 break
-            stats.policy_version = lane.load_latest()
+            stats.policy_version = lane.version
             seeds, groups = episode_seeds(cfg, reg.rank, epoch)
-            batch = collect_episodes(envs, lane, seeds, groups, generator, device)
+            batch = collect_episodes(envs, lane, seeds, groups, generator, device, cfg.pipeline.slow_rollout_s)
             batch.worker_rank, batch.epoch = reg.rank, epoch
             stats.env_steps_produced += batch.num_steps
             stats.episodes_produced += batch.num_episodes
@@ -92,6 +93,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
                  stats.versions_used)
         return stats
     finally:
+        stop.set()  # ends the weight lane's watch
         if heartbeat is not None:
             heartbeat.stop()
         envs.close()

@@ -7,6 +7,7 @@ the policy that chose it.
 """
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import torch
@@ -22,7 +23,7 @@ class PolicySlot(Protocol):
 
 
 def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[int],
-                     generator: torch.Generator, device: torch.device) -> TrajectoryBatch:
+                     generator: torch.Generator, device: torch.device, step_delay_s: float = 0.0) -> TrajectoryBatch:
     n, t_max = envs.num_envs, envs.spec.max_episode_steps
     d, a = envs.spec.obs_dim, envs.spec.action_dim
     obs_buf = torch.zeros(n, t_max, d)
@@ -46,6 +47,8 @@ def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[i
         val_buf[idx, t] = out.values.cpu()[idx]
         ver_buf[idx, t] = version
         res = envs.step(out.actions.cpu(), active)
+        if step_delay_s:  # testing: a deliberately slow rollout
+            time.sleep(step_delay_s)
         rew_buf[idx, t] = res.reward[idx]
         lengths[idx] += 1
         done = (res.terminated | res.truncated | (t == t_max - 1)) & active

@@ -67,6 +67,26 @@ def test_sync_run_two_rollouts(tmp_path, algo):
     assert json.loads((tmp_path / "checkpoint/state.json").read_text())["version"] == n
 
 
+@pytest.mark.parametrize("mode", ["disaggregated", "train_async", "streamer", "swimlane"])
+def test_every_mode_trains_end_to_end(tmp_path, mode):
+    n, eta = 4, 1
+    cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=15",
+                             "pipeline.num_rollout_workers=2", f"pipeline.num_updates={n}",
+                             f"pipeline.max_staleness={eta}", "control.heartbeat_s=0.2"])
+    rc, status, rows, launcher = run_services(cfg, tmp_path)
+    assert rc == 0, "\n".join(c.tail() for c in launcher.children)
+    assert status.latest_version == n and status.versions[-1].final
+    assert [r["version"] for r in rows] == list(range(1, n + 1))
+    bound = cfg.pipeline.staleness
+    for r in rows:
+        trained_on = r["version"] - 1
+        assert all(trained_on - bound <= v <= trained_on for v in r["versions_used"]), r["versions_used"]
+        assert r["staleness_max"] <= bound
+    t = status.totals
+    assert t.episodes_produced == t.episodes_received == t.episodes_trained + t.episodes_dropped
+    assert t.episodes_in_flight == 0 and t.episodes_trained == n * 2 * 4
+
+
 def test_dvla_run_cli_and_sigterm_stops_everything(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "dvla.cli", "run", "--preset", "smoke", f"out_dir={tmp_path}", "name=cli",

@@ -43,3 +43,30 @@ def test_value_loss_hand_computed():
 def test_value_loss_rejects_broadcasting_shapes():
     with pytest.raises(ValueError):
         value_loss(torch.zeros(3, 1), torch.zeros(3))
+
+
+def test_decoupled_loss_equals_plain_loss_when_behaviour_is_proximal():
+    from dvla.algo.losses import behaviour_weights
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(64, generator=g, requires_grad=True)
+    old = torch.randn(64, generator=g)
+    adv = torch.randn(64, generator=g)
+    plain, _ = clipped_surrogate(logp, old, adv, 0.2)
+    w = behaviour_weights(old, old.clone(), max_weight=2.0)
+    assert torch.equal(w, torch.ones(64))
+    decoupled, _ = clipped_surrogate(logp, old, adv, 0.2, weights=w)
+    assert torch.equal(plain, decoupled)
+    (g1,) = torch.autograd.grad(plain, logp)
+    (g2,) = torch.autograd.grad(decoupled, logp)
+    assert torch.equal(g1, g2)
+
+
+def test_behaviour_weights_are_clamped_ratios():
+    from dvla.algo.losses import behaviour_weights
+    prox = torch.tensor([0.0, 0.0, 1.0])
+    behav = torch.tensor([0.0, 1.0, 0.0])
+    w = behaviour_weights(prox, behav, max_weight=2.0)
+    assert torch.allclose(w, torch.tensor([1.0, math.exp(-1.0), 2.0]))
+    # a weighted element scales that element's loss: A=1, ratio=1 -> -1 * w
+    loss, _ = clipped_surrogate(torch.zeros(1), torch.zeros(1), torch.ones(1), 0.2, weights=torch.tensor([0.5]))
+    assert loss.item() == pytest.approx(-0.5)

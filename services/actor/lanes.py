@@ -1,0 +1,134 @@
+"""The actor's receiving and publishing lanes, each a thread around a bounded hand-off."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from dvla.dataplane import TrajectoryReceiver
+from dvla.rpc.client import ControlClient
+from dvla.types import TrajectoryBatch
+
+log = logging.getLogger("dvla.actor.lanes")
+END = None  # put on the queue once every rollout has sent END
+
+
+class ReceiveLane:
+    """Data plane -> bounded queue. When the queue is full this lane stops receiving,
+    so rollouts block in send: backpressure, never silent loss."""
+
+    def __init__(self, receiver: TrajectoryReceiver, capacity: int, stop: threading.Event):
+        self.receiver, self.stop = receiver, stop
+        self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
+        self.episodes_received = 0
+        self.episodes_queued = 0  # received, not yet taken by the training lane
+        self.blocked_s = 0.0  # time spent waiting for room in the queue
+        self.busy_s = 0.0
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
+
+    def start(self) -> "ReceiveLane":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while self.receiver.open_sources and not self.stop.is_set():
+                try:
+                    src, b = self.receiver.recv(timeout_s=0.5)
+                except TimeoutError:
+                    continue
+                if b is None:
+                    continue
+                t = time.monotonic()
+                with self._lock:
+                    self.episodes_received += b.num_episodes
+                    self.episodes_queued += b.num_episodes
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(b, timeout=0.5)
+                        break
+                    except queue.Full:
+                        pass
+                self.blocked_s += time.monotonic() - t
+        except BaseException as e:
+            log.exception("receive lane failed")
+            self.error = e
+        finally:
+            self.queue.put(END)
+
+    def take(self, timeout_s: float | None = None) -> TrajectoryBatch | None:
+        """Next batch, or END (None) once every rollout has finished."""
+        b = self.queue.get(timeout=timeout_s)
+        if b is not None:
+            with self._lock:
+                self.episodes_queued -= b.num_episodes
+        elif self.error is not None:
+            raise RuntimeError(f"receive lane failed: {self.error}") from self.error
+        return b
+
+
+class PublishLane:
+    """Policy versions -> weight_control. Inline, or on a thread (swimlane) so the
+    next training step runs while a version streams out; if versions queue up,
+    only the newest is sent (versions only go forward, none is needed twice)."""
+
+    def __init__(self, client: ControlClient, publisher_id: str, background: bool):
+        self.client, self.publisher_id, self.background = client, publisher_id, background
+        self._slot: tuple[int, dict, bool] | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.published: list[int] = []
+        self.publish_s: list[float] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="publish-lane", daemon=True)
+        if background:
+            self.thread.start()
+
+    def submit(self, version: int, weights: dict, final: bool = False) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"publish lane failed: {self.error}") from self.error
+        if not self.background:
+            self._publish(version, weights, final)
+            return
+        with self._cond:
+            if self._slot is not None and self._slot[2]:
+                raise AssertionError("a version was submitted after the final one")
+            self._slot = (version, weights, final)
+            self._cond.notify_all()
+
+    def _publish(self, version: int, weights: dict, final: bool) -> None:
+        t = time.monotonic()
+        self.client.publish(version, weights, final=final, publisher_id=self.publisher_id)
+        self.publish_s.append(time.monotonic() - t)
+        self.published.append(version)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._slot is not None or self._closed)
+                if self._slot is None:
+                    return
+                version, weights, final = self._slot
+                self._slot = None
+            try:
+                self._publish(version, weights, final)
+            except BaseException as e:
+                log.exception("publish lane failed")
+                self.error = e
+                return
+            with self._cond:
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 300.0) -> None:
+        """Wait until everything submitted is published, then stop the thread."""
+        if not self.background:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.thread.join(timeout_s)
+        if self.error is not None:
+            raise RuntimeError(f"publish lane failed: {self.error}") from self.error
