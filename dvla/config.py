@@ -113,7 +113,8 @@ class PipelineConfig:
     mode: str = "sync"
     """One of MODES, each adding one strategy to the one before: 'sync' (lockstep, colocated: RLinf's
     baseline), 'disaggregated' (lockstep, rollouts and actor on their own cores), 'train_async' (rollouts
-    sample with weights up to max_staleness versions old while the actor trains), 'streamer' (the actor
+    sample with weights up to max_staleness versions old while the actor trains), 'rollout_async' (env shards
+    in their own processes, inference dynamically batched across them: RL-VLA3), 'streamer' (the actor
     backpropagates each rollout batch as it arrives and steps once per global batch), 'swimlane' (weights
     are published and fetched on their own threads, off the critical path: D-VLA)."""
     num_rollout_workers: int = 2
@@ -127,6 +128,12 @@ class PipelineConfig:
     """Testing: extra seconds the actor sleeps per update, to exercise staleness and backpressure."""
     slow_rollout_s: float = 0.0
     """Testing: extra seconds a rollout sleeps per env step, to exercise an actor that waits."""
+    num_shards: int = 2
+    """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
+    max_batch: int = 0
+    """rollout_async and later: B_max, observations per inference batch (0 = every env of the worker)."""
+    batch_timeout_s: float = 0.002
+    """rollout_async and later: T_max, the longest the oldest ready observation waits for a batch."""
     queue_batches: int = 8
     """Actor receive queue, in rollout batches. When full, the receive lane stops taking from the data
     plane, so rollouts block on send (backpressure): nothing is dropped for lack of room."""
@@ -143,6 +150,10 @@ class PipelineConfig:
     def staleness(self) -> int:
         """The eta in force: 0 in the lockstep modes."""
         return 0 if self.lockstep else self.max_staleness
+
+    @property
+    def sharded(self) -> bool:
+        return self.stage >= MODES.index("rollout_async")
 
     @property
     def streamer(self) -> bool:
@@ -165,10 +176,13 @@ class PipelineConfig:
                f"mode '{self.mode}' is asynchronous and needs max_staleness >= 1")
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
         _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
+        _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
+        _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
+        _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
 
 
-MODES = ("sync", "disaggregated", "train_async", "streamer", "swimlane")
+MODES = ("sync", "disaggregated", "train_async", "rollout_async", "streamer", "swimlane")
 
 
 @dataclass(frozen=True)
@@ -239,9 +253,13 @@ class RunConfig:
             v = getattr(self, f.name)
             if is_dataclass(v):
                 v.validate()
+        shards = self.pipeline.num_shards if self.pipeline.sharded else 1
+        _check(self.env.num_envs % shards == 0, "env.num_envs",
+               f"{self.env.num_envs} does not split into pipeline.num_shards={shards} shards")
         if self.algo.name == "grpo":
-            _check(self.env.num_envs % self.algo.group_size == 0, "env.num_envs",
-                   f"{self.env.num_envs} is not a multiple of algo.group_size={self.algo.group_size}")
+            per_shard = self.env.num_envs // shards
+            _check(per_shard % self.algo.group_size == 0, "env.num_envs",
+                   f"{per_shard} envs per shard is not a multiple of algo.group_size={self.algo.group_size}")
         return self
 
     @property

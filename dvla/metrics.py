@@ -47,15 +47,21 @@ def _rolling_mean(y: list, window: int) -> list:
 
 
 def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> Path:
-    """Success rate and mean episode return against env steps, side by side."""
+    """Success rate, mean episode return and episode length against env steps, side by side.
+
+    Episodes end on success, so a policy that succeeds sooner collects less
+    return per episode: the length panel shows why return can fall while
+    success rises."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in read_metrics(metrics_path) if "env_steps" in r]
     x = [r["env_steps"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    for ax, key, label in ((axes[0], "success_rate", "success rate"), (axes[1], "return_mean", "mean episode return")):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    panels = ((axes[0], "success_rate", "success rate"), (axes[1], "return_mean", "mean episode return"),
+              (axes[2], "episode_length", "mean episode length (steps)"))
+    for ax, key, label in panels:
         y = [r.get(key) for r in rows]
         ax.plot(x, y, color="tab:blue", alpha=0.35, linewidth=1, label="per update")
         ax.plot(x, _rolling_mean(y, max(1, len(y) // 15)), color="tab:blue", linewidth=2, label="rolling mean")

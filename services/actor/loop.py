@@ -48,6 +48,10 @@ class ActorStats:
     env_steps_trained: int = 0
     updates: int = 0
     env_steps_per_s: float = 0.0
+    busy_s: float = 0.0  # training
+    wait_s: float = 0.0  # waiting for episodes
+    weights_s: float = 0.0  # publishing (on the publish lane's thread in swimlane mode)
+    loop_s: float = 0.0
 
     def report(self) -> dict:
         return asdict(self)
@@ -170,6 +174,10 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
             stats.policy_version = stats.updates
             now = time.monotonic()
             stats.env_steps_per_s = stats.env_steps_trained / (now - t0)
+            stats.busy_s += record["time/train_s"]
+            stats.wait_s += record["time/wait_s"]
+            stats.weights_s = sum(publisher.publish_s)
+            stats.loop_s = now - t0
             metrics.write({
                 "version": stats.policy_version, "update": stats.updates, "env_steps": stats.env_steps_trained,
                 "episodes": stats.episodes_trained, "episodes_received": stats.episodes_received,

@@ -27,6 +27,7 @@ from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 
 from .sampler import collect_episodes
+from .shards import ShardedSampler
 from .weights import WeightLane
 
 log = logging.getLogger("dvla.rollout")
@@ -40,6 +41,14 @@ class RolloutStats:
     policy_version: int = -1
     env_steps_per_s: float = 0.0
     num_envs: int = 0
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    send_s: float = 0.0
+    weights_s: float = 0.0
+    swap_pause_p99_ms: float = 0.0
+    swap_pause_max_ms: float = 0.0
+    inference_batches: int = 0
+    loop_s: float = 0.0
     versions_used: list[int] = field(default_factory=list)
 
     def report(self) -> dict:
@@ -57,8 +66,12 @@ def episode_seeds(cfg: RunConfig, rank: int, epoch: int) -> tuple[list[int], lis
 def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Event) -> RolloutStats:
     device = resolve_device(cfg.device)
     torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
-    envs = make_env_batch(cfg.env, device)
-    stats = RolloutStats(num_envs=envs.num_envs)
+    p = cfg.pipeline
+    if p.sharded:
+        envs = ShardedSampler(cfg.env, p.num_shards, p.max_batch or cfg.env.num_envs, p.batch_timeout_s, device)
+    else:
+        envs = make_env_batch(cfg.env, device)
+    stats = RolloutStats(num_envs=cfg.env.num_envs)
     client = ControlClient(control, cfg.control)
     heartbeat = None
     try:
@@ -68,26 +81,55 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         init_dataplane(reg.rendezvous_address, reg.rank, reg.world_size, cfg.dataplane.backend, cfg.dataplane.timeout_s)
         heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
         sender = TrajectorySender(dst=0)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + reg.rank)
         lane = WeightLane(client, lambda: build_policy(cfg.policy, envs.spec).to(device).eval(), stop,
-                          background=cfg.pipeline.background_weights).start()
-        generator = torch.Generator(device=device).manual_seed(cfg.seed + reg.rank)
-        epoch, t0 = 0, time.monotonic()
-        while not stop.is_set():
-            # admission control: never run further ahead of the actor than max_staleness versions
-            if not lane.wait_loaded(epoch - cfg.pipeline.staleness) or lane.final:
-                break
-            stats.policy_version = lane.version
-            seeds, groups = episode_seeds(cfg, reg.rank, epoch)
-            batch = collect_episodes(envs, lane, seeds, groups, generator, device, cfg.pipeline.slow_rollout_s)
+                          background=p.background_weights).start()
+        t0 = time.monotonic()
+
+        def emit(batch, epoch: int) -> None:
             batch.worker_rank, batch.epoch = reg.rank, epoch
             stats.env_steps_produced += batch.num_steps
             stats.episodes_produced += batch.num_episodes
+            stats.policy_version = lane.version
+            t = time.monotonic()
             sender.send(batch)
+            stats.send_s += time.monotonic() - t
             stats.episodes_sent += batch.num_episodes
-            stats.env_steps_per_s = stats.env_steps_produced / (time.monotonic() - t0)
-            epoch += 1
+            update_timings()
+
+        def update_timings() -> None:
+            stats.loop_s = time.monotonic() - t0
+            stats.env_steps_per_s = stats.env_steps_produced / stats.loop_s
+            stats.weights_s = lane.fetch_s
+            stats.swap_pause_p99_ms, stats.swap_pause_max_ms = lane.swap_pause_ms(0.99), lane.swap_pause_ms(1.0)
+            if p.sharded:
+                stats.wait_s = envs.parked_s
+                stats.inference_batches = envs.inference_batches
+            stats.busy_s = stats.loop_s - stats.wait_s - stats.send_s
+
+        if p.sharded:
+            k = envs.shards[0].num_envs
+
+            def seeds_for(round_: int, shard: int) -> tuple[list[int], list[int]]:
+                seeds, groups = episode_seeds(cfg, reg.rank, round_)
+                return seeds[shard * k:(shard + 1) * k], groups[shard * k:(shard + 1) * k]
+            envs.run(lane, seeds_for, p.staleness, emit, stop, p.slow_rollout_s)
+        else:
+            generator = torch.Generator(device=device).manual_seed(cfg.seed + reg.rank)
+            epoch = 0
+            # admission control: never run further ahead of the actor than max_staleness versions
+            while not stop.is_set():
+                t = time.monotonic()
+                admitted = lane.wait_loaded(epoch - p.staleness) and not lane.final
+                stats.wait_s += time.monotonic() - t
+                if not admitted:
+                    break
+                seeds, groups = episode_seeds(cfg, reg.rank, epoch)
+                emit(collect_episodes(envs, lane, seeds, groups, generator, device, p.slow_rollout_s), epoch)
+                stats.inference_batches += envs.spec.max_episode_steps
+                epoch += 1
         sender.send_end()
+        update_timings()
         stats.versions_used = list(lane.versions_used)
         log.info("done: %d episodes, %d env steps, versions %s", stats.episodes_sent, stats.env_steps_produced,
                  stats.versions_used)

@@ -34,6 +34,7 @@ class WeightLane:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self.fetches = 0
+        self.fetch_s = 0.0  # fetching + loading into the shadow copy
         self.swap_pauses_s: list[float] = []
         self.versions_used: list[int] = []
         self._thread = threading.Thread(target=self._run, name="weight-lane", daemon=True)
@@ -63,6 +64,20 @@ class WeightLane:
                     self._cond.notify_all()
 
     def _fetch_into_shadow(self) -> None:
+        t = time.monotonic()
+        try:
+            self._fetch_and_load()
+        finally:
+            self.fetch_s += time.monotonic() - t
+
+    def swap_pause_ms(self, q: float) -> float:
+        """Quantile q of the swap pauses so far, in milliseconds (0 if none)."""
+        if not self.swap_pauses_s:
+            return 0.0
+        xs = sorted(self.swap_pauses_s)
+        return 1e3 * xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    def _fetch_and_load(self) -> None:
         version, final, tensors = self.client.fetch(None)  # newest: skip versions that went by
         with self._cond:
             if version <= self._newest_held():

@@ -67,7 +67,7 @@ def test_sync_run_two_rollouts(tmp_path, algo):
     assert json.loads((tmp_path / "checkpoint/state.json").read_text())["version"] == n
 
 
-@pytest.mark.parametrize("mode", ["disaggregated", "train_async", "streamer", "swimlane"])
+@pytest.mark.parametrize("mode", ["disaggregated", "train_async", "rollout_async", "streamer", "swimlane"])
 def test_every_mode_trains_end_to_end(tmp_path, mode):
     n, eta = 4, 1
     cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=15",

@@ -252,6 +252,14 @@ class WorkerStats(_message.Message):
     ENV_STEPS_PER_S_FIELD_NUMBER: _builtins.int
     NUM_ENVS_FIELD_NUMBER: _builtins.int
     UPDATES_FIELD_NUMBER: _builtins.int
+    BUSY_S_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
+    SEND_S_FIELD_NUMBER: _builtins.int
+    WEIGHTS_S_FIELD_NUMBER: _builtins.int
+    SWAP_PAUSE_P99_MS_FIELD_NUMBER: _builtins.int
+    SWAP_PAUSE_MAX_MS_FIELD_NUMBER: _builtins.int
+    INFERENCE_BATCHES_FIELD_NUMBER: _builtins.int
+    LOOP_S_FIELD_NUMBER: _builtins.int
     policy_version: _builtins.int
     """version in use (rollout) or last published (actor)"""
     env_steps_produced: _builtins.int
@@ -264,6 +272,21 @@ class WorkerStats(_message.Message):
     env_steps_per_s: _builtins.float
     num_envs: _builtins.int
     updates: _builtins.int
+    busy_s: _builtins.float
+    """Lane timings, seconds since the worker started its loop. Rollout: busy =
+    stepping envs and running inference, wait = blocked on admission control or
+    a weight fetch, send = data-plane sends. Actor: busy = training, wait =
+    waiting for episodes, weights = publishing.
+    """
+    wait_s: _builtins.float
+    send_s: _builtins.float
+    weights_s: _builtins.float
+    swap_pause_p99_ms: _builtins.float
+    """rollout: pause of swapping in a new version"""
+    swap_pause_max_ms: _builtins.float
+    inference_batches: _builtins.int
+    loop_s: _builtins.float
+    """wall time of the loop so far"""
     def __init__(
         self,
         *,
@@ -278,10 +301,18 @@ class WorkerStats(_message.Message):
         env_steps_per_s: _builtins.float = ...,
         num_envs: _builtins.int = ...,
         updates: _builtins.int = ...,
+        busy_s: _builtins.float = ...,
+        wait_s: _builtins.float = ...,
+        send_s: _builtins.float = ...,
+        weights_s: _builtins.float = ...,
+        swap_pause_p99_ms: _builtins.float = ...,
+        swap_pause_max_ms: _builtins.float = ...,
+        inference_batches: _builtins.int = ...,
+        loop_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_produced", b"episodes_produced", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "num_envs", b"num_envs", "policy_version", b"policy_version", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_s", b"busy_s", "env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_produced", b"episodes_produced", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "inference_batches", b"inference_batches", "loop_s", b"loop_s", "num_envs", b"num_envs", "policy_version", b"policy_version", "send_s", b"send_s", "swap_pause_max_ms", b"swap_pause_max_ms", "swap_pause_p99_ms", b"swap_pause_p99_ms", "updates", b"updates", "wait_s", b"wait_s", "weights_s", b"weights_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

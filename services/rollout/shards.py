@@ -1,0 +1,212 @@
+"""Env shards in their own processes, served by one inference lane with dynamic batching.
+
+    shard 0 (process): step K envs --obs--+
+    shard 1 (process): step K envs --obs--+--> batcher (B_max, T_max) --> policy.act --> actions --> shards
+                                                 (this process: inference lane + recorders + sender)
+
+CPU physics holds the GIL (measured: two envs in two threads ran at 0.74x of
+one), so shards are processes. Observations and actions cross through shared
+memory; a pipe per shard carries only 'reset', 'step' and 'ready'. While one
+shard steps its physics, the others' observations go through inference.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection as mpc
+import threading
+import time
+from dataclasses import replace
+from typing import Callable
+
+import torch
+import torch.multiprocessing as mp
+
+from dvla.algo.batching import DynamicBatcher
+from dvla.config import EnvConfig
+from dvla.envs import StepResult, make_env_batch
+from dvla.policy import ActOutput
+from dvla.types import EnvSpec, TrajectoryBatch
+
+from .sampler import EpisodeRecorder
+from .weights import WeightLane
+
+log = logging.getLogger("dvla.rollout.shards")
+
+
+def _shard_main(env_cfg: EnvConfig, conn) -> None:
+    """Child process: own K envs; step them when told, through the shared buffers."""
+    torch.set_num_threads(1)
+    try:
+        envs = make_env_batch(env_cfg, "cpu")
+    except BaseException as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    s = envs.spec
+    conn.send(("spec", (s.task, s.obs_dim, s.action_dim, s.action_low, s.action_high, s.max_episode_steps)))
+    bufs = conn.recv()
+    try:
+        while True:
+            msg = conn.recv()
+            if msg[0] == "reset":
+                bufs["obs"].copy_(envs.reset(msg[1]))
+            elif msg[0] == "step":
+                res = envs.step(bufs["actions"], bufs["active"].clone())
+                for name in ("obs", "reward", "terminated", "truncated", "success"):
+                    bufs[name].copy_(getattr(res, name))
+            elif msg[0] == "close":
+                return
+            conn.send(("ok", None))
+    except (EOFError, KeyboardInterrupt):
+        return
+    except BaseException as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        envs.close()
+
+
+class Shard:
+    def __init__(self, ctx, env_cfg: EnvConfig, index: int):
+        self.index, self.num_envs = index, env_cfg.num_envs
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_shard_main, args=(env_cfg, child), name=f"env-shard-{index}", daemon=True)
+        self.proc.start()
+        child.close()
+        self.bufs: dict[str, torch.Tensor] = {}
+        self.state = "idle"  # idle | resetting | inference | stepping
+        self.round = 0
+        self.recorder: EpisodeRecorder | None = None
+        self.group_ids: list[int] = []
+
+    def handshake(self) -> EnvSpec:
+        kind, payload = self.conn.recv()
+        if kind != "spec":
+            raise RuntimeError(f"env shard {self.index} failed to start: {payload}")
+        spec = EnvSpec(*payload)
+        k, d, a = self.num_envs, spec.obs_dim, spec.action_dim
+        self.bufs = {
+            "obs": torch.zeros(k, d).share_memory_(), "actions": torch.zeros(k, a).share_memory_(),
+            "active": torch.zeros(k, dtype=torch.bool).share_memory_(), "reward": torch.zeros(k).share_memory_(),
+            "terminated": torch.zeros(k, dtype=torch.bool).share_memory_(),
+            "truncated": torch.zeros(k, dtype=torch.bool).share_memory_(),
+            "success": torch.zeros(k, dtype=torch.bool).share_memory_(),
+        }
+        self.conn.send(self.bufs)
+        self.recorder = EpisodeRecorder(k, spec.max_episode_steps, d, a)
+        return spec
+
+    def receive(self) -> None:
+        kind, payload = self.conn.recv()
+        if kind != "ok":
+            raise RuntimeError(f"env shard {self.index}: {payload}")
+
+    def result(self) -> StepResult:
+        b = self.bufs
+        return StepResult(obs=b["obs"].clone(), reward=b["reward"].clone(), terminated=b["terminated"].clone(),
+                          truncated=b["truncated"].clone(), success=b["success"].clone())
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class ShardedSampler:
+    """Runs S env shards; every finished shard epoch is handed to `emit` as a TrajectoryBatch."""
+
+    def __init__(self, env_cfg: EnvConfig, num_shards: int, max_batch: int, timeout_s: float, device: torch.device):
+        if env_cfg.num_envs % num_shards:
+            raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
+        ctx = mp.get_context("spawn")
+        shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
+        self.shards = [Shard(ctx, shard_cfg, i) for i in range(num_shards)]
+        specs = {s.handshake() for s in self.shards}
+        self.spec = specs.pop()
+        self.batcher = DynamicBatcher(max_batch, timeout_s)
+        self.device = device
+        self.inference_batches = 0
+        self.inference_busy_s = 0.0
+        self.parked_s = 0.0  # every shard idle, held back by admission control
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
+
+    def run(self, lane: WeightLane, seeds_for: Callable[[int, int], tuple[list[int], list[int]]], staleness: int,
+            emit: Callable[[TrajectoryBatch, int], None], stop: threading.Event, step_delay_s: float = 0.0) -> None:
+        """Until the actor's final version is in use (or stop): start, step and emit shard epochs.
+
+        seeds_for(round, shard) gives that shard epoch's reset seeds and group ids; a
+        shard starts round r only once version >= r - staleness is in use.
+        """
+        by_conn = {s.conn: s for s in self.shards}
+        while not stop.is_set():
+            _, version = lane.current()
+            if lane.final:
+                return  # unfinished shard epochs are abandoned: never counted as produced
+            for s in self.shards:
+                if s.state == "idle":
+                    need = s.round - staleness
+                    if version < need and not lane.background:
+                        t = time.monotonic()
+                        ok = lane.wait_loaded(need)
+                        self.parked_s += time.monotonic() - t
+                        if not ok:
+                            return
+                        _, version = lane.current()
+                    if version >= need:
+                        s.conn.send(("reset", seeds_for(s.round, s.index)[0]))
+                        s.group_ids = seeds_for(s.round, s.index)[1]
+                        s.state = "resetting"
+            busy = [s.conn for s in self.shards if s.state in ("resetting", "stepping")]
+            wait_s = self.batcher.time_left(time.monotonic())
+            if busy:
+                ready = mpc.wait(busy, timeout=0.05 if wait_s is None else wait_s)
+            else:
+                ready = []
+                if wait_s is None:
+                    time.sleep(0.005)  # every shard is parked on admission control
+                    self.parked_s += 0.005
+            for conn in ready:
+                s = by_conn[conn]
+                s.receive()
+                if s.state == "resetting":
+                    s.recorder.begin(s.bufs["obs"].clone(), s.group_ids)
+                else:
+                    if step_delay_s:
+                        time.sleep(step_delay_s)
+                    s.recorder.record_step(s.result())
+                if s.recorder.done:
+                    emit(s.recorder.finish(), s.round)
+                    s.round += 1
+                    s.state = "idle"
+                else:
+                    self.batcher.add(s.index, int(s.recorder.active.sum()), time.monotonic())
+                    s.state = "inference"
+            no_more_coming = len(self.batcher) and not any(s.state in ("resetting", "stepping") for s in self.shards)
+            if no_more_coming or self.batcher.ready(time.monotonic()):
+                self._infer([self.shards[i] for i in self.batcher.take(time.monotonic())], lane)
+
+    def _infer(self, shards: list[Shard], lane: WeightLane) -> None:
+        t = time.monotonic()
+        policy, version = lane.current()  # a waiting version is swapped in here, between two batches
+        obs = torch.cat([s.recorder.current_obs[s.recorder.active] for s in shards])
+        out = policy.act(obs.to(self.device))
+        start = 0
+        for s in shards:
+            rec = s.recorder
+            n = int(rec.active.sum())
+            full = ActOutput(torch.zeros(s.num_envs, self.spec.action_dim), torch.zeros(s.num_envs), torch.zeros(s.num_envs))
+            for name in ("actions", "log_probs", "values"):
+                getattr(full, name)[rec.active] = getattr(out, name)[start:start + n].cpu()
+            start += n
+            rec.record_action(full, version)
+            s.bufs["actions"].copy_(full.actions)
+            s.bufs["active"].copy_(rec.active)
+            s.conn.send(("step",))
+            s.state = "stepping"
+        self.inference_batches += 1
+        self.inference_busy_s += time.monotonic() - t
