@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from dvla.config import PRESETS, describe, load_config
+from dvla.config import MODES, PRESETS, describe, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-progress", action="store_true", help="print a line per update instead of a progress bar")
     r.add_argument("--help-config", action="store_true", help="list every config field with its doc and exit")
     r.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.lr=1e-3 pipeline.num_updates=20")
+    b = sub.add_parser("bench", help="every pipeline mode on the same budget: table, CSV and chart in runs/bench-<time>/")
+    b.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    b.add_argument("--out-dir", default="runs", help="folder for the bench-<time> folder")
+    b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     args = ap.parse_args(argv)
+    if args.cmd == "bench":
+        from dvla.bench import run_bench
+        try:
+            run_bench([m for m in args.modes.split(",") if m], args.overrides, Path(args.out_dir))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.cmd == "run":
         if args.help_config:
             print("\n".join(describe()))
@@ -27,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         from dvla.launch import run
-        return run(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar")
     return 2
 
 

@@ -230,6 +230,20 @@ class DataPlaneConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    exporter: str = "json"
+    """OpenTelemetry spans: 'none', 'console', 'otlp' (to otlp_endpoint) or 'json' (files in json_dir)."""
+    otlp_endpoint: str = "localhost:4317"
+    """OTLP/gRPC collector (Jaeger, an OpenTelemetry collector) for exporter 'otlp'."""
+    json_dir: str = ""
+    """Folder for exporter 'json' (dvla run sets <run folder>/traces; empty = no spans)."""
+
+    def validate(self) -> None:
+        _check(self.exporter in ("none", "console", "otlp", "json"), "telemetry.exporter",
+               f"unknown '{self.exporter}'; choose none, console, otlp or json")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     """Run name; outputs go to <out_dir>/<name>/."""
@@ -245,6 +259,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def validate(self) -> "RunConfig":
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'")

@@ -47,7 +47,10 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool = True):
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: str = "off"):
+        """progress: 'bar' (tqdm), 'lines' (a line per update) or 'off'."""
+        if cfg.telemetry.exporter == "json" and not cfg.telemetry.json_dir:
+            cfg = replace(cfg, telemetry=replace(cfg.telemetry, json_dir=str(run_dir / "traces")))
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.children: list[Child] = []
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -153,10 +156,10 @@ def _port_free(host: str, port: int) -> bool:
 class _Progress:
     """A tqdm bar fed by the actor's metrics file: updates, env steps/s, success, version."""
 
-    def __init__(self, cfg: RunConfig, metrics_path: Path, enabled: bool):
-        self.metrics_path, self.seen = metrics_path, 0
+    def __init__(self, cfg: RunConfig, metrics_path: Path, mode: str):
+        self.metrics_path, self.seen, self.mode = metrics_path, 0, mode
         self.bar = None
-        if enabled:
+        if mode == "bar":
             from tqdm import tqdm
             self.bar = tqdm(total=cfg.pipeline.num_updates, unit="update", desc=f"{cfg.name}")
 
@@ -171,7 +174,7 @@ class _Progress:
             self.bar.set_postfix_str(
                 f"v{last['version']} steps={last['env_steps']} {last['env_steps_per_s']:.0f} steps/s "
                 f"success={last['success_rate']:.2f} return={last['return_mean']:.2f}")
-        elif not sys.stdout.isatty():
+        elif self.mode == "lines":
             print(f"update {last['update']}: v{last['version']} env_steps={last['env_steps']} "
                   f"{last['env_steps_per_s']:.0f} steps/s success={last['success_rate']:.2f} return={last['return_mean']:.2f}",
                   flush=True)
@@ -182,7 +185,7 @@ class _Progress:
             self.bar = None
 
 
-def run(cfg: RunConfig, progress: bool = True) -> int:
+def run(cfg: RunConfig, progress: str = "bar") -> int:
     run_dir = new_run_dir(cfg)
     launcher = Launcher(replace(cfg), run_dir, progress)
     print(f"run folder: {run_dir}", flush=True)
@@ -203,6 +206,8 @@ def run(cfg: RunConfig, progress: bool = True) -> int:
         launcher.stop_all()
         signal.signal(signal.SIGTERM, old)
     if rc == 0:
+        from dvla.tracechart import plot_trace
+        plot_trace(run_dir / "traces", run_dir / "trace.png")
         summarize(run_dir, time.monotonic() - t0)
     return rc
 
@@ -218,4 +223,4 @@ def summarize(run_dir: Path, wall_s: float) -> None:
           f"{last['env_steps_per_s']:.0f} env steps/s")
     print(f"success rate {first['success_rate']:.2f} -> {mean('success_rate'):.2f}, "
           f"return {first['return_mean']:.2f} -> {mean('return_mean'):.2f} (first update -> mean of last {len(tail)})")
-    print(f"outputs: {run_dir}/metrics.jsonl, training.png, checkpoint/, config.yaml, logs/")
+    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, checkpoint/, config.yaml, logs/, traces/")

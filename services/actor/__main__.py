@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     setup_logging("actor")
+    from dvla import telemetry
+    telemetry.setup(cfg.telemetry, "actor")
     stop = threading.Event()
     install_stop_signals(stop)
     from .loop import run_actor
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         run_actor(cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("actor"), run_dir, stop)
     except KeyboardInterrupt:
         return 130
+    finally:
+        telemetry.shutdown()
     return 0
 
 

@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 
+from dvla import telemetry
 from dvla.dataplane import TrajectoryReceiver
 from dvla.rpc.client import ControlClient
 from dvla.types import TrajectoryBatch
@@ -46,12 +47,14 @@ class ReceiveLane:
                 with self._lock:
                     self.episodes_received += b.num_episodes
                     self.episodes_queued += b.num_episodes
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(b, timeout=0.5)
-                        break
-                    except queue.Full:
-                        pass
+                # the span covers the wait for room in the queue: long spans are backpressure
+                with telemetry.span("receive.enqueue", worker=src, episodes=b.num_episodes, epoch=b.epoch):
+                    while not self.stop.is_set():
+                        try:
+                            self.queue.put(b, timeout=0.5)
+                            break
+                        except queue.Full:
+                            pass
                 self.blocked_s += time.monotonic() - t
         except BaseException as e:
             log.exception("receive lane failed")
@@ -101,7 +104,8 @@ class PublishLane:
 
     def _publish(self, version: int, weights: dict, final: bool) -> None:
         t = time.monotonic()
-        self.client.publish(version, weights, final=final, publisher_id=self.publisher_id)
+        with telemetry.span("publish.version", version=version, tensors=len(weights)):
+            self.client.publish(version, weights, final=final, publisher_id=self.publisher_id)
         self.publish_s.append(time.monotonic() - t)
         self.published.append(version)
 

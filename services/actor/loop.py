@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dvla import telemetry
 from dvla.algo.staleness import lag_stats, stale_episodes
 from dvla.checkpoint import save_checkpoint
 from dvla.config import RunConfig, to_yaml
@@ -94,19 +95,22 @@ class Trainer:
             t_first = t_first or time.monotonic()
             batches.append(b)
             n_eps += b.num_episodes
-            s = self.learner.prepare(b, version)
-            samples.append(s)
-            if self.cfg.pipeline.streamer:
-                stream_stats.append(self.learner.accumulate(s))
+            with telemetry.span("training.micro_batch", version=version, episodes=b.num_episodes, worker=b.worker_rank):
+                s = self.learner.prepare(b, version)
+                samples.append(s)
+                if self.cfg.pipeline.streamer:
+                    stream_stats.append(self.learner.accumulate(s))
         t_batch = time.monotonic()
         batch = TrajectoryBatch.concat(batches)
         record = {"check/behaviour_logp_gap": self.learner.behaviour_gap(batch, version)}
         if self.cfg.pipeline.streamer:
-            grad_norm = self.learner.step_accumulated()
+            with telemetry.span("training.optimizer_step", version=version + 1):
+                grad_norm = self.learner.step_accumulated()
             record |= {k: sum(d[k] for d in stream_stats) / len(stream_stats) for k in stream_stats[0]}
             record |= {"loss/grad_norm": grad_norm, "train/samples": float(sum(len(s) for s in samples))}
         else:
-            record |= self.learner.update(Samples.concat(samples))
+            with telemetry.span("training.optimizer_step", version=version + 1, epochs=self.cfg.algo.update_epochs):
+                record |= self.learner.update(Samples.concat(samples))
         t_end = time.monotonic()
         self.stats.updates += 1
         self.stats.episodes_trained += batch.num_episodes

@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     setup_logging("rollout")
+    from dvla import telemetry
+    telemetry.setup(cfg.telemetry, "rollout")
     stop = threading.Event()
     install_stop_signals(stop)
     from .loop import run_rollout
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         run_rollout(cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("rollout"), stop)
     except KeyboardInterrupt:
         return 130
+    finally:
+        telemetry.shutdown()
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dvla import telemetry
 from dvla.config import RunConfig
 from dvla.dataplane import TrajectorySender, init_dataplane, shutdown_dataplane
 from dvla.envs import make_env_batch
@@ -68,7 +69,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
     p = cfg.pipeline
     if p.sharded:
-        envs = ShardedSampler(cfg.env, p.num_shards, p.max_batch or cfg.env.num_envs, p.batch_timeout_s, device)
+        envs = ShardedSampler(cfg.env, p.num_shards, p.max_batch or cfg.env.num_envs, p.batch_timeout_s, device,
+                              cfg.telemetry)
     else:
         envs = make_env_batch(cfg.env, device)
     stats = RolloutStats(num_envs=cfg.env.num_envs)
@@ -92,7 +94,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             stats.episodes_produced += batch.num_episodes
             stats.policy_version = lane.version
             t = time.monotonic()
-            sender.send(batch)
+            with telemetry.span("sampling.send", episodes=batch.num_episodes, epoch=epoch):
+                sender.send(batch)
             stats.send_s += time.monotonic() - t
             stats.episodes_sent += batch.num_episodes
             update_timings()

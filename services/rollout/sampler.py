@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from dvla import telemetry
 from dvla.envs import StepResult
 from dvla.policy import ActOutput, Policy
 from dvla.types import TrajectoryBatch
@@ -95,9 +96,11 @@ def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[i
     rec.begin(envs.reset(seeds), group_ids)
     while not rec.done:
         policy, version = slot.current()
-        out = policy.act(rec.current_obs.to(device), generator=generator)
+        with telemetry.span("inference.batch", version=version, batch_size=envs.num_envs):
+            out = policy.act(rec.current_obs.to(device), generator=generator)
         rec.record_action(out, version)
-        res = envs.step(out.actions.cpu(), rec.active.clone())
+        with telemetry.span("sampling.env_step", num_envs=int(rec.active.sum())):
+            res = envs.step(out.actions.cpu(), rec.active.clone())
         if step_delay_s:  # testing: a deliberately slow rollout
             time.sleep(step_delay_s)
         rec.record_step(res)

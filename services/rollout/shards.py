@@ -21,8 +21,9 @@ from typing import Callable
 import torch
 import torch.multiprocessing as mp
 
+from dvla import telemetry
 from dvla.algo.batching import DynamicBatcher
-from dvla.config import EnvConfig
+from dvla.config import EnvConfig, TelemetryConfig
 from dvla.envs import StepResult, make_env_batch
 from dvla.policy import ActOutput
 from dvla.types import EnvSpec, TrajectoryBatch
@@ -33,9 +34,10 @@ from .weights import WeightLane
 log = logging.getLogger("dvla.rollout.shards")
 
 
-def _shard_main(env_cfg: EnvConfig, conn) -> None:
+def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) -> None:
     """Child process: own K envs; step them when told, through the shared buffers."""
     torch.set_num_threads(1)
+    telemetry.setup(tel_cfg, f"rollout-shard{index}")
     try:
         envs = make_env_batch(env_cfg, "cpu")
     except BaseException as e:
@@ -50,7 +52,8 @@ def _shard_main(env_cfg: EnvConfig, conn) -> None:
             if msg[0] == "reset":
                 bufs["obs"].copy_(envs.reset(msg[1]))
             elif msg[0] == "step":
-                res = envs.step(bufs["actions"], bufs["active"].clone())
+                with telemetry.span("sampling.env_step", shard=index, num_envs=int(bufs["active"].sum())):
+                    res = envs.step(bufs["actions"], bufs["active"].clone())
                 for name in ("obs", "reward", "terminated", "truncated", "success"):
                     bufs[name].copy_(getattr(res, name))
             elif msg[0] == "close":
@@ -62,13 +65,14 @@ def _shard_main(env_cfg: EnvConfig, conn) -> None:
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         envs.close()
+        telemetry.shutdown()
 
 
 class Shard:
-    def __init__(self, ctx, env_cfg: EnvConfig, index: int):
+    def __init__(self, ctx, env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int):
         self.index, self.num_envs = index, env_cfg.num_envs
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_shard_main, args=(env_cfg, child), name=f"env-shard-{index}", daemon=True)
+        self.proc = ctx.Process(target=_shard_main, args=(env_cfg, tel_cfg, index, child), name=f"env-shard-{index}", daemon=True)
         self.proc.start()
         child.close()
         self.bufs: dict[str, torch.Tensor] = {}
@@ -117,12 +121,13 @@ class Shard:
 class ShardedSampler:
     """Runs S env shards; every finished shard epoch is handed to `emit` as a TrajectoryBatch."""
 
-    def __init__(self, env_cfg: EnvConfig, num_shards: int, max_batch: int, timeout_s: float, device: torch.device):
+    def __init__(self, env_cfg: EnvConfig, num_shards: int, max_batch: int, timeout_s: float, device: torch.device,
+                 tel_cfg: TelemetryConfig = TelemetryConfig(exporter="none")):
         if env_cfg.num_envs % num_shards:
             raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
         ctx = mp.get_context("spawn")
         shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
-        self.shards = [Shard(ctx, shard_cfg, i) for i in range(num_shards)]
+        self.shards = [Shard(ctx, shard_cfg, tel_cfg, i) for i in range(num_shards)]
         specs = {s.handshake() for s in self.shards}
         self.spec = specs.pop()
         self.batcher = DynamicBatcher(max_batch, timeout_s)
@@ -194,7 +199,8 @@ class ShardedSampler:
         t = time.monotonic()
         policy, version = lane.current()  # a waiting version is swapped in here, between two batches
         obs = torch.cat([s.recorder.current_obs[s.recorder.active] for s in shards])
-        out = policy.act(obs.to(self.device))
+        with telemetry.span("inference.batch", version=version, batch_size=obs.shape[0], shards=len(shards)):
+            out = policy.act(obs.to(self.device))
         start = 0
         for s in shards:
             rec = s.recorder

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Callable
 
+from dvla import telemetry
 from dvla.policy import Policy
 from dvla.rpc.client import ControlClient, RpcFailed
 
@@ -78,14 +79,17 @@ class WeightLane:
         return 1e3 * xs[min(len(xs) - 1, int(q * len(xs)))]
 
     def _fetch_and_load(self) -> None:
-        version, final, tensors = self.client.fetch(None)  # newest: skip versions that went by
+        with telemetry.span("weights.fetch") as sp:
+            version, final, tensors = self.client.fetch(None)  # newest: skip versions that went by
+            sp.set_attribute("version", version)
         with self._cond:
             if version <= self._newest_held():
                 return
             self._loading = True  # the shadow may hold a pending version: it is no longer swappable
             self._pending = None
         try:
-            self.shadow.load_weights(tensors)
+            with telemetry.span("weights.load_shadow", version=version):
+                self.shadow.load_weights(tensors)
         finally:
             with self._cond:
                 self._loading = False

@@ -1,0 +1,148 @@
+"""`dvla bench`: every pipeline mode on the same task, model and env-step budget, in one
+invocation, with the RL-VLA3 columns, lane busy fractions and the slowest-stage bound.
+
+    throughput = env steps trained / wall time of the run (v0 published -> last update)
+    bound      = env steps / max(rollout-alone time, actor-alone time)
+    efficiency = throughput / bound
+
+Rollout-alone and actor-alone times are the busy times each stage reports for
+the same run (rollout: stepping envs and inference; actor: training), so the
+bound says how fast the run could have been had the two stages overlapped
+perfectly. Writes runs/bench-<time>/ with bench.md, bench.csv and bench.png.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from dvla.config import MODES, RunConfig, load_config
+from dvla.launch import Launcher
+from dvla.metrics import read_metrics
+
+# A model and env count where rollout and actor take roughly as long per update
+# on a 2-core CPU machine (measured: ~1 s each), which is where overlap pays.
+BALANCED = [
+    "policy.hidden_sizes=[768, 768, 768]", "env.num_envs=16", "pipeline.num_rollout_workers=1",
+    "pipeline.num_updates=15", "pipeline.num_shards=2", "pipeline.max_staleness=1",
+]
+
+COLUMNS = [
+    ("mode", "mode", "{}"), ("throughput", "env steps/s", "{:.0f}"), ("step_time_s", "step time (s)", "{:.2f}"),
+    ("rollout_time_s", "rollout time (s)", "{:.2f}"), ("actor_time_s", "actor time (s)", "{:.2f}"),
+    ("busy_sampling", "sampling busy", "{:.2f}"), ("busy_training", "training busy", "{:.2f}"),
+    ("busy_weights_in", "weight-recv busy", "{:.2f}"), ("busy_publish", "publish busy", "{:.2f}"),
+    ("staleness_mean", "staleness mean", "{:.2f}"), ("staleness_max", "staleness max", "{:.0f}"),
+    ("episodes_dropped", "dropped", "{:.0f}"), ("swap_p99_ms", "swap p99 (ms)", "{:.3f}"),
+    ("bound", "bound (steps/s)", "{:.0f}"), ("efficiency", "efficiency", "{:.2f}"),
+    ("speedup", "x sync", "{:.2f}"),
+]
+
+
+def measure(cfg: RunConfig, run_dir: Path) -> dict:
+    """Run one mode to completion and turn what its workers report into one table row."""
+    launcher = Launcher(cfg, run_dir, progress=False)
+    try:
+        address = launcher.start()
+        rc = launcher.wait()
+        if rc != 0:
+            raise RuntimeError(f"mode {cfg.pipeline.mode} failed (exit {rc}); logs in {run_dir / 'logs'}")
+        from dvla.rpc.client import ControlClient
+        client = ControlClient(address, cfg.control)
+        status = client.status()
+        client.close()
+    finally:
+        launcher.stop_all()
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    actor = next(w.stats for w in status.workers if w.rank == 0)
+    rollouts = [w.stats for w in status.workers if w.rank > 0]
+    updates, steps = len(rows), rows[-1]["env_steps"]
+    wall = rows[-1]["wall_s"]
+    rollout_alone = max(r.busy_s for r in rollouts)
+    actor_alone = actor.busy_s
+    bound = steps / max(rollout_alone, actor_alone, 1e-9)
+    throughput = steps / wall
+    return {
+        "mode": cfg.pipeline.mode, "throughput": throughput, "step_time_s": wall / updates,
+        "rollout_time_s": rollout_alone / updates, "actor_time_s": actor_alone / updates,
+        "busy_sampling": sum(r.busy_s / max(r.loop_s, 1e-9) for r in rollouts) / len(rollouts),
+        "busy_training": actor.busy_s / max(actor.loop_s, 1e-9),
+        "busy_weights_in": sum(r.weights_s / max(r.loop_s, 1e-9) for r in rollouts) / len(rollouts),
+        "busy_publish": actor.weights_s / max(actor.loop_s, 1e-9),
+        "staleness_mean": sum(r["staleness_mean"] for r in rows) / updates,
+        "staleness_max": max(r["staleness_max"] for r in rows),
+        "episodes_dropped": status.totals.episodes_dropped,
+        "swap_p99_ms": max(r.swap_pause_p99_ms for r in rollouts),
+        "bound": bound, "efficiency": throughput / bound, "env_steps": steps, "updates": updates, "wall_s": wall,
+    }
+
+
+def write_outputs(rows: list[dict], out: Path, note: str) -> None:
+    base = rows[0]["throughput"] if rows and rows[0]["mode"] == "sync" else None
+    for r in rows:
+        r["speedup"] = r["throughput"] / base if base else float("nan")
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    sep = "|" + "---|" * len(COLUMNS)
+    lines = [head, sep] + ["| " + " | ".join(fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |" for r in rows]
+    (out / "bench.md").write_text(f"{note}\n\n" + "\n".join(lines) + "\n")
+    plot(rows, out / "bench.png")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [r["mode"] for r in rows]
+    x = range(len(rows))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
+    a.bar(x, [r["throughput"] for r in rows], color="tab:blue", label="measured")
+    a.scatter(x, [r["bound"] for r in rows], color="black", marker="_", s=600, label="slowest-stage bound")
+    for i, r in enumerate(rows):
+        a.text(i, r["throughput"], f"{r['efficiency']:.2f}", ha="center", va="bottom", fontsize=8)
+    a.set_xticks(list(x), modes, rotation=20)
+    a.set_ylabel("env steps / s")
+    a.set_title("throughput (label: efficiency = measured / bound)")
+    a.legend(fontsize=8)
+    width = 0.2
+    for j, (key, label) in enumerate([("busy_sampling", "sampling"), ("busy_training", "training"),
+                                      ("busy_weights_in", "weight receiving"), ("busy_publish", "publishing")]):
+        b.bar([i + (j - 1.5) * width for i in x], [r[key] for r in rows], width, label=label)
+    b.set_xticks(list(x), modes, rotation=20)
+    b.set_ylim(0, 1.05)
+    b.set_ylabel("busy fraction of the run")
+    b.set_title("lane busy fractions")
+    b.legend(fontsize=8, ncol=2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs")) -> Path:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    base = load_config(None, BALANCED + list(overrides))
+    out = out_root / time.strftime("bench-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    note = (f"dvla bench on {base.env.task}: policy {base.policy.name} {list(base.policy.hidden_sizes)}, "
+            f"{base.pipeline.num_rollout_workers} rollout worker(s) x {base.env.num_envs} envs, "
+            f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; chosen so rollout "
+            f"and actor times per update are about equal on a 2-core CPU machine.")
+    print(note, flush=True)
+    rows = []
+    for mode in modes:
+        cfg = replace(base, name=mode, pipeline=replace(base.pipeline, mode=mode)).validate()
+        t = time.monotonic()
+        row = measure(cfg, out / mode)
+        rows.append(row)
+        print(f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
+              f"actor {row['actor_time_s']:.2f}s per update  efficiency {row['efficiency']:.2f}  "
+              f"({time.monotonic() - t:.0f}s)", flush=True)
+    write_outputs(rows, out, note)
+    print(f"\n{(out / 'bench.md').read_text()}\nwritten: {out}/bench.md, bench.csv, bench.png")
+    return out
