@@ -111,13 +111,13 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def update(self, s: Samples) -> dict[str, float]:
-        """PPO epochs over shuffled minibatches of a whole global batch."""
+    def update(self, s: Samples, epochs: int | None = None) -> dict[str, float]:
+        """PPO epochs (default cfg.update_epochs) over shuffled minibatches of a whole global batch."""
         cfg, n = self.cfg, len(s)
         mb_size = max(1, n // cfg.num_minibatches)
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(cfg.update_epochs):
+        for _ in range(cfg.update_epochs if epochs is None else epochs):
             perm = torch.randperm(n, generator=self.generator).to(self.device)
             for start in range(0, n - mb_size + 1, mb_size):
                 loss, stats = self._loss(s, perm[start:start + mb_size], normalize=True)

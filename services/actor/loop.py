@@ -104,10 +104,15 @@ class Trainer:
         batch = TrajectoryBatch.concat(batches)
         record = {"check/behaviour_logp_gap": self.learner.behaviour_gap(batch, version)}
         if self.cfg.pipeline.streamer:
+            # the first pass streamed in with the data; the remaining epochs run as usual,
+            # so every mode does the same optimisation work per update
             with telemetry.span("training.optimizer_step", version=version + 1):
                 grad_norm = self.learner.step_accumulated()
             record |= {k: sum(d[k] for d in stream_stats) / len(stream_stats) for k in stream_stats[0]}
             record |= {"loss/grad_norm": grad_norm, "train/samples": float(sum(len(s) for s in samples))}
+            if self.cfg.algo.update_epochs > 1:
+                with telemetry.span("training.optimizer_step", version=version + 1, epochs=self.cfg.algo.update_epochs - 1):
+                    record |= self.learner.update(Samples.concat(samples), epochs=self.cfg.algo.update_epochs - 1)
         else:
             with telemetry.span("training.optimizer_step", version=version + 1, epochs=self.cfg.algo.update_epochs):
                 record |= self.learner.update(Samples.concat(samples))

@@ -123,7 +123,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             # admission control: never run further ahead of the actor than max_staleness versions
             while not stop.is_set():
                 t = time.monotonic()
-                admitted = lane.wait_loaded(epoch - p.staleness) and not lane.final
+                # v0 at least: a rollout never samples with weights it did not fetch
+                admitted = lane.wait_loaded(max(0, epoch - p.staleness)) and not lane.final
                 stats.wait_s += time.monotonic() - t
                 if not admitted:
                     break

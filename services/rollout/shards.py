@@ -154,7 +154,7 @@ class ShardedSampler:
                 return  # unfinished shard epochs are abandoned: never counted as produced
             for s in self.shards:
                 if s.state == "idle":
-                    need = s.round - staleness
+                    need = max(0, s.round - staleness)  # v0 at least: only fetched weights run
                     if version < need and not lane.background:
                         t = time.monotonic()
                         ok = lane.wait_loaded(need)

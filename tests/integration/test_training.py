@@ -80,7 +80,8 @@ def test_every_mode_trains_end_to_end(tmp_path, mode):
     bound = cfg.pipeline.staleness
     for r in rows:
         trained_on = r["version"] - 1
-        assert all(trained_on - bound <= v <= trained_on for v in r["versions_used"]), r["versions_used"]
+        # every step came from a version the actor published, at most eta behind
+        assert all(max(0, trained_on - bound) <= v <= trained_on for v in r["versions_used"]), r["versions_used"]
         assert r["staleness_max"] <= bound
     t = status.totals
     assert t.episodes_produced == t.episodes_received == t.episodes_trained + t.episodes_dropped
