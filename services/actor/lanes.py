@@ -7,6 +7,7 @@ import threading
 import time
 
 from dvla import telemetry
+from dvla.counters import EpisodeLedger
 from dvla.dataplane import TrajectoryReceiver
 from dvla.rpc.client import ControlClient
 from dvla.types import TrajectoryBatch
@@ -19,15 +20,12 @@ class ReceiveLane:
     """Data plane -> bounded queue. When the queue is full this lane stops receiving,
     so rollouts block in send: backpressure, never silent loss."""
 
-    def __init__(self, receiver: TrajectoryReceiver, capacity: int, stop: threading.Event):
-        self.receiver, self.stop = receiver, stop
+    def __init__(self, receiver: TrajectoryReceiver, capacity: int, ledger: EpisodeLedger, stop: threading.Event):
+        self.receiver, self.ledger, self.stop = receiver, ledger, stop
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
-        self.episodes_received = 0
-        self.episodes_queued = 0  # received, not yet taken by the training lane
         self.blocked_s = 0.0  # time spent waiting for room in the queue
         self.busy_s = 0.0
         self.error: BaseException | None = None
-        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
 
     def start(self) -> "ReceiveLane":
@@ -44,9 +42,7 @@ class ReceiveLane:
                 if b is None:
                     continue
                 t = time.monotonic()
-                with self._lock:
-                    self.episodes_received += b.num_episodes
-                    self.episodes_queued += b.num_episodes
+                self.ledger.receive(b.num_episodes)
                 # the span covers the wait for room in the queue: long spans are backpressure
                 with telemetry.span("receive.enqueue", worker=src, episodes=b.num_episodes, epoch=b.epoch):
                     while not self.stop.is_set():
@@ -66,8 +62,7 @@ class ReceiveLane:
         """Next batch, or END (None) once every rollout has finished."""
         b = self.queue.get(timeout=timeout_s)
         if b is not None:
-            with self._lock:
-                self.episodes_queued -= b.num_episodes
+            self.ledger.take(b.num_episodes)
         elif self.error is not None:
             raise RuntimeError(f"receive lane failed: {self.error}") from self.error
         return b

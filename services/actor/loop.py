@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from dvla import telemetry
 from dvla.algo.staleness import lag_stats, stale_episodes
 from dvla.checkpoint import save_checkpoint
 from dvla.config import RunConfig, to_yaml
+from dvla.counters import EpisodeLedger
 from dvla.dataplane import TrajectoryReceiver, free_port, init_dataplane, shutdown_dataplane
 from dvla.membership import Heartbeat, join
 from dvla.metrics import MetricsLog, plot_metrics
@@ -42,10 +43,8 @@ log = logging.getLogger("dvla.actor")
 
 @dataclass
 class ActorStats:
+    ledger: EpisodeLedger = field(default_factory=EpisodeLedger)
     policy_version: int = -1
-    episodes_received: int = 0
-    episodes_trained: int = 0
-    episodes_dropped: int = 0
     env_steps_trained: int = 0
     updates: int = 0
     env_steps_per_s: float = 0.0
@@ -55,7 +54,11 @@ class ActorStats:
     loop_s: float = 0.0
 
     def report(self) -> dict:
-        return asdict(self)
+        s = self.ledger.snapshot()
+        out = {k: v for k, v in self.__dict__.items() if k != "ledger"}
+        return out | {"episodes_received": s["received"], "episodes_queued": s["queued"],
+                      "episodes_in_training": s["in_training"], "episodes_trained": s["trained"],
+                      "episodes_dropped": s["dropped"]}
 
 
 class Trainer:
@@ -73,10 +76,9 @@ class Trainer:
             if b is None:
                 self.ended = True
                 return None
-            self.stats.episodes_received = self.inbox.episodes_received
             stale = stale_episodes(b, self.stats.policy_version, self.cfg.pipeline.staleness, self.cfg.algo.name == "grpo")
             if stale.any():
-                self.stats.episodes_dropped += int(stale.sum())
+                self.stats.ledger.drop(int(stale.sum()))
                 b = b.select(~stale)
             if b.num_episodes:
                 return b
@@ -90,7 +92,7 @@ class Trainer:
         while n_eps < self.global_episodes:
             b = self._next_fresh()
             if b is None:
-                self.stats.episodes_dropped += n_eps  # a partial global batch is never trained on
+                self.stats.ledger.drop(n_eps)  # a partial global batch is never trained on
                 return None
             t_first = t_first or time.monotonic()
             batches.append(b)
@@ -118,7 +120,7 @@ class Trainer:
                 record |= self.learner.update(Samples.concat(samples))
         t_end = time.monotonic()
         self.stats.updates += 1
-        self.stats.episodes_trained += batch.num_episodes
+        self.stats.ledger.train(batch.num_episodes)
         self.stats.env_steps_trained += batch.num_steps
         return record | lag_stats(batch, version) | {
             "success_rate": float(batch.success.float().mean()),
@@ -136,8 +138,7 @@ class Trainer:
             if b is None:
                 self.ended = True
             else:
-                self.stats.episodes_dropped += b.num_episodes
-        self.stats.episodes_received = self.inbox.episodes_received
+                self.stats.ledger.drop(b.num_episodes)
 
 
 def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop: threading.Event) -> ActorStats:
@@ -164,7 +165,8 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg.policy, spec).to(device)
         learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
-        inbox = ReceiveLane(TrajectoryReceiver(sources=list(range(1, reg.world_size))), cfg.pipeline.queue_batches, stop).start()
+        inbox = ReceiveLane(TrajectoryReceiver(sources=list(range(1, reg.world_size))), cfg.pipeline.queue_batches,
+                            stats.ledger, stop).start()
         trainer = Trainer(cfg, learner, inbox, stats)
         publisher = PublishLane(client, worker_id, background=cfg.pipeline.background_weights)
         heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
@@ -187,10 +189,11 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
             stats.wait_s += record["time/wait_s"]
             stats.weights_s = sum(publisher.publish_s)
             stats.loop_s = now - t0
+            ledger = stats.ledger.snapshot()
             metrics.write({
                 "version": stats.policy_version, "update": stats.updates, "env_steps": stats.env_steps_trained,
-                "episodes": stats.episodes_trained, "episodes_received": stats.episodes_received,
-                "episodes_dropped": stats.episodes_dropped, "episodes_queued": inbox.episodes_queued,
+                "episodes": ledger["trained"], "episodes_received": ledger["received"],
+                "episodes_dropped": ledger["dropped"], "episodes_queued": ledger["queued"],
                 "env_steps_per_s": stats.env_steps_per_s, "wall_s": now - t0, "time/publish_s": now - t_pub,
                 "time/receive_blocked_s": inbox.blocked_s, **record,
             })
@@ -200,8 +203,7 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
                         stats.policy_version, stats.report(), cfg)
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
                      title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {cfg.pipeline.mode})")
-        log.info("done: %d updates, %d episodes trained, %d dropped, %d received", stats.updates,
-                 stats.episodes_trained, stats.episodes_dropped, stats.episodes_received)
+        log.info("done: %d updates; episodes %s", stats.updates, stats.ledger.snapshot())
         return stats
     finally:
         stop.set()

@@ -178,12 +178,15 @@ def worker_infos(r: Registry) -> list[pb.WorkerInfo]:
 
 
 def totals(r: Registry) -> admin_pb2.Totals:
-    t = {"env_steps_produced": 0, "episodes_produced": 0, "episodes_received": 0, "episodes_trained": 0, "episodes_dropped": 0}
-    for w in r.workers():
-        for k in t:
-            t[k] += int(w.stats.get(k, 0))
-    in_flight = t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"]
-    return admin_pb2.Totals(**t, episodes_in_flight=in_flight)
+    """Sums of the workers' last reports. Each worker's own numbers are a consistent
+    snapshot; across workers they are as fresh as the last heartbeats."""
+    keys = ("env_steps_produced", "episodes_produced", "episodes_sent", "episodes_received", "episodes_trained",
+            "episodes_dropped", "episodes_queued", "episodes_in_training")
+    t = {k: sum(int(w.stats.get(k, 0)) for w in r.workers()) for k in keys}
+    return admin_pb2.Totals(
+        **t, episodes_in_flight=t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"],
+        episodes_unsent=t["episodes_produced"] - t["episodes_sent"],
+        episodes_on_wire=t["episodes_sent"] - t["episodes_received"])
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

@@ -44,6 +44,11 @@ class Totals(_message.Message):
     EPISODES_TRAINED_FIELD_NUMBER: _builtins.int
     EPISODES_DROPPED_FIELD_NUMBER: _builtins.int
     EPISODES_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    EPISODES_SENT_FIELD_NUMBER: _builtins.int
+    EPISODES_UNSENT_FIELD_NUMBER: _builtins.int
+    EPISODES_ON_WIRE_FIELD_NUMBER: _builtins.int
+    EPISODES_QUEUED_FIELD_NUMBER: _builtins.int
+    EPISODES_IN_TRAINING_FIELD_NUMBER: _builtins.int
     env_steps_produced: _builtins.int
     episodes_produced: _builtins.int
     episodes_received: _builtins.int
@@ -51,6 +56,12 @@ class Totals(_message.Message):
     episodes_dropped: _builtins.int
     episodes_in_flight: _builtins.int
     """produced - trained - dropped"""
+    episodes_sent: _builtins.int
+    episodes_unsent: _builtins.int
+    """in flight, by place: produced - sent (rollouts), sent - received (data plane), queued, in training"""
+    episodes_on_wire: _builtins.int
+    episodes_queued: _builtins.int
+    episodes_in_training: _builtins.int
     def __init__(
         self,
         *,
@@ -60,10 +71,15 @@ class Totals(_message.Message):
         episodes_trained: _builtins.int = ...,
         episodes_dropped: _builtins.int = ...,
         episodes_in_flight: _builtins.int = ...,
+        episodes_sent: _builtins.int = ...,
+        episodes_unsent: _builtins.int = ...,
+        episodes_on_wire: _builtins.int = ...,
+        episodes_queued: _builtins.int = ...,
+        episodes_in_training: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_dropped", b"episodes_dropped", "episodes_in_flight", b"episodes_in_flight", "episodes_produced", b"episodes_produced", "episodes_received", b"episodes_received", "episodes_trained", b"episodes_trained"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_dropped", b"episodes_dropped", "episodes_in_flight", b"episodes_in_flight", "episodes_in_training", b"episodes_in_training", "episodes_on_wire", b"episodes_on_wire", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "episodes_unsent", b"episodes_unsent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

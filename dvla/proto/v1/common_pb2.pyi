@@ -260,6 +260,8 @@ class WorkerStats(_message.Message):
     SWAP_PAUSE_MAX_MS_FIELD_NUMBER: _builtins.int
     INFERENCE_BATCHES_FIELD_NUMBER: _builtins.int
     LOOP_S_FIELD_NUMBER: _builtins.int
+    EPISODES_QUEUED_FIELD_NUMBER: _builtins.int
+    EPISODES_IN_TRAINING_FIELD_NUMBER: _builtins.int
     policy_version: _builtins.int
     """version in use (rollout) or last published (actor)"""
     env_steps_produced: _builtins.int
@@ -287,6 +289,9 @@ class WorkerStats(_message.Message):
     inference_batches: _builtins.int
     loop_s: _builtins.float
     """wall time of the loop so far"""
+    episodes_queued: _builtins.int
+    """Actor: where received episodes are now (received = queued + in_training + trained + dropped)."""
+    episodes_in_training: _builtins.int
     def __init__(
         self,
         *,
@@ -309,10 +314,12 @@ class WorkerStats(_message.Message):
         swap_pause_max_ms: _builtins.float = ...,
         inference_batches: _builtins.int = ...,
         loop_s: _builtins.float = ...,
+        episodes_queued: _builtins.int = ...,
+        episodes_in_training: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_s", b"busy_s", "env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_produced", b"episodes_produced", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "inference_batches", b"inference_batches", "loop_s", b"loop_s", "num_envs", b"num_envs", "policy_version", b"policy_version", "send_s", b"send_s", "swap_pause_max_ms", b"swap_pause_max_ms", "swap_pause_p99_ms", b"swap_pause_p99_ms", "updates", b"updates", "wait_s", b"wait_s", "weights_s", b"weights_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_s", b"busy_s", "env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_in_training", b"episodes_in_training", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "inference_batches", b"inference_batches", "loop_s", b"loop_s", "num_envs", b"num_envs", "policy_version", b"policy_version", "send_s", b"send_s", "swap_pause_max_ms", b"swap_pause_max_ms", "swap_pause_p99_ms", b"swap_pause_p99_ms", "updates", b"updates", "wait_s", b"wait_s", "weights_s", b"weights_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
