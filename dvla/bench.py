@@ -134,7 +134,51 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs")) -> Path:
+def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
+    """Actor update time with a background publish of every version vs with none, side by side.
+
+    Same learner, same synthetic global batch, a real weight_control server in this
+    process; the publish lane streams version k while update k+1 runs, as in swimlane.
+    """
+    import torch
+
+    from dvla.policy import build_policy
+    from dvla.rpc.client import ControlClient
+    from dvla.types import EnvSpec
+    from services.actor.lanes import PublishLane
+    from services.actor.learner import Learner, Samples
+    from services.weight_control.app import BackgroundServer
+
+    spec = EnvSpec(cfg.env.task, 43, 8, (-1.0,) * 8, (1.0,) * 8, cfg.env.max_episode_steps)
+    torch.manual_seed(0)
+    policy = build_policy(cfg.policy, spec)
+    learner = Learner(policy, cfg.algo, torch.device("cpu"))
+    n = cfg.env.num_envs * cfg.env.max_episode_steps * cfg.pipeline.num_rollout_workers
+    g = torch.Generator().manual_seed(0)
+    s = Samples(torch.randn(n, 43, generator=g), torch.randn(n, 8, generator=g), torch.zeros(n), torch.ones(n),
+                torch.randn(n, generator=g), torch.randn(n, generator=g))
+    nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
+    with BackgroundServer(cfg.control) as srv:
+        client = ControlClient(srv.address, cfg.control)
+        lane = PublishLane(client, "bench", background=True)
+        times = {"off": [], "on": []}
+        version = 0
+        for _ in range(updates):  # interleaved, so drift in machine speed hits both alike
+            for mode in ("off", "on"):
+                t = time.perf_counter()
+                learner.update(s)
+                times[mode].append(time.perf_counter() - t)
+                if mode == "on":
+                    lane.submit(version, policy.export_weights())
+                    version += 1
+        lane.flush()
+        client.close()
+    off, on = sorted(times["off"])[updates // 2], sorted(times["on"])[updates // 2]  # medians
+    return {"update_s_publish_off": off, "update_s_publish_on": on, "ratio": on / off,
+            "version_mb": nbytes / 2**20, "publish_s": sum(lane.publish_s) / max(len(lane.publish_s), 1)}
+
+
+def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs"), publish_check: bool = True) -> Path:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
@@ -155,5 +199,12 @@ def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("run
         print(f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
               f"actor {row['actor_time_s']:.2f}s busy per update  ({time.monotonic() - t:.0f}s)", flush=True)
     write_outputs(rows, out, note)
+    if publish_check:
+        p = measure_publish_overhead(base)
+        text = (f"\nPublish stall: actor update {p['update_s_publish_off']:.3f}s with no publishing vs "
+                f"{p['update_s_publish_on']:.3f}s while each {p['version_mb']:.1f} MiB version streams out on the "
+                f"publish lane ({p['publish_s']:.2f}s per publish): ratio {p['ratio']:.3f} (medians).\n")
+        with open(out / "bench.md", "a") as f:
+            f.write(text)
     print(f"\n{(out / 'bench.md').read_text()}\nwritten: {out}/bench.md, bench.csv, bench.png")
     return out

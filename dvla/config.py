@@ -128,6 +128,9 @@ class PipelineConfig:
     """Testing: extra seconds the actor sleeps per update, to exercise staleness and backpressure."""
     slow_rollout_s: float = 0.0
     """Testing: extra seconds a rollout sleeps per env step, to exercise an actor that waits."""
+    placement: str = "auto"
+    """'colocated' (every process may use every core), 'disaggregated' (the actor on the last core, rollouts
+    on the others) or 'auto' (colocated for sync, disaggregated for the other modes)."""
     num_shards: int = 2
     """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
     max_batch: int = 0
@@ -165,8 +168,10 @@ class PipelineConfig:
 
     @property
     def pinned(self) -> bool:
-        """Rollouts and the actor on disjoint cores (everything but colocated sync)."""
-        return self.stage >= MODES.index("disaggregated")
+        """Rollouts and the actor on disjoint cores."""
+        if self.placement == "auto":
+            return self.stage >= MODES.index("disaggregated")
+        return self.placement == "disaggregated"
 
     def validate(self) -> None:
         _check(self.mode in MODES, "pipeline.mode", f"unknown '{self.mode}'; choose from {', '.join(MODES)}")
@@ -177,6 +182,8 @@ class PipelineConfig:
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
         _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
         _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
+        _check(self.placement in ("auto", "colocated", "disaggregated"), "pipeline.placement",
+               f"unknown '{self.placement}'; choose auto, colocated or disaggregated")
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")

@@ -88,13 +88,13 @@ class Trainer:
         version = self.stats.policy_version
         batches, samples, stream_stats, n_eps = [], [], [], 0
         t_start = time.monotonic()
-        t_first = None
+        micro_s = 0.0  # compute spent on micro-batches while the global batch fills
         while n_eps < self.global_episodes:
             b = self._next_fresh()
             if b is None:
                 self.stats.ledger.drop(n_eps)  # a partial global batch is never trained on
                 return None
-            t_first = t_first or time.monotonic()
+            t = time.monotonic()
             batches.append(b)
             n_eps += b.num_episodes
             with telemetry.span("training.micro_batch", version=version, episodes=b.num_episodes, worker=b.worker_rank):
@@ -102,6 +102,7 @@ class Trainer:
                 samples.append(s)
                 if self.cfg.pipeline.streamer:
                     stream_stats.append(self.learner.accumulate(s))
+            micro_s += time.monotonic() - t
         t_batch = time.monotonic()
         batch = TrajectoryBatch.concat(batches)
         record = {"check/behaviour_logp_gap": self.learner.behaviour_gap(batch, version)}
@@ -127,8 +128,8 @@ class Trainer:
             "return_mean": float(batch.returns().mean()),
             "episode_length": float(batch.lengths.float().mean()),
             "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
-            "time/wait_s": (t_first or t_batch) - t_start,
-            "time/train_s": t_end - (t_first if self.cfg.pipeline.streamer else t_batch),
+            "time/wait_s": t_batch - t_start - micro_s,
+            "time/train_s": t_end - t_batch + micro_s,
         }
 
     def drain(self) -> None:

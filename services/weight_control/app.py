@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 
 from dvla.config import ControlConfig
 from dvla.rpc.server import add_health, bind, make_server, set_serving
@@ -40,3 +41,44 @@ async def serve_forever(cfg: ControlConfig, num_rollouts: int, grace_s: float = 
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping (grace %.1fs)", grace_s)
     await server.stop(grace_s)
+
+
+class BackgroundServer:
+    """The real server on its own event loop in a thread: for tests and in-process benchmarks.
+
+        with BackgroundServer(cfg, num_rollouts=1) as srv:
+            client = ControlClient(srv.address, cfg)
+    """
+
+    def __init__(self, cfg: ControlConfig, num_rollouts: int = 1, port: int = 0):
+        self.cfg, self.num_rollouts, self._port = cfg, num_rollouts, port
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="weight-control", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def boot():
+            self.server, self.port, self.state = await start(self.cfg, self.num_rollouts, port=self._port)
+        try:
+            self.loop.run_until_complete(boot())
+        except BaseException as e:
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"weight_control did not start: {self._error}")
+        self.address = f"{self.cfg.host}:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

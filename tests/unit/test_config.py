@@ -58,3 +58,19 @@ def test_missing_file_and_unknown_preset(tmp_path):
 def test_every_field_is_documented():
     undocumented = [line for line in describe() if line.rstrip().endswith("\n      ") or line.splitlines()[1].strip() == ""]
     assert not undocumented
+
+
+def test_modes_add_one_strategy_each():
+    p = lambda mode, *o: load_config(None, [f"pipeline.mode={mode}", *o]).pipeline  # noqa: E731
+    assert (p("sync").staleness, p("sync").pinned, p("sync").sharded) == (0, False, False)
+    assert (p("disaggregated").staleness, p("disaggregated").pinned) == (0, True)
+    assert (p("train_async").staleness, p("train_async").sharded) == (1, False)
+    assert p("rollout_async").sharded and not p("rollout_async").streamer
+    assert p("streamer").streamer and not p("streamer").background_weights
+    assert p("swimlane").background_weights and p("swimlane").sharded
+    assert not p("swimlane", "pipeline.placement=colocated").pinned
+    assert p("sync", "pipeline.placement=disaggregated").pinned
+    with pytest.raises(ValueError, match="'pipeline.max_staleness'"):
+        load_config(None, ["pipeline.mode=train_async", "pipeline.max_staleness=0"])
+    with pytest.raises(ValueError, match="'env.num_envs'"):
+        load_config(None, ["pipeline.mode=rollout_async", "pipeline.num_shards=3", "env.num_envs=16"])
