@@ -1,0 +1,29 @@
+"""dvla bench end to end on a tiny budget: every output exists and the table is sane."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from dvla.bench import run_bench
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_writes_table_csv_and_chart(tmp_path):
+    out = run_bench(["sync", "swimlane"], ["policy.hidden_sizes=[64, 64]", "env.num_envs=4", "env.max_episode_steps=10",
+                                           "pipeline.num_updates=3", "telemetry.exporter=none"], tmp_path)
+    rows = list(csv.DictReader(open(out / "bench.csv")))
+    assert [r["mode"] for r in rows] == ["sync", "swimlane"]
+    for r in rows:
+        assert float(r["throughput"]) > 0 and 0 < float(r["efficiency"]) < 5
+        assert float(r["staleness_max"]) <= 1
+    assert float(rows[0]["speedup"]) == 1.0
+    md = (out / "bench.md").read_text()
+    assert "| swimlane |" in md and "Publish stall" in md
+    assert (out / "bench.png").stat().st_size > 10_000
+
+
+def test_bench_refuses_unknown_modes(tmp_path):
+    with pytest.raises(ValueError, match="unknown mode"):
+        run_bench(["turbo"], [], tmp_path)
