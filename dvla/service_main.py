@@ -28,3 +28,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def run_service(name: str, telemetry_cfg, body) -> int:
+    """The shell of a worker process: logging, tracing, signals; body(stop) does the work.
+
+    Returns the exit code: 0, or 130 when stopped by SIGTERM/SIGINT.
+    """
+    from dvla import telemetry
+
+    setup_logging(name)
+    telemetry.setup(telemetry_cfg, name)
+    stop = threading.Event()
+    install_stop_signals(stop)
+    try:
+        body(stop)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        telemetry.shutdown()
+    return 0

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 from dvla import service_args
 from dvla.membership import default_worker_id
-from dvla.service_main import install_stop_signals, setup_logging
+from dvla.service_main import run_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,20 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-id", default=os.environ.get("DVLA_WORKER_ID"), help="stable worker id (env DVLA_WORKER_ID)")
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
-    setup_logging("actor")
-    from dvla import telemetry
-    telemetry.setup(cfg.telemetry, "actor")
-    stop = threading.Event()
-    install_stop_signals(stop)
     from .loop import run_actor
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
-    try:
-        run_actor(cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("actor"), run_dir, stop)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        telemetry.shutdown()
-    return 0
+    return run_service("actor", cfg.telemetry, lambda stop: run_actor(
+        cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("actor"), run_dir, stop))
 
 
 if __name__ == "__main__":

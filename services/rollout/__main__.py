@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from dvla import service_args
 from dvla.membership import default_worker_id
-from dvla.service_main import install_stop_signals, setup_logging
+from dvla.service_main import run_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,19 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-id", default=os.environ.get("DVLA_WORKER_ID"), help="stable worker id (env DVLA_WORKER_ID)")
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
-    setup_logging("rollout")
-    from dvla import telemetry
-    telemetry.setup(cfg.telemetry, "rollout")
-    stop = threading.Event()
-    install_stop_signals(stop)
     from .loop import run_rollout
-    try:
-        run_rollout(cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("rollout"), stop)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        telemetry.shutdown()
-    return 0
+    return run_service("rollout", cfg.telemetry, lambda stop: run_rollout(
+        cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("rollout"), stop))
 
 
 if __name__ == "__main__":
