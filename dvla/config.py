@@ -284,11 +284,6 @@ class RunConfig:
                    f"{per_shard} envs per shard is not a multiple of algo.group_size={self.algo.group_size}")
         return self
 
-    @property
-    def env_steps_per_update(self) -> int:
-        """Upper bound on env steps collected per policy version (all workers)."""
-        return self.pipeline.num_rollout_workers * self.env.num_envs * self.env.max_episode_steps
-
 
 # ---------------------------------------------------------------- presets
 def preset_pushcube() -> RunConfig:

@@ -4,7 +4,6 @@ shows where the four lanes overlap and where they wait."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 LANE_COLORS = {"sampling": "tab:green", "inference": "tab:olive", "weights": "tab:purple", "receive": "tab:gray",
@@ -20,25 +19,6 @@ def load_spans(trace_dir: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue  # a line cut by a killed process
     return spans
-
-
-def lane_busy(spans: list[dict]) -> dict[tuple[str, str], float]:
-    """Seconds of (service, lane) spans, nested spans of one lane counted once."""
-    by_row: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
-    for s in spans:
-        by_row[(s["service"], s["lane"])].append((s["start_ns"], s["end_ns"]))
-    out = {}
-    for row, iv in by_row.items():
-        iv.sort()
-        total, cur_s, cur_e = 0, iv[0][0], iv[0][1]
-        for a, b in iv[1:]:
-            if a > cur_e:
-                total += cur_e - cur_s
-                cur_s, cur_e = a, b
-            else:
-                cur_e = max(cur_e, b)
-        out[row] = (total + cur_e - cur_s) / 1e9
-    return out
 
 
 def plot_trace(trace_dir: Path, png: Path, window_s: float = 8.0) -> Path | None:

@@ -133,7 +133,6 @@ class ShardedSampler:
         self.batcher = DynamicBatcher(max_batch, timeout_s)
         self.device = device
         self.inference_batches = 0
-        self.inference_busy_s = 0.0
         self.parked_s = 0.0  # every shard idle, held back by admission control
 
     def close(self) -> None:
@@ -196,7 +195,6 @@ class ShardedSampler:
                 self._infer([self.shards[i] for i in self.batcher.take(time.monotonic())], lane)
 
     def _infer(self, shards: list[Shard], lane: WeightLane) -> None:
-        t = time.monotonic()
         policy, version = lane.current()  # a waiting version is swapped in here, between two batches
         obs = torch.cat([s.recorder.current_obs[s.recorder.active] for s in shards])
         with telemetry.span("inference.batch", version=version, batch_size=obs.shape[0], shards=len(shards)):
@@ -215,4 +213,3 @@ class ShardedSampler:
             s.conn.send(("step",))
             s.state = "stepping"
         self.inference_batches += 1
-        self.inference_busy_s += time.monotonic() - t
