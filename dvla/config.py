@@ -28,7 +28,11 @@ class EnvConfig:
     task: str = "PushCube-v1"
     """ManiSkill3 env id. Tested: PushCube-v1, PickCube-v1."""
     obs_mode: str = "state"
-    """ManiSkill3 observation mode ('state' for now)."""
+    """'state' (a flat state vector) or 'rgb' (a camera image plus the robot's state, for VLAs)."""
+    image_size: int = 128
+    """obs_mode 'rgb': camera width and height in pixels."""
+    instruction: str = ""
+    """The task in words for language-conditioned policies; empty = dvla's sentence for the task."""
     control_mode: str = "pd_joint_delta_pos"
     """ManiSkill3 controller. Joint deltas step ~3x faster on CPU than pd_ee_delta_pos (no IK), which learns a bit faster per step."""
     reward_mode: str = "normalized_dense"
@@ -41,7 +45,8 @@ class EnvConfig:
     """Env instances per rollout worker. With GRPO, a multiple of algo.group_size."""
 
     def validate(self) -> None:
-        _check(self.obs_mode in ("state",), "env.obs_mode", f"'{self.obs_mode}' is not supported yet; use 'state'")
+        _check(self.obs_mode in ("state", "rgb"), "env.obs_mode", f"unknown '{self.obs_mode}'; use 'state' or 'rgb'")
+        _check(16 <= self.image_size <= 1024, "env.image_size", "must be in [16, 1024] pixels")
         _check(self.reward_mode in ("normalized_dense", "dense", "sparse"), "env.reward_mode", f"unknown '{self.reward_mode}'")
         _check(self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend", f"unknown '{self.sim_backend}'")
         _check(self.max_episode_steps > 0, "env.max_episode_steps", "must be > 0")
@@ -58,9 +63,35 @@ class PolicyConfig:
     """Initial log standard deviation of the Gaussian action distribution."""
     value_head: bool = True
     """Build a value head (needed by PPO+GAE; GRPO ignores it)."""
+    size: str = "tiny"
+    """VLA size preset: 'tiny' (CPU, seconds per step), 'small' (~100M parameters) or '1b' (GPUs)."""
+    action_head: str = "discrete"
+    """VLA action head: 'discrete' (256 bins per action dim, chunk decoded in parallel: OpenVLA-OFT) or
+    'flow' (flow matching with noise injected in the denoising steps, so log-probs are tractable: pi0 + flow-SDE)."""
+    chunk_size: int = 1
+    """C, env actions per policy decision (the MLP takes 1; VLA presets use 4)."""
+    num_bins: int = 256
+    """Discrete head: bins per action dimension."""
+    flow_steps: int = 4
+    """Flow head: K denoising steps per decision."""
+    flow_noise_std: float = 0.3
+    """Flow head: initial std of the noise injected at each denoising step (learned from there)."""
+    path: str = ""
+    """Local directory of a saved VLA (transformers format: config.json + model.safetensors) to start from."""
+    dtype: str = "auto"
+    """Parameter dtype of a VLA: 'auto' (bfloat16 with CUDA, else float32), 'float32' or 'bfloat16'."""
 
     def validate(self) -> None:
+        _check(self.name in ("mlp", "vla"), "policy.name", f"unknown '{self.name}'; choose 'mlp' or 'vla'")
         _check(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes), "policy.hidden_sizes", "need one or more positive widths")
+        _check(self.size in ("tiny", "small", "1b"), "policy.size", f"unknown '{self.size}'; choose tiny, small or 1b")
+        _check(self.action_head in ("discrete", "flow"), "policy.action_head", f"unknown '{self.action_head}'; choose discrete or flow")
+        _check(self.chunk_size >= 1, "policy.chunk_size", "must be >= 1")
+        _check(self.name != "mlp" or self.chunk_size == 1, "policy.chunk_size", "the mlp policy acts one step at a time; use 1")
+        _check(self.num_bins >= 2, "policy.num_bins", "must be >= 2")
+        _check(self.flow_steps >= 1, "policy.flow_steps", "must be >= 1")
+        _check(self.flow_noise_std > 0, "policy.flow_noise_std", "must be > 0")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "policy.dtype", f"unknown '{self.dtype}'; choose auto, float32 or bfloat16")
 
 
 @dataclass(frozen=True)
@@ -275,6 +306,11 @@ class RunConfig:
             v = getattr(self, f.name)
             if is_dataclass(v):
                 v.validate()
+        if self.policy.name == "mlp":
+            _check(self.env.obs_mode == "state", "env.obs_mode", "the mlp policy reads the state vector; "
+                   "use env.obs_mode=state, or policy.name=vla for camera images")
+        else:
+            _check(self.env.obs_mode == "rgb", "env.obs_mode", "the vla policy reads camera images; use env.obs_mode=rgb")
         shards = self.pipeline.num_shards if self.pipeline.sharded else 1
         _check(self.env.num_envs % shards == 0, "env.num_envs",
                f"{self.env.num_envs} does not split into pipeline.num_shards={shards} shards")

@@ -1,7 +1,9 @@
 """Plain data types shared by every service: what crosses the planes.
 
-Shapes use B = episodes in a batch, T = padded steps per episode, D = obs dim,
-A = action dim. Tensors here are CPU tensors unless a caller moves them.
+Shapes use B = episodes in a batch, T = padded decisions per episode, D = state
+obs dim, I = uint8 values per flattened camera image (0 without a camera), S = the
+policy's sample width (the action dim for the MLP). A decision executes a chunk of
+up to C env steps. Tensors here are CPU tensors unless a caller moves them.
 """
 from __future__ import annotations
 
@@ -20,44 +22,84 @@ class EnvSpec:
     action_low: tuple[float, ...]
     action_high: tuple[float, ...]
     max_episode_steps: int
+    image_shape: tuple[int, ...] = ()
+    """(H, W, 3) of the camera image in each observation; () when the obs has no image."""
+    instruction: str = ""
+    """The task in words, for language-conditioned policies."""
+
+    @property
+    def image_size(self) -> int:
+        """I, uint8 values per flattened image (0 without a camera)."""
+        n = 1
+        for d in self.image_shape:
+            n *= d
+        return n if self.image_shape else 0
 
 
 @dataclass
 class TrajectoryBatch:
-    """B finished episodes from one rollout worker, padded to T steps.
+    """B finished episodes from one rollout worker, padded to T decisions.
 
-    Step t of episode b is real when t < lengths[b]; padding is zero.
-    `versions` stamps every step with the policy version that chose its action.
+    Decision t of episode b is real when t < lengths[b]; padding is zero. Each
+    decision's action chunk ran chunk_steps[b, t] env steps (fewer than C when
+    the episode ended inside it) and earned their summed reward. `versions`
+    stamps every decision, hence every chunk, with the policy version that chose it.
     """
 
-    obs: torch.Tensor  # [B, T, D] float32, observation before each action
-    actions: torch.Tensor  # [B, T, A] float32, raw (unclipped) sampled actions
-    log_probs: torch.Tensor  # [B, T] float32, behaviour log-prob of each action
+    obs: torch.Tensor  # [B, T, D] float32, state observation before each decision
+    actions: torch.Tensor  # [B, T, S] float32, the policy's sample (MLP: raw unclipped action)
+    log_probs: torch.Tensor  # [B, T] float32, behaviour log-prob of each sample
     values: torch.Tensor  # [B, T] float32, behaviour value estimate (0 if no value head)
-    rewards: torch.Tensor  # [B, T] float32
-    dones: torch.Tensor  # [B, T] bool, True on the last real step of an episode
-    versions: torch.Tensor  # [B, T] int64, policy version per step
-    lengths: torch.Tensor  # [B] int64, real steps per episode
+    rewards: torch.Tensor  # [B, T] float32, summed over the chunk's env steps
+    dones: torch.Tensor  # [B, T] bool, True on the last real decision of an episode
+    versions: torch.Tensor  # [B, T] int64, policy version per decision
+    lengths: torch.Tensor  # [B] int64, real decisions per episode
     terminated: torch.Tensor  # [B] bool, episode ended by the task (not by time limit)
     success: torch.Tensor  # [B] bool, task success at the episode's end
     final_obs: torch.Tensor  # [B, D] float32, observation after the last real step
     group_ids: torch.Tensor  # [B] int64, episodes sharing an initial state share a group id
+    images: torch.Tensor | None = None  # [B, T, I] uint8 camera image before each decision (I = 0: none)
+    final_images: torch.Tensor | None = None  # [B, I] uint8, image after the last real step
+    chunk_steps: torch.Tensor | None = None  # [B, T] int64, env steps each decision ran (default: 1 each)
     worker_rank: int = 0
     epoch: int = 0  # rollout epoch that produced this batch
 
     TENSOR_FIELDS = (
         "obs", "actions", "log_probs", "values", "rewards", "dones", "versions",
         "lengths", "terminated", "success", "final_obs", "group_ids",
+        "images", "final_images", "chunk_steps",
     )
+
+    def __post_init__(self) -> None:
+        b, t = self.obs.shape[:2]
+        if self.images is None:
+            self.images = torch.zeros(b, t, 0, dtype=torch.uint8)
+        if self.final_images is None:
+            self.final_images = torch.zeros(b, self.images.shape[2], dtype=torch.uint8)
+        if self.chunk_steps is None:
+            self.chunk_steps = self.step_mask().to(torch.int64)
 
     @property
     def num_episodes(self) -> int:
         return int(self.lengths.shape[0])
 
     @property
-    def num_steps(self) -> int:
-        """Real (unpadded) env steps in the batch."""
+    def num_decisions(self) -> int:
+        """Real (unpadded) policy decisions in the batch."""
         return int(self.lengths.sum())
+
+    @property
+    def num_steps(self) -> int:
+        """Real env steps in the batch (decisions x the chunk steps each ran)."""
+        return int((self.chunk_steps * self.step_mask()).sum())
+
+    @property
+    def has_images(self) -> bool:
+        return self.images.shape[2] > 0
+
+    def episode_steps(self) -> torch.Tensor:
+        """[B] int64 env steps per episode."""
+        return (self.chunk_steps * self.step_mask()).sum(dim=1)
 
     def step_mask(self) -> torch.Tensor:
         """[B, T] bool, True on real steps."""
@@ -84,7 +126,7 @@ class TrajectoryBatch:
             parts = []
             for b in batches:
                 x = getattr(b, name)
-                if x.dim() >= 2 and name not in ("final_obs",) and x.shape[1] != t_max:
+                if x.dim() >= 2 and name not in ("final_obs", "final_images") and x.shape[1] != t_max:
                     pad = [0, 0] * (x.dim() - 2) + [0, t_max - x.shape[1]]
                     x = torch.nn.functional.pad(x, pad)
                 parts.append(x)

@@ -3,7 +3,8 @@
 Wire format (never pickled), per message, from one sender to one receiver:
 
     header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, epoch,
-                         trace-context bytes (reserved, 0), payload bytes, 5 zeros
+                         trace-context bytes (reserved, 0), payload bytes, I
+                         (image bytes per decision, 0 without a camera), 4 zeros
     payload  uint8[n]    only for TRAJECTORIES: every TrajectoryBatch.TENSOR_FIELDS
                          tensor in that order, raw bytes (bool as 1 byte), each
                          padded to 8 bytes so the receiver can view it in place
@@ -32,10 +33,10 @@ from dvla.types import TrajectoryBatch
 
 HEADER_LEN = 16
 MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: images, final_images and chunk_steps
 KIND_TRAJECTORIES = 1
 KIND_END = 2  # this sender will send no more
-DEFAULT_MAX_ELEMENTS = 1 << 28  # largest accepted B*T*max(D, A): 1 GiB of float32 obs
+DEFAULT_MAX_ELEMENTS = 1 << 30  # largest accepted B*T*max(D, A, I): 4 GiB of float32 obs, 1 GiB of images
 
 # Shape (in header letters) and dtype of every field, in wire order.
 FIELD_LAYOUT: dict[str, tuple[str, torch.dtype]] = {
@@ -51,6 +52,9 @@ FIELD_LAYOUT: dict[str, tuple[str, torch.dtype]] = {
     "success": ("B", torch.bool),
     "final_obs": ("BD", torch.float32),
     "group_ids": ("B", torch.int64),
+    "images": ("BTI", torch.uint8),
+    "final_images": ("BI", torch.uint8),
+    "chunk_steps": ("BT", torch.int64),
 }
 assert tuple(FIELD_LAYOUT) == TrajectoryBatch.TENSOR_FIELDS, "wire layout out of date with TrajectoryBatch"
 
@@ -120,13 +124,14 @@ class Header:
     T: int
     D: int
     A: int
+    I: int
     worker_rank: int
     epoch: int
     payload_bytes: int
 
 
-def _field_shapes(B: int, T: int, D: int, A: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    sizes = {"B": B, "T": T, "D": D, "A": A}
+def _field_shapes(B: int, T: int, D: int, A: int, I: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    sizes = {"B": B, "T": T, "D": D, "A": A, "I": I}
     return {name: (tuple(sizes[c] for c in dims), dtype) for name, (dims, dtype) in FIELD_LAYOUT.items()}
 
 
@@ -135,14 +140,14 @@ def _padded_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return -(-nbytes // 8) * 8
 
 
-def payload_nbytes(B: int, T: int, D: int, A: int) -> int:
-    return sum(_padded_nbytes(s, dt) for s, dt in _field_shapes(B, T, D, A).values())
+def payload_nbytes(B: int, T: int, D: int, A: int, I: int = 0) -> int:
+    return sum(_padded_nbytes(s, dt) for s, dt in _field_shapes(B, T, D, A, I).values())
 
 
 def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
-                   epoch: int = 0, payload_bytes: int = 0) -> torch.Tensor:
+                   epoch: int = 0, payload_bytes: int = 0, I: int = 0) -> torch.Tensor:
     h = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    h[:11] = torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, 0, payload_bytes])
+    h[:12] = torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, 0, payload_bytes, I])
     return h
 
 
@@ -156,8 +161,9 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"TrajectoryBatch.obs and .actions must be [B, T, D] and [B, T, A], "
                          f"got {list(batch.obs.shape)} and {list(batch.actions.shape)}")
     (B, T, D), A = batch.obs.shape, batch.actions.shape[2]
+    I = batch.images.shape[2] if batch.images.dim() == 3 else -1
     parts = []
-    for name, (shape, dtype) in _field_shapes(B, T, D, A).items():
+    for name, (shape, dtype) in _field_shapes(B, T, D, A, I).items():
         x = getattr(batch, name)
         if x.dtype != dtype or tuple(x.shape) != shape:
             raise ValueError(f"TrajectoryBatch.{name}: expected {dtype} {list(shape)}, got {x.dtype} {list(x.shape)}")
@@ -165,7 +171,7 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pad = _padded_nbytes(shape, dtype) - raw.numel()
         parts += [raw, raw.new_zeros(pad)] if pad else [raw]
     payload = torch.cat(parts)
-    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel())
+    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel(), I)
     check_header(header)
     return header, payload
 
@@ -174,7 +180,7 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     """Parse and validate a received header; ValueError says what is wrong with it."""
     if header.dtype != torch.int64 or tuple(header.shape) != (HEADER_LEN,):
         raise ValueError(f"data-plane header must be int64[{HEADER_LEN}], got {header.dtype} {list(header.shape)}")
-    (magic, version, kind, B, T, D, A, worker_rank, epoch, trace_bytes, nbytes, *reserved) = header.tolist()
+    (magic, version, kind, B, T, D, A, worker_rank, epoch, trace_bytes, nbytes, I, *reserved) = header.tolist()
     if magic != MAGIC:
         raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
                          "not a dvla message, or the stream lost its place")
@@ -185,25 +191,25 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     if worker_rank < 0 or epoch < 0:
         raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or epoch {epoch}")
     if kind == KIND_END:
-        if (B, T, D, A, nbytes) != (0, 0, 0, 0, 0):
+        if (B, T, D, A, I, nbytes) != (0, 0, 0, 0, 0, 0):
             raise ValueError("data-plane END header must carry no sizes and no payload")
-        return Header(kind, 0, 0, 0, 0, worker_rank, epoch, 0)
+        return Header(kind, 0, 0, 0, 0, 0, worker_rank, epoch, 0)
     if kind != KIND_TRAJECTORIES:
         raise ValueError(f"data-plane header has unknown message kind {kind}")
-    if min(B, T, D, A) < 1 or B * T * max(D, A) > max_elements:
-        raise ValueError(f"data-plane header sizes B={B} T={T} D={D} A={A} are outside "
-                         f"[1, ...] with B*T*max(D, A) <= {max_elements}")
-    expected = payload_nbytes(B, T, D, A)
+    if min(B, T, D, A) < 1 or I < 0 or B * T * max(D, A, I) > max_elements:
+        raise ValueError(f"data-plane header sizes B={B} T={T} D={D} A={A} I={I} are outside "
+                         f"[1, ...] (I >= 0) with B*T*max(D, A, I) <= {max_elements}")
+    expected = payload_nbytes(B, T, D, A, I)
     if nbytes != expected:
         raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
-    return Header(kind, B, T, D, A, worker_rank, epoch, nbytes)
+    return Header(kind, B, T, D, A, I, worker_rank, epoch, nbytes)
 
 
 def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
     """Views into `payload` (no copies), one per field."""
     assert payload.dtype == torch.uint8 and payload.numel() == header.payload_bytes
     fields, offset = {}, 0
-    for name, (shape, dtype) in _field_shapes(header.B, header.T, header.D, header.A).items():
+    for name, (shape, dtype) in _field_shapes(header.B, header.T, header.D, header.A, header.I).items():
         nbytes = math.prod(shape) * dtype.itemsize
         fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
         offset += _padded_nbytes(shape, dtype)

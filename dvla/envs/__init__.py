@@ -5,7 +5,9 @@ from dvla.envs.maniskill import (
     GpuEnvBatch,
     StepResult,
     env_spec,
+    instruction_for,
+    step_chunk,
     make_env_batch,
 )
 
-__all__ = ["CpuEnvBatch", "EnvBatch", "GpuEnvBatch", "StepResult", "env_spec", "make_env_batch"]
+__all__ = ["CpuEnvBatch", "EnvBatch", "GpuEnvBatch", "StepResult", "env_spec", "instruction_for", "make_env_batch", "step_chunk"]

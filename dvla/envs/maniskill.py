@@ -6,7 +6,9 @@ Two implementations of `EnvBatch`:
 - `GpuEnvBatch`: one ManiSkill env with num_envs=N on physx_cuda.
 
 Both return tensors of shape [N, ...]; ManiSkill's own leading batch dim of 1 on
-CPU is removed here so callers never see it.
+CPU is removed here so callers never see it. With obs_mode 'rgb', an observation
+is the robot's state vector plus one camera image (uint8, flattened HWC);
+`step_chunk` executes a chunk of C actions per env (action chunking).
 """
 from __future__ import annotations
 
@@ -28,10 +30,19 @@ GPU_BACKEND = "physx_cuda"
 @dataclass
 class StepResult:
     obs: torch.Tensor  # [N, D] float32, zeros on inactive rows
-    reward: torch.Tensor  # [N] float32
+    reward: torch.Tensor  # [N] float32 (summed over a chunk's steps)
     terminated: torch.Tensor  # [N] bool, ended by the task (ManiSkill: success or fail)
     truncated: torch.Tensor  # [N] bool, hit max_episode_steps
     success: torch.Tensor  # [N] bool
+    images: torch.Tensor | None = None  # [N, I] uint8 (I = 0 without a camera), zeros on inactive rows
+    steps: torch.Tensor | None = None  # [N] int64 env steps taken (1 per active row for step)
+
+    def __post_init__(self) -> None:
+        n = self.obs.shape[0]
+        if self.images is None:
+            self.images = torch.zeros(n, 0, dtype=torch.uint8, device=self.obs.device)
+        if self.steps is None:
+            self.steps = torch.ones(n, dtype=torch.int64, device=self.obs.device)
 
 
 class EnvBatch(Protocol):
@@ -39,8 +50,8 @@ class EnvBatch(Protocol):
     num_envs: int
     device: torch.device
 
-    def reset(self, seeds: list[int]) -> torch.Tensor:
-        """Reset all N envs, env i with seeds[i]; returns obs [N, D] float32."""
+    def reset(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reset all N envs, env i with seeds[i]; returns state [N, D] float32 and images [N, I] uint8."""
         ...
 
     def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
@@ -70,10 +81,17 @@ def make_env_batch(cfg: EnvConfig, device: str | torch.device = "cpu") -> EnvBat
     raise ValueError(f"unknown env.sim_backend '{cfg.sim_backend}'; use 'auto', 'cpu' or 'physx_cuda'")
 
 
-def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episode_steps: int) -> EnvSpec:
-    """EnvSpec from one env's (unbatched) spaces; the obs must be a flat state vector."""
+def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episode_steps: int,
+             instruction: str = "") -> EnvSpec:
+    """EnvSpec from one env's (unbatched) spaces: a flat state Box, or a Dict of 'state' and 'rgb'."""
+    image_shape: tuple[int, ...] = ()
+    if isinstance(obs_space, gym.spaces.Dict) and set(obs_space.spaces) == {"state", "rgb"}:
+        image_shape = tuple(int(x) for x in obs_space["rgb"].shape)
+        if len(image_shape) != 3 or image_shape[2] != 3:
+            raise ValueError(f"{task}: expected one RGB camera of shape (H, W, 3), got {image_shape}")
+        obs_space = obs_space["state"]
     if not isinstance(obs_space, gym.spaces.Box) or not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(f"{task}: need Box observation and action spaces (obs_mode='state'), "
+        raise ValueError(f"{task}: need a Box state and a Box action space, "
                          f"got {type(obs_space).__name__} and {type(action_space).__name__}")
     if len(action_space.shape) != 1:
         raise ValueError(f"{task}: expected a flat action space, got shape {action_space.shape}")
@@ -84,7 +102,58 @@ def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episo
         action_low=tuple(float(x) for x in action_space.low),
         action_high=tuple(float(x) for x in action_space.high),
         max_episode_steps=max_episode_steps,
+        image_shape=image_shape,
+        instruction=instruction,
     )
+
+
+def step_chunk(envs: "EnvBatch", chunk: torch.Tensor, active: torch.Tensor) -> StepResult:
+    """Execute chunk [N, C, A] on the active envs, action j at step j, stopping each env where it ends.
+
+    The result holds each env's last observation, its summed reward, how many
+    steps it took, and how (whether) it ended.
+    """
+    if chunk.dim() != 3:
+        raise ValueError(f"an action chunk must be [N, C, A], got {list(chunk.shape)}")
+    running = active.clone()
+    out: StepResult | None = None
+    for j in range(chunk.shape[1]):
+        if not running.any():
+            break
+        res = envs.step(chunk[:, j], running)
+        if out is None:
+            out = res
+            out.steps = running.to(torch.int64)
+        else:
+            rows = running
+            out.reward = out.reward + res.reward
+            out.steps = out.steps + rows.to(torch.int64)
+            out.obs = torch.where(rows[:, None], res.obs, out.obs)
+            out.images = torch.where(rows[:, None], res.images, out.images)
+            out.terminated, out.truncated = out.terminated | res.terminated, out.truncated | res.truncated
+            out.success = torch.where(rows, res.success, out.success)
+        running = running & ~(res.terminated | res.truncated)
+    if out is None:  # nothing active: an empty step
+        out = envs.step(chunk[:, 0], running)
+        out.steps = torch.zeros_like(out.steps)
+    return out
+
+
+# The task in words, for language-conditioned policies (env.instruction overrides it).
+INSTRUCTIONS = {
+    "PushCube-v1": "push the cube to the goal region",
+    "PullCube-v1": "pull the cube to the goal region",
+    "PickCube-v1": "pick up the cube and move it to the goal position",
+    "StackCube-v1": "stack the red cube on top of the green cube",
+    "PegInsertionSide-v1": "insert the peg into the hole from the side",
+    "LiftPegUpright-v1": "lift the peg and stand it upright",
+}
+
+
+def instruction_for(cfg: EnvConfig) -> str:
+    if cfg.instruction:
+        return cfg.instruction
+    return INSTRUCTIONS.get(cfg.task, "solve the task " + cfg.task.split("-")[0])
 
 
 def _check_task(task: str) -> None:
@@ -103,22 +172,48 @@ def _check_task(task: str) -> None:
 
 def _make(cfg: EnvConfig, num_envs: int, sim_backend: str) -> gym.Env:
     _check_task(cfg.task)
-    return gym.make(
+    kwargs = {}
+    if cfg.obs_mode == "rgb":
+        # One camera at image_size; on a machine without CUDA, SAPIEN renders on the
+        # CPU (Mesa lavapipe) - ask for that directly rather than fall back with a warning.
+        kwargs = dict(sensor_configs=dict(width=cfg.image_size, height=cfg.image_size),
+                      render_backend="gpu" if torch.cuda.is_available() else "cpu")
+    else:
+        kwargs = dict(render_backend="none")  # state obs need no renderer
+    env = gym.make(
         cfg.task,
         num_envs=num_envs,
         obs_mode=cfg.obs_mode,
         control_mode=cfg.control_mode,
         reward_mode=cfg.reward_mode,
         sim_backend=sim_backend,
-        # No renderer: state obs need none, and asking for one warns on machines without CUDA.
-        render_backend="none",
         max_episode_steps=cfg.max_episode_steps,
+        **kwargs,
     )
+    if cfg.obs_mode == "rgb":
+        from mani_skill.utils.wrappers.flatten import FlattenRGBDObservationWrapper
+
+        # Several cameras would be stacked along channels; env_spec then refuses the shape.
+        env = FlattenRGBDObservationWrapper(env, rgb=True, depth=False, state=True)
+    return env
 
 
 def _spec_of(cfg: EnvConfig, env: gym.Env) -> EnvSpec:
-    base = env.unwrapped
-    return env_spec(cfg.task, base.single_observation_space, base.single_action_space, cfg.max_episode_steps)
+    obs_space = env.observation_space if cfg.obs_mode == "rgb" else env.unwrapped.single_observation_space
+    if cfg.obs_mode == "rgb":  # the wrapper's space is batched: drop the leading dim
+        obs_space = gym.spaces.Dict({k: gym.spaces.Box(0, 255, tuple(v.shape[1:]), v.dtype) if k == "rgb"
+                                     else gym.spaces.Box(-np.inf, np.inf, tuple(v.shape[1:]), v.dtype)
+                                     for k, v in obs_space.spaces.items()})
+    return env_spec(cfg.task, obs_space, env.unwrapped.single_action_space, cfg.max_episode_steps,
+                    instruction_for(cfg))
+
+
+def _split_obs(o, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ManiSkill obs (a state tensor, or the flattened {'state', 'rgb'} dict) -> state [n, D], images [n, I]."""
+    if isinstance(o, dict):
+        return (torch.as_tensor(o["state"]).reshape(n, -1).to(torch.float32),
+                torch.as_tensor(o["rgb"]).reshape(n, -1).to(torch.uint8))
+    return torch.as_tensor(o).reshape(n, -1).to(torch.float32), torch.zeros(n, 0, dtype=torch.uint8)
 
 
 def _bounds(spec: EnvSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,26 +255,28 @@ class CpuEnvBatch:
         self.spec = _spec_of(cfg, self._envs[0])
         self._low, self._high = _bounds(self.spec, torch.device("cpu"))
 
-    def reset(self, seeds: list[int]) -> torch.Tensor:
+    def reset(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         seeds = _check_seeds(seeds, self.num_envs)
-        obs = [env.reset(seed=s)[0].reshape(-1) for env, s in zip(self._envs, seeds)]
-        return torch.stack(obs).to(self.device, torch.float32)
+        parts = [_split_obs(env.reset(seed=s)[0], 1) for env, s in zip(self._envs, seeds)]
+        return (torch.cat([p[0] for p in parts]).to(self.device), torch.cat([p[1] for p in parts]).to(self.device))
 
     def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
         _check_step_args(actions, active, self.spec, self.num_envs)
         actions = torch.clamp(actions.detach().to("cpu", torch.float32), self._low, self._high)
         n, d = self.num_envs, self.spec.obs_dim
         obs = torch.zeros(n, d)
+        images = torch.zeros(n, self.spec.image_size, dtype=torch.uint8)
         reward = torch.zeros(n)
         terminated, truncated, success = (torch.zeros(n, dtype=torch.bool) for _ in range(3))
         for i in active.cpu().nonzero().flatten().tolist():
             o, r, term, trunc, info = self._envs[i].step(actions[i : i + 1])
-            obs[i] = torch.as_tensor(o).reshape(-1)
+            obs[i], images[i] = (x[0] for x in _split_obs(o, 1))
             reward[i] = float(torch.as_tensor(r).reshape(-1)[0])
             terminated[i] = bool(torch.as_tensor(term).reshape(-1)[0])
             truncated[i] = bool(torch.as_tensor(trunc).reshape(-1)[0])
             success[i] = bool(torch.as_tensor(info.get("success", False)).reshape(-1)[0])
-        return StepResult(*(x.to(self.device) for x in (obs, reward, terminated, truncated, success)))
+        out = (x.to(self.device) for x in (obs, reward, terminated, truncated, success, images))
+        return StepResult(*out, steps=active.to(self.device, torch.int64))
 
     def close(self) -> None:
         for env in self._envs:
@@ -203,7 +300,7 @@ class GpuEnvBatch:
         self.spec = _spec_of(cfg, self._env)
         self._low, self._high = _bounds(self.spec, self.device)
 
-    def reset(self, seeds: list[int]) -> torch.Tensor:
+    def reset(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         seeds = _check_seeds(seeds, self.num_envs)
         obs, _ = self._env.reset(seed=seeds)
         # A batched reset draws the initial states of all sub-scenes from one torch
@@ -214,7 +311,7 @@ class GpuEnvBatch:
         if not torch.equal(src, torch.arange(self.num_envs, device=self.device)):
             states = _index_state(self._base.get_state_dict(), src)
             obs, _ = self._env.reset(options={"reset_to_env_states": {"env_states": states}})
-        return obs.to(torch.float32)
+        return _split_obs(obs, self.num_envs)
 
     def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
         _check_step_args(actions, active, self.spec, self.num_envs)
@@ -234,12 +331,15 @@ class GpuEnvBatch:
             self._base.set_state_dict(saved_state, idle)
             self._base._elapsed_steps[idle] = saved_steps
         keep = active.reshape(-1, 1)
+        state, images = _split_obs(obs, self.num_envs)
         return StepResult(
-            obs=torch.where(keep, obs.to(torch.float32), 0.0),
+            obs=torch.where(keep, state, 0.0),
             reward=torch.where(active, reward.to(torch.float32), 0.0),
             terminated=terminated.bool() & active,
             truncated=truncated.bool() & active,
             success=success.bool() & active,
+            images=torch.where(keep, images, 0),
+            steps=active.to(torch.int64),
         )
 
     def close(self) -> None:

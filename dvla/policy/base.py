@@ -1,8 +1,17 @@
 """The interface every policy family implements, from a state MLP to a VLA.
 
-A VLA reads images plus a language instruction; an MLP reads state and ignores
-`instructions`. Rollout workers call `act`, the actor calls `evaluate`, and the
-weight plane moves `export_weights` / `load_weights` dicts between them.
+Inputs, for N rows: `obs` [N, D] float32 state (proprioception; the MLP's whole
+input), `images` [N, I] uint8 camera pixels flattened from EnvSpec.image_shape
+(H, W, 3) (None without a camera), and `instructions` (N strings; None means
+EnvSpec.instruction for every row). A VLA reads all three; the MLP reads `obs`.
+
+One decision yields a chunk of C = `chunk_size` env actions. What the policy
+sampled to make it is `ActOutput.actions` [N, S], S = `sample_dim`: the MLP's
+action itself, a discrete head's bin indices, a flow head's denoising chain.
+That sample is what the trajectory records and `evaluate` scores, so the
+behaviour log-prob and the trained log-prob are of the same random variable.
+Rollout workers call `act`, the actor calls `evaluate`, and the weight plane
+moves `export_weights` / `load_weights` dicts between them.
 """
 from __future__ import annotations
 
@@ -15,9 +24,10 @@ from torch import Tensor
 
 @dataclass
 class ActOutput:
-    actions: Tensor  # [N, A] raw sampled actions (the env clips)
-    log_probs: Tensor  # [N]
+    actions: Tensor  # [N, S] float32, the policy's sample (what evaluate scores)
+    log_probs: Tensor  # [N] log-prob of that sample
     values: Tensor  # [N] (zeros if no value head)
+    chunk: Tensor  # [N, C, A] float32 env actions to execute in order (the env clips)
 
 
 @dataclass
@@ -28,28 +38,33 @@ class EvalOutput:
 
 
 class Policy(torch.nn.Module, abc.ABC):
-    """Abstract policy: subclasses implement act, evaluate and value."""
+    """Abstract policy: subclasses set chunk_size and sample_dim, and implement act, evaluate and value."""
+
+    chunk_size: int = 1  # C, env actions per decision
+    sample_dim: int  # S, width of ActOutput.actions
 
     @abc.abstractmethod
     def act(
         self,
         obs: Tensor,
+        images: Tensor | None = None,
         instructions: list[str] | None = None,
         *,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> ActOutput:
-        """Sample (or, if deterministic, take the mode of) actions for [N, ...] obs.
+        """Sample (or, if deterministic, take the mode of) one action chunk per row.
 
         Runs under torch.no_grad. `generator` makes sampling reproducible.
         """
 
     @abc.abstractmethod
-    def evaluate(self, obs: Tensor, actions: Tensor, instructions: list[str] | None = None) -> EvalOutput:
-        """Log-probs, entropy and values of given [N, A] actions, with grad."""
+    def evaluate(self, obs: Tensor, actions: Tensor, images: Tensor | None = None,
+                 instructions: list[str] | None = None) -> EvalOutput:
+        """Log-probs, entropy and values of given [N, S] samples, with grad."""
 
     @abc.abstractmethod
-    def value(self, obs: Tensor, instructions: list[str] | None = None) -> Tensor:
+    def value(self, obs: Tensor, images: Tensor | None = None, instructions: list[str] | None = None) -> Tensor:
         """[N] value estimates, with grad; wrap in torch.no_grad() to bootstrap rollouts."""
 
     def export_weights(self) -> dict[str, Tensor]:

@@ -38,6 +38,7 @@ class MLPPolicy(Policy):
         super().__init__()
         self.obs_dim = spec.obs_dim
         self.action_dim = spec.action_dim
+        self.chunk_size, self.sample_dim = 1, spec.action_dim
         # Small last-layer std keeps initial means near 0, so early actions are
         # driven by log_std rather than by a random trunk.
         self.actor_mean = _mlp(spec.obs_dim, cfg.hidden_sizes, spec.action_dim, 0.01)
@@ -52,7 +53,7 @@ class MLPPolicy(Policy):
         mean = self.actor_mean(obs)
         return Normal(mean, self.actor_log_std.exp().expand_as(mean))
 
-    def value(self, obs: Tensor, instructions: list[str] | None = None) -> Tensor:
+    def value(self, obs: Tensor, images: Tensor | None = None, instructions: list[str] | None = None) -> Tensor:
         self._check_obs(obs)
         if self.critic is None:
             return obs.new_zeros(obs.shape[0])
@@ -62,6 +63,7 @@ class MLPPolicy(Policy):
     def act(
         self,
         obs: Tensor,
+        images: Tensor | None = None,
         instructions: list[str] | None = None,
         *,
         deterministic: bool = False,
@@ -75,9 +77,11 @@ class MLPPolicy(Policy):
             # Normal.sample takes no generator, so draw the noise ourselves.
             noise = torch.randn(dist.mean.shape, generator=generator, dtype=obs.dtype, device=obs.device)
             actions = dist.mean + dist.stddev * noise
-        return ActOutput(actions=actions, log_probs=dist.log_prob(actions).sum(-1), values=self.value(obs))
+        return ActOutput(actions=actions, log_probs=dist.log_prob(actions).sum(-1), values=self.value(obs),
+                         chunk=actions[:, None, :])
 
-    def evaluate(self, obs: Tensor, actions: Tensor, instructions: list[str] | None = None) -> EvalOutput:
+    def evaluate(self, obs: Tensor, actions: Tensor, images: Tensor | None = None,
+                 instructions: list[str] | None = None) -> EvalOutput:
         self._check_obs(obs)
         if actions.shape != (obs.shape[0], self.action_dim):
             raise ValueError(f"actions has shape {tuple(actions.shape)}, expected [{obs.shape[0]}, {self.action_dim}]")

@@ -38,7 +38,8 @@ def manifest_from_pb(m: pb.WeightManifest) -> Manifest:
 
 def env_spec_to_pb(s: EnvSpec) -> pb.EnvSpec:
     return pb.EnvSpec(task=s.task, obs_dim=s.obs_dim, action_dim=s.action_dim, action_low=list(s.action_low),
-                      action_high=list(s.action_high), max_episode_steps=s.max_episode_steps)
+                      action_high=list(s.action_high), max_episode_steps=s.max_episode_steps,
+                      image_shape=list(s.image_shape), instruction=s.instruction)
 
 
 def env_spec_from_pb(s: pb.EnvSpec) -> EnvSpec | None:
@@ -49,7 +50,10 @@ def env_spec_from_pb(s: pb.EnvSpec) -> EnvSpec | None:
         raise ValueError(f"env_spec has non-positive sizes: obs_dim={s.obs_dim} action_dim={s.action_dim} max_episode_steps={s.max_episode_steps}")
     if len(s.action_low) != s.action_dim or len(s.action_high) != s.action_dim:
         raise ValueError(f"env_spec action bounds have {len(s.action_low)}/{len(s.action_high)} entries for action_dim {s.action_dim}")
-    return EnvSpec(s.task, s.obs_dim, s.action_dim, tuple(s.action_low), tuple(s.action_high), s.max_episode_steps)
+    if s.image_shape and (len(s.image_shape) != 3 or s.image_shape[2] != 3 or min(s.image_shape) <= 0):
+        raise ValueError(f"env_spec image_shape {list(s.image_shape)} is not (H, W, 3)")
+    return EnvSpec(s.task, s.obs_dim, s.action_dim, tuple(s.action_low), tuple(s.action_high), s.max_episode_steps,
+                   tuple(s.image_shape), s.instruction)
 
 
 def stats_to_pb(stats: dict) -> pb.WorkerStats:

@@ -26,7 +26,8 @@ class Samples:
     """The real steps of a batch, flattened to N."""
 
     obs: torch.Tensor  # [N, D]
-    actions: torch.Tensor  # [N, A]
+    images: torch.Tensor  # [N, I] uint8 (I = 0 without a camera)
+    actions: torch.Tensor  # [N, S]
     prox_log_probs: torch.Tensor  # [N] under the actor's weights before this update
     weights: torch.Tensor  # [N] clamped pi_prox / pi_behaviour (1 for on-policy steps)
     advantages: torch.Tensor  # [N]
@@ -56,7 +57,7 @@ class Learner:
             adv = adv_ep[:, None].expand_as(b.rewards) * mask
             return adv, torch.zeros_like(adv)
         with torch.no_grad():  # bootstrap episode ends from the current critic
-            final_values = self.policy.value(b.final_obs.to(self.device)).cpu()
+            final_values = self.policy.value(b.final_obs.to(self.device), self._images(b.final_images)).float().cpu()
         terminal = torch.zeros_like(b.terminated) if self.cfg.bootstrap_on_termination else b.terminated
         return gae(b.rewards, b.values, mask, b.lengths, terminal, final_values, self.cfg.gamma, self.cfg.gae_lambda)
 
@@ -67,13 +68,17 @@ class Learner:
         behav = b.log_probs[mask]
         prox = behav.clone()
         stale = (b.versions[mask] != version)
-        obs, actions = b.obs[mask], b.actions[mask]
+        obs, images, actions = b.obs[mask], b.images[mask], b.actions[mask]
         if stale.any():
             with torch.no_grad():
-                prox[stale] = self.policy.evaluate(obs[stale].to(self.device), actions[stale].to(self.device)).log_probs.cpu()
+                prox[stale] = self.policy.evaluate(obs[stale].to(self.device), actions[stale].to(self.device),
+                                                   self._images(images[stale])).log_probs.float().cpu()
         weights = behaviour_weights(prox, behav, self.cfg.max_behaviour_weight)
-        return Samples(obs.to(self.device), actions.to(self.device), prox.to(self.device), weights.to(self.device),
-                       adv[mask].to(self.device), targets[mask].to(self.device))
+        return Samples(obs.to(self.device), images.to(self.device), actions.to(self.device), prox.to(self.device),
+                       weights.to(self.device), adv[mask].to(self.device), targets[mask].to(self.device))
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor | None:
+        return images.to(self.device) if images.shape[-1] else None
 
     def behaviour_gap(self, b: TrajectoryBatch, version: int) -> float:
         """Max |log-prob now - behaviour log-prob| over steps taken by `version` (our current weights).
@@ -85,13 +90,14 @@ class Learner:
         if not sel.any():
             return float("nan")
         with torch.no_grad():
-            out = self.policy.evaluate(b.obs[sel].to(self.device), b.actions[sel].to(self.device))
-        return float((out.log_probs.cpu() - b.log_probs[sel]).abs().max())
+            out = self.policy.evaluate(b.obs[sel].to(self.device), b.actions[sel].to(self.device),
+                                       self._images(b.images[sel]))
+        return float((out.log_probs.float().cpu() - b.log_probs[sel]).abs().max())
 
     # ------------------------------------------------------------ losses and steps
     def _loss(self, s: Samples, idx: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        out = self.policy.evaluate(s.obs[idx], s.actions[idx])
+        out = self.policy.evaluate(s.obs[idx], s.actions[idx], s.images[idx] if s.images.shape[1] else None)
         adv = s.advantages[idx]
         if normalize and cfg.normalize_advantages and cfg.name == "ppo" and len(idx) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)

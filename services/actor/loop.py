@@ -126,7 +126,7 @@ class Trainer:
         return record | lag_stats(batch, version) | {
             "success_rate": float(batch.success.float().mean()),
             "return_mean": float(batch.returns().mean()),
-            "episode_length": float(batch.lengths.float().mean()),
+            "episode_length": float(batch.episode_steps().float().mean()),
             "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
             "time/wait_s": t_batch - t_start - micro_s,
             "time/train_s": t_end - t_batch + micro_s,

@@ -70,7 +70,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     p = cfg.pipeline
     if p.sharded:
         envs = ShardedSampler(cfg.env, p.num_shards, p.max_batch or cfg.env.num_envs, p.batch_timeout_s, device,
-                              cfg.telemetry)
+                              cfg.telemetry, cfg.policy.chunk_size)
     else:
         envs = make_env_batch(cfg.env, device)
     stats = RolloutStats(num_envs=cfg.env.num_envs)
@@ -130,7 +130,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
                     break
                 seeds, groups = episode_seeds(cfg, reg.rank, epoch)
                 emit(collect_episodes(envs, lane, seeds, groups, generator, device, p.slow_rollout_s), epoch)
-                stats.inference_batches += envs.spec.max_episode_steps
+                stats.inference_batches += -(-envs.spec.max_episode_steps // cfg.policy.chunk_size)
                 epoch += 1
         sender.send_end()
         update_timings()

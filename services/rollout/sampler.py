@@ -2,8 +2,9 @@
 
 Every env is reset with a given seed (GRPO groups share a seed, so they share
 an initial state), then stepped until its episode ends; finished envs are no
-longer stepped. Each step records the behaviour log-prob and the version of
-the policy that chose it. `EpisodeRecorder` holds that bookkeeping for a group
+longer stepped. Each decision records the behaviour log-prob and the version of
+the policy that chose it, and its action chunk of C env steps runs before the
+next decision (C = 1 for the MLP). `EpisodeRecorder` holds that bookkeeping for a group
 of envs; `collect_episodes` drives one env batch in this process, and the
 sharded sampler (shards.py) drives one recorder per env shard process.
 """
@@ -15,9 +16,9 @@ from typing import Protocol
 import torch
 
 from dvla import telemetry
-from dvla.envs import StepResult
+from dvla.envs import StepResult, step_chunk
 from dvla.policy import ActOutput, Policy
-from dvla.types import TrajectoryBatch
+from dvla.types import EnvSpec, TrajectoryBatch
 
 
 class PolicySlot(Protocol):
@@ -27,55 +28,74 @@ class PolicySlot(Protocol):
 
 
 class EpisodeRecorder:
-    """Buffers of one epoch of N envs, each running one episode of at most t_max steps."""
+    """Buffers of one epoch of N envs, each running one episode of at most t_max decisions.
 
-    def __init__(self, num_envs: int, t_max: int, obs_dim: int, action_dim: int):
-        n, self.t_max = num_envs, t_max
-        self.obs = torch.zeros(n, t_max, obs_dim)
-        self.actions = torch.zeros(n, t_max, action_dim)
+    A decision records the observation (state and image) it was made on, the
+    policy's sample, log-prob, value and version; its chunk's env steps then add
+    their summed reward and step count to that same decision.
+    """
+
+    def __init__(self, num_envs: int, spec: EnvSpec, sample_dim: int, chunk_size: int = 1):
+        n, d, i = num_envs, spec.obs_dim, spec.image_size
+        self.t_max = -(-spec.max_episode_steps // chunk_size)
+        t_max = self.t_max
+        self.obs = torch.zeros(n, t_max, d)
+        self.images = torch.zeros(n, t_max, i, dtype=torch.uint8)
+        self.actions = torch.zeros(n, t_max, sample_dim)
         self.log_probs, self.values, self.rewards = torch.zeros(n, t_max), torch.zeros(n, t_max), torch.zeros(n, t_max)
         self.versions = torch.zeros(n, t_max, dtype=torch.int64)
+        self.chunk_steps = torch.zeros(n, t_max, dtype=torch.int64)
         self.lengths = torch.zeros(n, dtype=torch.int64)
         self.terminated = torch.zeros(n, dtype=torch.bool)
         self.success = torch.zeros(n, dtype=torch.bool)
-        self.final_obs = torch.zeros(n, obs_dim)
+        self.final_obs = torch.zeros(n, d)
+        self.final_images = torch.zeros(n, i, dtype=torch.uint8)
         self.active = torch.ones(n, dtype=torch.bool)
         self.group_ids = torch.zeros(n, dtype=torch.int64)
-        self.current_obs = torch.zeros(n, obs_dim)
+        self.current_obs = torch.zeros(n, d)
+        self.current_images = torch.zeros(n, i, dtype=torch.uint8)
 
-    def begin(self, obs: torch.Tensor, group_ids: list[int]) -> None:
-        for t in (self.obs, self.actions, self.log_probs, self.values, self.rewards, self.versions, self.lengths,
-                  self.final_obs):
+    def begin(self, obs: torch.Tensor, images: torch.Tensor, group_ids: list[int]) -> None:
+        for t in (self.obs, self.images, self.actions, self.log_probs, self.values, self.rewards, self.versions,
+                  self.chunk_steps, self.lengths, self.final_obs, self.final_images):
             t.zero_()
         self.terminated.zero_()
         self.success.zero_()
         self.active.fill_(True)
         self.group_ids.copy_(torch.as_tensor(group_ids, dtype=torch.int64))
         self.current_obs.copy_(obs)
+        self.current_images.copy_(images)
 
     @property
     def done(self) -> bool:
         return not bool(self.active.any())
 
     def record_action(self, out: ActOutput, version: int) -> None:
+        """out holds all N rows (inactive ones are ignored)."""
         idx, t = self.active.nonzero().squeeze(1), self.lengths[self.active]
         self.obs[idx, t] = self.current_obs[idx]
+        self.images[idx, t] = self.current_images[idx]
         self.actions[idx, t] = out.actions.cpu()[idx]
         self.log_probs[idx, t] = out.log_probs.cpu()[idx]
         self.values[idx, t] = out.values.cpu()[idx]
         self.versions[idx, t] = version
 
     def record_step(self, res: StepResult) -> None:
+        """The result of one decision's chunk (env.step, or step_chunk for C > 1)."""
         active = self.active
         idx = active.nonzero().squeeze(1)
-        self.rewards[idx, self.lengths[idx]] = res.reward[idx]
+        t = self.lengths[idx]
+        self.rewards[idx, t] = res.reward[idx]
+        self.chunk_steps[idx, t] = res.steps[idx]
         self.lengths[idx] += 1
         done = (res.terminated | res.truncated | (self.lengths >= self.t_max)) & active
         self.terminated |= res.terminated & active
         self.success[done] = res.success[done]
         self.final_obs[done] = res.obs[done]
+        self.final_images[done] = res.images[done]
         self.active &= ~done
         self.current_obs = torch.where(self.active[:, None], res.obs, self.current_obs)
+        self.current_images = torch.where(self.active[:, None], res.images, self.current_images)
 
     def finish(self) -> TrajectoryBatch:
         t_used = max(1, int(self.lengths.max()))
@@ -86,22 +106,28 @@ class EpisodeRecorder:
             obs=cut(self.obs), actions=cut(self.actions), log_probs=cut(self.log_probs), values=cut(self.values),
             rewards=cut(self.rewards), dones=cut(dones), versions=cut(self.versions), lengths=self.lengths.clone(),
             terminated=self.terminated.clone(), success=self.success.clone(), final_obs=self.final_obs.clone(),
-            group_ids=self.group_ids.clone(),
+            group_ids=self.group_ids.clone(), images=cut(self.images), final_images=self.final_images.clone(),
+            chunk_steps=cut(self.chunk_steps),
         )
 
 
 def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[int],
                      generator: torch.Generator, device: torch.device, step_delay_s: float = 0.0) -> TrajectoryBatch:
-    rec = EpisodeRecorder(envs.num_envs, envs.spec.max_episode_steps, envs.spec.obs_dim, envs.spec.action_dim)
-    rec.begin(envs.reset(seeds), group_ids)
+    policy, _ = slot.current()
+    rec = EpisodeRecorder(envs.num_envs, envs.spec, policy.sample_dim, policy.chunk_size)
+    rec.begin(*envs.reset(seeds), group_ids)
     while not rec.done:
         policy, version = slot.current()
         with telemetry.span("inference.batch", version=version, batch_size=envs.num_envs):
-            out = policy.act(rec.current_obs.to(device), generator=generator)
+            out = policy.act(rec.current_obs.to(device), _images(rec.current_images, device), generator=generator)
         rec.record_action(out, version)
-        with telemetry.span("sampling.env_step", num_envs=int(rec.active.sum())):
-            res = envs.step(out.actions.cpu(), rec.active.clone())
+        with telemetry.span("sampling.env_step", num_envs=int(rec.active.sum()), chunk=policy.chunk_size):
+            res = step_chunk(envs, out.chunk.cpu(), rec.active.clone())
         if step_delay_s:  # testing: a deliberately slow rollout
             time.sleep(step_delay_s)
         rec.record_step(res)
     return rec.finish()
+
+
+def _images(images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return images.to(device) if images.shape[1] else None

@@ -1,13 +1,14 @@
 """Env shards in their own processes, served by one inference lane with dynamic batching.
 
     shard 0 (process): step K envs --obs--+
-    shard 1 (process): step K envs --obs--+--> batcher (B_max, T_max) --> policy.act --> actions --> shards
+    shard 1 (process): step K envs --obs--+--> batcher (B_max, T_max) --> policy.act --> action chunks --> shards
                                                  (this process: inference lane + recorders + sender)
 
 CPU physics holds the GIL (measured: two envs in two threads ran at 0.74x of
 one), so shards are processes. Observations and actions cross through shared
-memory; a pipe per shard carries only 'reset', 'step' and 'ready'. While one
-shard steps its physics, the others' observations go through inference.
+memory; a pipe per shard carries only 'reset', 'step' and 'ready'. A shard runs
+a whole action chunk (C env steps) per 'step'. While one shard steps its
+physics, the others' observations go through inference.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch.multiprocessing as mp
 from dvla import telemetry
 from dvla.algo.batching import DynamicBatcher
 from dvla.config import EnvConfig, TelemetryConfig
-from dvla.envs import StepResult, make_env_batch
+from dvla.envs import StepResult, make_env_batch, step_chunk
 from dvla.policy import ActOutput
 from dvla.types import EnvSpec, TrajectoryBatch
 
@@ -44,17 +45,21 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     s = envs.spec
-    conn.send(("spec", (s.task, s.obs_dim, s.action_dim, s.action_low, s.action_high, s.max_episode_steps)))
+    conn.send(("spec", (s.task, s.obs_dim, s.action_dim, s.action_low, s.action_high, s.max_episode_steps,
+                        s.image_shape, s.instruction)))
     bufs = conn.recv()
     try:
         while True:
             msg = conn.recv()
             if msg[0] == "reset":
-                bufs["obs"].copy_(envs.reset(msg[1]))
+                obs, images = envs.reset(msg[1])
+                bufs["obs"].copy_(obs)
+                bufs["images"].copy_(images)
             elif msg[0] == "step":
-                with telemetry.span("sampling.env_step", shard=index, num_envs=int(bufs["active"].sum())):
-                    res = envs.step(bufs["actions"], bufs["active"].clone())
-                for name in ("obs", "reward", "terminated", "truncated", "success"):
+                with telemetry.span("sampling.env_step", shard=index, num_envs=int(bufs["active"].sum()),
+                                    chunk=bufs["chunk"].shape[1]):
+                    res = step_chunk(envs, bufs["chunk"], bufs["active"].clone())
+                for name in ("obs", "images", "reward", "terminated", "truncated", "success", "steps"):
                     bufs[name].copy_(getattr(res, name))
             elif msg[0] == "close":
                 return
@@ -69,8 +74,8 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
 
 
 class Shard:
-    def __init__(self, ctx, env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int):
-        self.index, self.num_envs = index, env_cfg.num_envs
+    def __init__(self, ctx, env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, chunk_size: int):
+        self.index, self.num_envs, self.chunk_size = index, env_cfg.num_envs, chunk_size
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_shard_main, args=(env_cfg, tel_cfg, index, child), name=f"env-shard-{index}", daemon=True)
         self.proc.start()
@@ -88,14 +93,16 @@ class Shard:
         spec = EnvSpec(*payload)
         k, d, a = self.num_envs, spec.obs_dim, spec.action_dim
         self.bufs = {
-            "obs": torch.zeros(k, d).share_memory_(), "actions": torch.zeros(k, a).share_memory_(),
+            "obs": torch.zeros(k, d).share_memory_(),
+            "images": torch.zeros(k, spec.image_size, dtype=torch.uint8).share_memory_(),
+            "chunk": torch.zeros(k, self.chunk_size, a).share_memory_(),
             "active": torch.zeros(k, dtype=torch.bool).share_memory_(), "reward": torch.zeros(k).share_memory_(),
             "terminated": torch.zeros(k, dtype=torch.bool).share_memory_(),
             "truncated": torch.zeros(k, dtype=torch.bool).share_memory_(),
             "success": torch.zeros(k, dtype=torch.bool).share_memory_(),
+            "steps": torch.zeros(k, dtype=torch.int64).share_memory_(),
         }
         self.conn.send(self.bufs)
-        self.recorder = EpisodeRecorder(k, spec.max_episode_steps, d, a)
         return spec
 
     def receive(self) -> None:
@@ -106,7 +113,8 @@ class Shard:
     def result(self) -> StepResult:
         b = self.bufs
         return StepResult(obs=b["obs"].clone(), reward=b["reward"].clone(), terminated=b["terminated"].clone(),
-                          truncated=b["truncated"].clone(), success=b["success"].clone())
+                          truncated=b["truncated"].clone(), success=b["success"].clone(), images=b["images"].clone(),
+                          steps=b["steps"].clone())
 
     def close(self) -> None:
         try:
@@ -122,12 +130,13 @@ class ShardedSampler:
     """Runs S env shards; every finished shard epoch is handed to `emit` as a TrajectoryBatch."""
 
     def __init__(self, env_cfg: EnvConfig, num_shards: int, max_batch: int, timeout_s: float, device: torch.device,
-                 tel_cfg: TelemetryConfig = TelemetryConfig(exporter="none")):
+                 tel_cfg: TelemetryConfig = TelemetryConfig(exporter="none"), chunk_size: int = 1):
         if env_cfg.num_envs % num_shards:
             raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
         ctx = mp.get_context("spawn")
         shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
-        self.shards = [Shard(ctx, shard_cfg, tel_cfg, i) for i in range(num_shards)]
+        self.chunk_size = chunk_size
+        self.shards = [Shard(ctx, shard_cfg, tel_cfg, i, chunk_size) for i in range(num_shards)]
         specs = {s.handshake() for s in self.shards}
         self.spec = specs.pop()
         self.batcher = DynamicBatcher(max_batch, timeout_s)
@@ -178,7 +187,9 @@ class ShardedSampler:
                 s = by_conn[conn]
                 s.receive()
                 if s.state == "resetting":
-                    s.recorder.begin(s.bufs["obs"].clone(), s.group_ids)
+                    if s.recorder is None:
+                        s.recorder = self._recorder(s, lane)
+                    s.recorder.begin(s.bufs["obs"], s.bufs["images"], s.group_ids)
                 else:
                     if step_delay_s:
                         time.sleep(step_delay_s)
@@ -194,21 +205,30 @@ class ShardedSampler:
             if no_more_coming or self.batcher.ready(time.monotonic()):
                 self._infer([self.shards[i] for i in self.batcher.take(time.monotonic())], lane)
 
+    def _recorder(self, s: Shard, lane: WeightLane) -> EpisodeRecorder:
+        policy, _ = lane.current()
+        if policy.chunk_size != self.chunk_size:
+            raise ValueError(f"the policy acts in chunks of {policy.chunk_size}, the env shards were built for "
+                             f"{self.chunk_size} (policy.chunk_size)")
+        return EpisodeRecorder(s.num_envs, self.spec, policy.sample_dim, policy.chunk_size)
+
     def _infer(self, shards: list[Shard], lane: WeightLane) -> None:
         policy, version = lane.current()  # a waiting version is swapped in here, between two batches
         obs = torch.cat([s.recorder.current_obs[s.recorder.active] for s in shards])
+        images = torch.cat([s.recorder.current_images[s.recorder.active] for s in shards])
         with telemetry.span("inference.batch", version=version, batch_size=obs.shape[0], shards=len(shards)):
-            out = policy.act(obs.to(self.device))
+            out = policy.act(obs.to(self.device), images.to(self.device) if images.shape[1] else None)
         start = 0
         for s in shards:
             rec = s.recorder
             n = int(rec.active.sum())
-            full = ActOutput(torch.zeros(s.num_envs, self.spec.action_dim), torch.zeros(s.num_envs), torch.zeros(s.num_envs))
-            for name in ("actions", "log_probs", "values"):
-                getattr(full, name)[rec.active] = getattr(out, name)[start:start + n].cpu()
+            k, c, a = s.num_envs, self.chunk_size, self.spec.action_dim
+            full = ActOutput(torch.zeros(k, policy.sample_dim), torch.zeros(k), torch.zeros(k), torch.zeros(k, c, a))
+            for name in ("actions", "log_probs", "values", "chunk"):
+                getattr(full, name)[rec.active] = getattr(out, name)[start:start + n].cpu().float()
             start += n
             rec.record_action(full, version)
-            s.bufs["actions"].copy_(full.actions)
+            s.bufs["chunk"].copy_(full.chunk)
             s.bufs["active"].copy_(rec.active)
             s.conn.send(("step",))
             s.state = "stepping"

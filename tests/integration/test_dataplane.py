@@ -50,6 +50,10 @@ def make_batch(rank: int, index: int) -> TrajectoryBatch:
         success=torch.rand(B, generator=g) < 0.5,
         final_obs=torch.randn(B, D, generator=g),
         group_ids=torch.randint(0, 2**40, (B,), generator=g),
+        # odd messages carry camera images (an odd I tests the 8-byte padding), even ones none
+        images=torch.randint(0, 256, (B, T, 3 * 5 * 5 * (index % 2)), generator=g, dtype=torch.uint8),
+        final_images=torch.randint(0, 256, (B, 3 * 5 * 5 * (index % 2)), generator=g, dtype=torch.uint8),
+        chunk_steps=torch.randint(0, 5, (B, T), generator=g),
         worker_rank=rank,
         epoch=index,
     )

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dvla.config import EnvConfig
-from dvla.envs import CpuEnvBatch, make_env_batch
+from dvla.envs import CpuEnvBatch, make_env_batch, step_chunk
 
 TASKS = ["PushCube-v1", "PickCube-v1"]
 
@@ -24,19 +24,19 @@ def random_actions(num_steps: int, action_dim: int, seed: int) -> torch.Tensor:
 
 
 def test_reset_shapes_match_spec(batch):
-    obs = batch.reset([0, 1])
-    assert obs.shape == (2, batch.spec.obs_dim)
+    obs, images = batch.reset([0, 1])
+    assert obs.shape == (2, batch.spec.obs_dim) and images.shape == (2, 0)
     assert obs.dtype == torch.float32
     assert batch.spec.action_dim == len(batch.spec.action_low) == len(batch.spec.action_high)
     assert batch.spec.max_episode_steps == 20
 
 
 def test_same_seed_same_initial_obs_and_different_seeds_differ(batch):
-    same = batch.reset([7, 7])
+    same, _ = batch.reset([7, 7])
     assert torch.equal(same[0], same[1])
-    again = batch.reset([7, 7])
+    again, _ = batch.reset([7, 7])
     assert torch.equal(same, again)
-    different = batch.reset([7, 8])
+    different, _ = batch.reset([7, 8])
     assert not torch.equal(different[0], different[1])
 
 
@@ -91,3 +91,37 @@ def test_auto_backend_without_cuda_is_cpu_and_gpu_backend_is_refused():
         envs.close()
     with pytest.raises(ValueError, match="needs CUDA"):
         make_env_batch(EnvConfig(num_envs=1, sim_backend="physx_cuda"))
+
+
+def test_step_chunk_equals_single_steps_and_stops_at_the_episode_end():
+    cfg = EnvConfig(task="PushCube-v1", num_envs=2, max_episode_steps=6, sim_backend="cpu")
+    a, b = CpuEnvBatch(cfg), CpuEnvBatch(cfg)
+    try:
+        chunk = random_actions(8, a.spec.action_dim, seed=3).reshape(2, 4, -1)  # [N=2, C=4, A]
+        a.reset([5, 6]), b.reset([5, 6])
+        active = torch.ones(2, dtype=torch.bool)
+        first = step_chunk(a, chunk, active)
+        rewards = sum(b.step(chunk[:, j], active).reward for j in range(4))
+        assert first.steps.tolist() == [4, 4] and torch.allclose(first.reward, rewards)
+        second = step_chunk(a, chunk, active)  # only 2 of 4 steps are left before truncation
+        assert second.steps.tolist() == [2, 2] and second.truncated.all()
+        for j in range(2):
+            last = b.step(chunk[:, j], active)
+        assert torch.equal(second.obs, last.obs)
+    finally:
+        a.close(), b.close()
+
+
+def test_rgb_observations_carry_the_state_an_image_and_an_instruction():
+    envs = CpuEnvBatch(EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=32, num_envs=2,
+                                 max_episode_steps=5, control_mode="pd_ee_delta_pos", sim_backend="cpu"))
+    try:
+        assert envs.spec.image_shape == (32, 32, 3) and envs.spec.image_size == 32 * 32 * 3
+        assert "cube" in envs.spec.instruction
+        state, images = envs.reset([4, 4])
+        assert state.shape == (2, envs.spec.obs_dim) and images.dtype == torch.uint8
+        assert torch.equal(images[0], images[1]) and images.float().std() > 5  # same seed, a real picture
+        res = envs.step(torch.zeros(2, envs.spec.action_dim), torch.tensor([True, False]))
+        assert res.images.shape == (2, 32 * 32 * 3) and res.images[0].any() and not res.images[1].any()
+    finally:
+        envs.close()

@@ -24,7 +24,7 @@ class CountingEnvs:
 
     def reset(self, seeds):
         self.steps.zero_()
-        return self._obs()
+        return self._obs(), torch.zeros(self.num_envs, 0, dtype=torch.uint8)
 
     def step(self, actions, active):
         self.steps += active.float()
@@ -39,7 +39,7 @@ class Slot:
 
     def current(self):
         self.calls += 1
-        if self.calls == 3:  # a new version arrives between two inference batches
+        if self.calls == 4:  # a new version arrives between two inference batches (call 1 sizes the recorder)
             self.version = 8
         return self.policy, self.version
 
@@ -62,3 +62,30 @@ def test_episodes_end_where_the_env_says():
     m = b.step_mask()
     out = slot.policy.evaluate(b.obs[m], b.actions[m])
     assert torch.allclose(out.log_probs, b.log_probs[m], atol=1e-5)
+
+
+class RepeatChunks(torch.nn.Module):
+    """A policy that repeats the MLP's action over a chunk of C steps."""
+
+    def __init__(self, inner, chunk_size: int):
+        super().__init__()
+        self.inner, self.chunk_size, self.sample_dim = inner, chunk_size, inner.sample_dim
+
+    def act(self, obs, images=None, instructions=None, *, deterministic=False, generator=None):
+        out = self.inner.act(obs, generator=generator)
+        out.chunk = out.actions[:, None, :].expand(-1, self.chunk_size, -1)
+        return out
+
+
+def test_chunks_run_c_steps_per_decision_and_stop_where_the_episode_ends():
+    envs = CountingEnvs(ends=[2, 5, 100], max_steps=6)
+    slot = Slot(RepeatChunks(build_policy(PolicyConfig(hidden_sizes=(8,)), envs.spec), chunk_size=3))
+    b = collect_episodes(envs, slot, [0, 1, 2], [10, 11, 12], torch.Generator().manual_seed(0), torch.device("cpu"))
+    # env 0 ends inside its first chunk, env 1 inside its second, env 2 hits ceil(6 / 3) decisions
+    assert b.lengths.tolist() == [1, 2, 2]
+    assert b.chunk_steps.tolist() == [[2, 0], [3, 2], [3, 3]]
+    assert b.episode_steps().tolist() == [2, 5, 6] and b.num_steps == 13 and b.num_decisions == 5
+    assert b.returns().tolist() == [2.0, 5.0, 6.0]  # a decision's reward sums its chunk's steps
+    assert b.obs[1, :2, 0].tolist() == [0, 3]  # observations at decision points only
+    assert b.final_obs[:, 0].tolist() == [2, 5, 6]
+    assert b.versions[2].tolist() == [7, 7]  # one version per chunk

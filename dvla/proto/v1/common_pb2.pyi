@@ -170,14 +170,22 @@ class EnvSpec(_message.Message):
     ACTION_LOW_FIELD_NUMBER: _builtins.int
     ACTION_HIGH_FIELD_NUMBER: _builtins.int
     MAX_EPISODE_STEPS_FIELD_NUMBER: _builtins.int
+    IMAGE_SHAPE_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     obs_dim: _builtins.int
     action_dim: _builtins.int
     max_episode_steps: _builtins.int
+    instruction: _builtins.str
+    """The task in words, for language-conditioned policies."""
     @_builtins.property
     def action_low(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
     def action_high(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def image_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """(H, W, 3) of the camera image in each observation; empty without a camera."""
+
     def __init__(
         self,
         *,
@@ -187,10 +195,12 @@ class EnvSpec(_message.Message):
         action_low: _abc.Iterable[_builtins.float] | None = ...,
         action_high: _abc.Iterable[_builtins.float] | None = ...,
         max_episode_steps: _builtins.int = ...,
+        image_shape: _abc.Iterable[_builtins.int] | None = ...,
+        instruction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_dim", b"action_dim", "action_high", b"action_high", "action_low", b"action_low", "max_episode_steps", b"max_episode_steps", "obs_dim", b"obs_dim", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_dim", b"action_dim", "action_high", b"action_high", "action_low", b"action_low", "image_shape", b"image_shape", "instruction", b"instruction", "max_episode_steps", b"max_episode_steps", "obs_dim", b"obs_dim", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
