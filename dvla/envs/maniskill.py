@@ -54,8 +54,15 @@ class EnvBatch(Protocol):
         """Reset all N envs, env i with seeds[i]; returns state [N, D] float32 and images [N, I] uint8."""
         ...
 
-    def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
-        """Step the envs where active[i] ([N] bool) with actions [N, A], clipped to bounds."""
+    def step(self, actions: torch.Tensor, active: torch.Tensor, observe: bool = True) -> StepResult:
+        """Step the envs where active[i] ([N] bool) with actions [N, A], clipped to bounds.
+
+        observe=False may skip rendering: obs and images of the result are then zeros.
+        """
+        ...
+
+    def observe(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current state [N, D] and images [N, I] of the envs where rows ([N] bool), zeros elsewhere."""
         ...
 
     def close(self) -> None:
@@ -111,16 +118,25 @@ def step_chunk(envs: "EnvBatch", chunk: torch.Tensor, active: torch.Tensor) -> S
     """Execute chunk [N, C, A] on the active envs, action j at step j, stopping each env where it ends.
 
     The result holds each env's last observation, its summed reward, how many
-    steps it took, and how (whether) it ended.
+    steps it took, and how (whether) it ended. Only the observation the policy
+    will read is rendered: the one after the chunk, or after the step where an
+    episode ends (rendering a camera costs ~10-100x a physics step on a CPU).
     """
     if chunk.dim() != 3:
         raise ValueError(f"an action chunk must be [N, C, A], got {list(chunk.shape)}")
     running = active.clone()
     out: StepResult | None = None
-    for j in range(chunk.shape[1]):
+    num_steps = chunk.shape[1]
+    for j in range(num_steps):
         if not running.any():
             break
-        res = envs.step(chunk[:, j], running)
+        last = j == num_steps - 1
+        res = envs.step(chunk[:, j], running, observe=last)
+        ended = running & (res.terminated | res.truncated)
+        if not last and ended.any():
+            obs, images = envs.observe(ended)
+            res.obs = torch.where(ended[:, None], obs, res.obs)
+            res.images = torch.where(ended[:, None], images, res.images)
         if out is None:
             out = res
             out.steps = running.to(torch.int64)
@@ -253,6 +269,7 @@ class CpuEnvBatch:
             self.close()
             raise
         self.spec = _spec_of(cfg, self._envs[0])
+        self._rgb = cfg.obs_mode == "rgb"
         self._low, self._high = _bounds(self.spec, torch.device("cpu"))
 
     def reset(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,17 +277,21 @@ class CpuEnvBatch:
         parts = [_split_obs(env.reset(seed=s)[0], 1) for env, s in zip(self._envs, seeds)]
         return (torch.cat([p[0] for p in parts]).to(self.device), torch.cat([p[1] for p in parts]).to(self.device))
 
-    def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
+    def step(self, actions: torch.Tensor, active: torch.Tensor, observe: bool = True) -> StepResult:
         _check_step_args(actions, active, self.spec, self.num_envs)
         actions = torch.clamp(actions.detach().to("cpu", torch.float32), self._low, self._high)
+        blind = not observe and self._rgb
         n, d = self.num_envs, self.spec.obs_dim
         obs = torch.zeros(n, d)
         images = torch.zeros(n, self.spec.image_size, dtype=torch.uint8)
         reward = torch.zeros(n)
         terminated, truncated, success = (torch.zeros(n, dtype=torch.bool) for _ in range(3))
         for i in active.cpu().nonzero().flatten().tolist():
-            o, r, term, trunc, info = self._envs[i].step(actions[i : i + 1])
-            obs[i], images[i] = (x[0] for x in _split_obs(o, 1))
+            if blind:
+                o, r, term, trunc, info = _step_without_rendering(self._envs[i], actions[i : i + 1])
+            else:
+                o, r, term, trunc, info = self._envs[i].step(actions[i : i + 1])
+                obs[i], images[i] = (x[0] for x in _split_obs(o, 1))
             reward[i] = float(torch.as_tensor(r).reshape(-1)[0])
             terminated[i] = bool(torch.as_tensor(term).reshape(-1)[0])
             truncated[i] = bool(torch.as_tensor(trunc).reshape(-1)[0])
@@ -278,10 +299,36 @@ class CpuEnvBatch:
         out = (x.to(self.device) for x in (obs, reward, terminated, truncated, success, images))
         return StepResult(*out, steps=active.to(self.device, torch.int64))
 
+    def observe(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.num_envs
+        obs, images = torch.zeros(n, self.spec.obs_dim), torch.zeros(n, self.spec.image_size, dtype=torch.uint8)
+        for i in rows.cpu().nonzero().flatten().tolist():
+            env = self._envs[i]
+            raw = env.unwrapped.get_obs()
+            obs[i], images[i] = (x[0] for x in _split_obs(env.observation(raw) if self._rgb else raw, 1))
+        return obs.to(self.device), images.to(self.device)
+
     def close(self) -> None:
         for env in self._envs:
             env.close()
         self._envs = []
+
+
+def _step_without_rendering(env: gym.Env, action: torch.Tensor):
+    """Step a flattened-RGB env while its base env computes only state observations.
+
+    The camera is what costs on a CPU; the observation of a step inside an action
+    chunk is never read, so it is not rendered (reward and success come from the
+    env's info, not from the observation). Relies on ManiSkill's `_obs_mode`
+    switch in `get_obs`; `observe` renders on demand afterwards.
+    """
+    base = env.unwrapped
+    mode = base._obs_mode
+    base._obs_mode = "state_dict"
+    try:
+        return env.env.step(action)  # below the flattening wrapper, which expects camera data
+    finally:
+        base._obs_mode = mode
 
 
 class GpuEnvBatch:
@@ -313,7 +360,15 @@ class GpuEnvBatch:
             obs, _ = self._env.reset(options={"reset_to_env_states": {"env_states": states}})
         return _split_obs(obs, self.num_envs)
 
-    def step(self, actions: torch.Tensor, active: torch.Tensor) -> StepResult:
+    def observe(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        state, images = _split_obs(self._env.observation(self._base.get_obs())
+                                   if isinstance(self._env, gym.ObservationWrapper) else self._base.get_obs(),
+                                   self.num_envs)
+        keep = rows.to(self.device).reshape(-1, 1)
+        return torch.where(keep, state, 0.0), torch.where(keep, images, 0)
+
+    def step(self, actions: torch.Tensor, active: torch.Tensor, observe: bool = True) -> StepResult:
+        # The GPU renders every sub-scene at once, cheaply: always observe.
         _check_step_args(actions, active, self.spec, self.num_envs)
         active = active.to(self.device)
         actions = torch.clamp(actions.detach().to(self.device, torch.float32), self._low, self._high)

@@ -125,3 +125,22 @@ def test_rgb_observations_carry_the_state_an_image_and_an_instruction():
         assert res.images.shape == (2, 32 * 32 * 3) and res.images[0].any() and not res.images[1].any()
     finally:
         envs.close()
+
+
+def test_a_chunk_renders_only_what_the_policy_reads_and_matches_rendering_every_step():
+    cfg = EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=32, num_envs=2, max_episode_steps=6,
+                    control_mode="pd_ee_delta_pos", sim_backend="cpu")
+    a, b = CpuEnvBatch(cfg), CpuEnvBatch(cfg)
+    try:
+        chunk = random_actions(8, a.spec.action_dim, seed=4).reshape(2, 4, -1)
+        a.reset([9, 9]), b.reset([9, 9])
+        active = torch.ones(2, dtype=torch.bool)
+        for expect_steps in (4, 2):  # the second chunk is cut by truncation after 2 steps
+            chunked = step_chunk(a, chunk, active)
+            for j in range(expect_steps):
+                every = b.step(chunk[:, j], active)
+            assert chunked.steps.tolist() == [expect_steps] * 2
+            assert torch.equal(chunked.images, every.images) and torch.allclose(chunked.obs, every.obs)
+        assert chunked.truncated.all()
+    finally:
+        a.close(), b.close()

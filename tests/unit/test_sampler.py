@@ -26,7 +26,10 @@ class CountingEnvs:
         self.steps.zero_()
         return self._obs(), torch.zeros(self.num_envs, 0, dtype=torch.uint8)
 
-    def step(self, actions, active):
+    def observe(self, rows):
+        return self._obs() * rows[:, None], torch.zeros(self.num_envs, 0, dtype=torch.uint8)
+
+    def step(self, actions, active, observe=True):
         self.steps += active.float()
         term = torch.tensor([s >= e for s, e in zip(self.steps.tolist(), self.ends)]) & active
         return StepResult(obs=self._obs(), reward=active.float(), terminated=term,
