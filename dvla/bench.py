@@ -33,6 +33,9 @@ BALANCED = [
     "pipeline.num_updates=15", "pipeline.num_shards=1", "pipeline.max_staleness=1",
 ]
 
+# With --preset: the preset's own model and envs, over fewer updates.
+PRESET_BENCH = ["pipeline.num_updates=6", "pipeline.max_staleness=1"]
+
 COLUMNS = [
     ("mode", "mode", "{}"), ("throughput", "env steps/s", "{:.0f}"), ("step_time_s", "step time (s)", "{:.2f}"),
     ("rollout_time_s", "rollout time (s)", "{:.2f}"), ("actor_time_s", "actor time (s)", "{:.2f}"),
@@ -152,14 +155,21 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     from services.actor.learner import Learner, Samples
     from services.weight_control.app import BackgroundServer
 
-    spec = EnvSpec(cfg.env.task, 43, 8, (-1.0,) * 8, (1.0,) * 8, cfg.env.max_episode_steps)
+    rgb = cfg.env.obs_mode == "rgb"
+    d, a = (29, 4) if rgb else (43, 8)  # PickCube with ee control / PushCube with joint control
+    image_shape = (cfg.env.image_size, cfg.env.image_size, 3) if rgb else ()
+    spec = EnvSpec(cfg.env.task, d, a, (-1.0,) * a, (1.0,) * a, cfg.env.max_episode_steps, image_shape, "bench")
     torch.manual_seed(0)
     policy = build_policy(cfg.policy, spec)
     learner = Learner(policy, cfg.algo, torch.device("cpu"))
-    n = cfg.env.num_envs * cfg.env.max_episode_steps * cfg.pipeline.num_rollout_workers
+    decisions = -(-cfg.env.max_episode_steps // policy.chunk_size)
+    n = cfg.env.num_envs * decisions * cfg.pipeline.num_rollout_workers
     g = torch.Generator().manual_seed(0)
-    s = Samples(torch.randn(n, 43, generator=g), torch.randn(n, 8, generator=g), torch.zeros(n), torch.ones(n),
-                torch.randn(n, generator=g), torch.randn(n, generator=g))
+    obs = torch.randn(n, d, generator=g)
+    images = torch.randint(0, 256, (n, spec.image_size), generator=g, dtype=torch.uint8)
+    actions = policy.act(obs, images if rgb else None, generator=g).actions  # valid samples for any head
+    s = Samples(obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g),
+                torch.randn(n, generator=g))
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
     with BackgroundServer(cfg.control) as srv:
         client = ControlClient(srv.address, cfg.control)
@@ -181,17 +191,25 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
             "version_mb": nbytes / 2**20, "publish_s": sum(lane.publish_s) / max(len(lane.publish_s), 1)}
 
 
-def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs"), publish_check: bool = True) -> Path:
+def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs"), publish_check: bool = True,
+              preset: str | None = None) -> Path:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    base = load_config(None, BALANCED + list(overrides))
+    if preset is None:
+        base = load_config(None, BALANCED + list(overrides))
+        why = "chosen so rollout and actor times per update are about equal on a 2-core CPU machine"
+    else:
+        base = load_config(None, PRESET_BENCH + list(overrides), preset)
+        why = f"the preset '{preset}' with a shorter run"
+    model = (f"{base.policy.name} {list(base.policy.hidden_sizes)}" if base.policy.name == "mlp" else
+             f"vla-{base.policy.size} ({base.policy.action_head} head, chunks of {base.policy.chunk_size}), "
+             f"{base.env.image_size}x{base.env.image_size} RGB")
     out = out_root / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    note = (f"dvla bench on {base.env.task}: policy {base.policy.name} {list(base.policy.hidden_sizes)}, "
+    note = (f"dvla bench on {base.env.task}: policy {model}, "
             f"{base.pipeline.num_rollout_workers} rollout worker(s) x {base.env.num_envs} envs, "
-            f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; chosen so rollout "
-            f"and actor times per update are about equal on a 2-core CPU machine.")
+            f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; {why}.")
     print(note, flush=True)
     rows = []
     for mode in modes:

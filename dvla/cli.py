@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     b.add_argument("--out-dir", default="runs", help="folder for the bench-<time> folder")
     b.add_argument("--no-publish-check", action="store_true", help="skip the publish-stall measurement")
+    b.add_argument("--preset", choices=sorted(PRESETS), help="bench this preset's task and model (e.g. a VLA) "
+                   "instead of the balanced MLP default")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     args = ap.parse_args(argv)
     if args.cmd == "bench":
         from dvla.bench import run_bench
         try:
             run_bench([m for m in args.modes.split(",") if m], args.overrides, Path(args.out_dir),
-                      publish_check=not args.no_publish_check)
+                      publish_check=not args.no_publish_check, preset=args.preset)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

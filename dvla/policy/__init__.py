@@ -6,10 +6,12 @@ from typing import Callable
 from dvla.config import PolicyConfig
 from dvla.policy.base import ActOutput, EvalOutput, Policy
 from dvla.policy.mlp import MLPPolicy
+from dvla.policy.vla import VLAPolicy, build_vla
 from dvla.types import EnvSpec
 
 REGISTRY: dict[str, Callable[[PolicyConfig, EnvSpec], Policy]] = {
     "mlp": MLPPolicy,
+    "vla": build_vla,
 }
 
 
@@ -19,4 +21,4 @@ def build_policy(cfg: PolicyConfig, spec: EnvSpec) -> Policy:
     return REGISTRY[cfg.name](cfg, spec)
 
 
-__all__ = ["ActOutput", "EvalOutput", "MLPPolicy", "Policy", "REGISTRY", "build_policy"]
+__all__ = ["ActOutput", "EvalOutput", "MLPPolicy", "Policy", "REGISTRY", "VLAPolicy", "build_policy", "build_vla"]

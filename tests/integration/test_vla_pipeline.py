@@ -1,0 +1,35 @@
+"""The tiny VLA trained by the pipeline end to end: camera images and an instruction in, action chunks out."""
+from __future__ import annotations
+
+import pytest
+
+from dvla.config import load_config
+
+from test_training import run_services  # tests/integration is on sys.path (rootdir import mode)
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")]
+
+
+@pytest.mark.parametrize("head,mode", [("discrete", "swimlane"), ("flow", "sync")])
+def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
+    n = 3
+    cfg = load_config(None, [f"policy.action_head={head}", f"pipeline.mode={mode}", "env.num_envs=4",
+                             "env.max_episode_steps=12", "env.image_size=64", f"pipeline.num_updates={n}",
+                             "control.heartbeat_s=0.2"], preset="pickcube-vla-tiny")
+    rc, status, rows, launcher = run_services(cfg, tmp_path)
+    assert rc == 0, "\n".join(c.tail() for c in launcher.children)
+    # more than one version was published, and the run ended on the final one
+    assert status.latest_version == n and status.versions[-1].final
+    assert [r["version"] for r in rows] == list(range(1, n + 1))
+    for r in rows:
+        # every trained chunk was stamped with a version the actor had published before the update
+        assert r["versions_used"] and all(0 <= v < r["version"] for v in r["versions_used"])
+        assert r["version"] - 1 - min(r["versions_used"]) <= cfg.pipeline.staleness
+        # where the rollout ran the actor's own weights, act's log-prob is the actor's to float tolerance
+        if r["versions_used"] == [r["version"] - 1]:
+            assert r["check/behaviour_logp_gap"] < 1e-3
+        # chunks of 4: a 12-step episode is 3 decisions, and its length is counted in env steps
+        assert 3 < r["episode_length"] <= 12
+    t = status.totals
+    assert t.episodes_trained + t.episodes_dropped == t.episodes_produced and t.episodes_in_flight == 0
+    assert (tmp_path / "checkpoint/weights.safetensors").exists()
