@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--preset", choices=sorted(PRESETS), help="bench this preset's task and model (e.g. a VLA) "
                    "instead of the balanced MLP default")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
+    try:
+        argv = dashed_overrides(sys.argv[1:] if argv is None else list(argv))
+    except ValueError as e:
+        ap.error(str(e))
     args = ap.parse_args(argv)
     if args.cmd == "bench":
         from dvla.bench import run_bench
@@ -40,12 +44,43 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             cfg = load_config(args.config, args.overrides, args.preset)
+            if cfg.policy.path:  # fail now, not in every process after start-up
+                from dvla.policy.vla import check_pretrained_dir
+                try:
+                    check_pretrained_dir(cfg.policy.path)
+                except ValueError as e:
+                    raise ValueError(f"config field 'policy.path': {e}") from None
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         from dvla.launch import run
         return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar")
     return 2
+
+
+def dashed_overrides(argv: list[str]) -> list[str]:
+    """Config fields flag-style, as section.field=value: '--policy.path DIR' -> 'policy.path=DIR'.
+
+    A flag whose name holds a dot is a config field ('--help-config' and the
+    other flags have none); it takes the next token as its value unless it
+    carries '=value' itself.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        name = tok.split("=", 1)[0]
+        if not (tok.startswith("--") and "." in name):
+            out.append(tok)
+            i += 1
+        elif "=" in tok:
+            out.append(tok[2:])
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{tok[2:]}={argv[i + 1]}")
+            i += 2
+        else:
+            raise ValueError(f"config flag '{tok}' needs a value")
+    return out
 
 
 if __name__ == "__main__":

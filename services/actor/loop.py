@@ -201,7 +201,7 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         publisher.flush()
         trainer.drain()
         save_checkpoint(run_dir / "checkpoint", policy.export_weights(), learner.optimizer.state_dict(),
-                        stats.policy_version, stats.report(), cfg)
+                        stats.policy_version, stats.report(), cfg, policy)
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
                      title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {cfg.pipeline.mode})")
         log.info("done: %d updates; episodes %s", stats.updates, stats.ledger.snapshot())

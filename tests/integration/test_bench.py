@@ -27,3 +27,13 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
 def test_bench_refuses_unknown_modes(tmp_path):
     with pytest.raises(ValueError, match="unknown mode"):
         run_bench(["turbo"], [], tmp_path)
+
+
+def test_bench_accepts_a_vla_preset(tmp_path):
+    out = run_bench(["sync"], ["env.num_envs=2", "env.max_episode_steps=8", "env.image_size=32",
+                               "pipeline.num_updates=2", "pipeline.num_shards=1", "telemetry.exporter=none"],
+                    tmp_path, preset="pickcube-vla-tiny")
+    rows = list(csv.DictReader(open(out / "bench.csv")))
+    assert [r["mode"] for r in rows] == ["sync"] and float(rows[0]["throughput"]) > 0
+    md = (out / "bench.md").read_text()
+    assert "vla-tiny (discrete head, chunks of 4)" in md and "Publish stall" in md

@@ -1,9 +1,15 @@
 """The tiny VLA trained by the pipeline end to end: camera images and an instruction in, action chunks out."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dvla.config import load_config
+from dvla.policy import build_policy
+from dvla.types import EnvSpec
 
 from test_training import run_services  # tests/integration is on sys.path (rootdir import mode)
 
@@ -33,3 +39,10 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
     t = status.totals
     assert t.episodes_trained + t.episodes_dropped == t.episodes_produced and t.episodes_in_flight == 0
     assert (tmp_path / "checkpoint/weights.safetensors").exists()
+    # the checkpoint holds the VLA in the transformers format, which policy.path starts a run from
+    saved = tmp_path / "checkpoint/policy"
+    assert (saved / "config.json").exists() and (saved / "model.safetensors").exists()
+    spec = EnvSpec("PickCube-v1", 29, 4, (-1.0,) * 4, (1.0,) * 4, 12, (64, 64, 3), "pick up the cube")
+    loaded = build_policy(replace(cfg.policy, path=str(saved)), spec)
+    weights = load_file(str(tmp_path / "checkpoint/weights.safetensors"))
+    assert all(torch.equal(loaded.export_weights()[k], w) for k, w in weights.items())

@@ -74,3 +74,25 @@ def test_modes_add_one_strategy_each():
         load_config(None, ["pipeline.mode=train_async", "pipeline.max_staleness=0"])
     with pytest.raises(ValueError, match="'env.num_envs'"):
         load_config(None, ["pipeline.mode=rollout_async", "pipeline.num_shards=3", "env.num_envs=16"])
+
+
+def test_config_fields_are_also_flags():
+    from dvla.cli import dashed_overrides
+    argv = ["run", "--preset", "smoke", "--policy.path", "/tmp/vla", "--algo.lr=1e-3", "env.num_envs=2"]
+    assert dashed_overrides(argv) == ["run", "--preset", "smoke", "policy.path=/tmp/vla", "algo.lr=1e-3",
+                                      "env.num_envs=2"]
+    with pytest.raises(ValueError, match="needs a value"):
+        dashed_overrides(["run", "--policy.path"])
+
+
+def test_dvla_run_refuses_a_policy_path_that_is_not_a_vla_checkpoint(tmp_path, capsys):
+    from dvla.cli import main
+    rc = main(["run", "--preset", "pickcube-vla-tiny", "--policy.path", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'policy.path'" in err and "does not exist" in err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "other/model.safetensors").write_bytes(b"")
+    rc = main(["run", "--preset", "pickcube-vla-tiny", "--policy.path", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'policy.path'" in err and "bert" in err

@@ -52,19 +52,7 @@ class VLAPolicy(Policy):
     def from_pretrained(cls, directory: str | os.PathLike, spec: EnvSpec, dtype: str = "auto") -> "VLAPolicy":
         """Load a saved DvlaVLAModel strictly and check it fits `spec`."""
         directory = os.fspath(directory)
-        if not os.path.isdir(directory):
-            raise ValueError(f"vla checkpoint directory '{directory}' does not exist")
-        config_path = os.path.join(directory, "config.json")
-        if not os.path.isfile(config_path):
-            raise ValueError(f"vla checkpoint '{directory}' has no config.json")
-        if not any(os.path.isfile(os.path.join(directory, f)) for f in _WEIGHT_FILES):
-            raise ValueError(f"vla checkpoint '{directory}' has no model.safetensors")
-        with open(config_path) as f:
-            raw = json.load(f)
-        if raw.get("model_type") != MODEL_TYPE:
-            held = raw.get("architectures") or raw.get("model_type") or "an unknown architecture"
-            raise ValueError(f"vla checkpoint '{directory}' holds {held} (model_type "
-                             f"'{raw.get('model_type')}'), not a '{MODEL_TYPE}' model")
+        check_pretrained_dir(directory)
         config = DvlaVLAConfig.from_pretrained(directory)
         _check_fits(config, spec, directory)
         # Load in float32 (exact for bf16 weights), then cast the trunk, so heads stay float32.
@@ -184,6 +172,30 @@ def _check_fits(config: DvlaVLAConfig, spec: EnvSpec, directory: str) -> None:
             raise ValueError(f"vla checkpoint '{directory}' has {name} {saved}, but the env has {env}")
 
 
+def check_pretrained_dir(directory: str | os.PathLike) -> None:
+    """ValueError unless `directory` holds a saved dvla VLA (config.json of our model_type + weights).
+
+    Cheap (reads config.json only), so `dvla run` checks policy.path before starting any process.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"vla checkpoint directory '{directory}' does not exist")
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"vla checkpoint '{directory}' has no config.json")
+    if not any(os.path.isfile(os.path.join(directory, f)) for f in _WEIGHT_FILES):
+        raise ValueError(f"vla checkpoint '{directory}' has no model.safetensors")
+    try:
+        with open(config_path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"vla checkpoint '{directory}': config.json is not valid JSON ({e})") from None
+    if raw.get("model_type") != MODEL_TYPE:
+        held = raw.get("architectures") or raw.get("model_type") or "an unknown architecture"
+        raise ValueError(f"vla checkpoint '{directory}' holds {held} (model_type "
+                         f"'{raw.get('model_type')}'), not a '{MODEL_TYPE}' model")
+
+
 def build_vla(cfg: PolicyConfig, spec: EnvSpec) -> VLAPolicy:
     """A VLA for `spec`: loaded from cfg.path, or fresh from the cfg.size preset (torch's global RNG inits)."""
     if not spec.image_shape:
@@ -204,4 +216,4 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["DvlaVLAConfig", "DvlaVLAModel", "VLAPolicy", "VLAProcessor", "build_vla", "vla_config"]
+__all__ = ["DvlaVLAConfig", "DvlaVLAModel", "VLAPolicy", "VLAProcessor", "build_vla", "check_pretrained_dir", "vla_config"]
