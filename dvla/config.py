@@ -74,8 +74,11 @@ class PolicyConfig:
     """Discrete head: bins per action dimension."""
     flow_steps: int = 4
     """Flow head: K denoising steps per decision."""
+    init_action_std: float = 0.3
+    """VLA from fresh weights: std (in the head's [-1, 1] range) of the initial action distribution: the
+    discrete head's prior over bins, the scale of the flow head's starting noise."""
     flow_noise_std: float = 0.3
-    """Flow head: initial std of the noise injected at each denoising step (learned from there)."""
+    """Flow head: initial std sigma of the injected noise (sigma * sqrt(1/K) per denoising step; learned from there)."""
     path: str = ""
     """Local directory of a saved VLA (transformers format: config.json + model.safetensors) to start from."""
     dtype: str = "auto"
@@ -91,6 +94,7 @@ class PolicyConfig:
         _check(self.num_bins >= 2, "policy.num_bins", "must be >= 2")
         _check(self.flow_steps >= 1, "policy.flow_steps", "must be >= 1")
         _check(self.flow_noise_std > 0, "policy.flow_noise_std", "must be > 0")
+        _check(0 < self.init_action_std <= 10, "policy.init_action_std", "must be in (0, 10]")
         _check(self.dtype in ("auto", "float32", "bfloat16"), "policy.dtype", f"unknown '{self.dtype}'; choose auto, float32 or bfloat16")
 
 

@@ -233,6 +233,6 @@ def test_flow_log_prob_matches_naive_loop():
         for k in range(3):
             t = torch.full((N,), k / 3)
             mean = chain[:, k] + model.head.velocity(chain[:, k], t, pooled) / 3
-            step = torch.distributions.Normal(mean, model.head.log_sigma.exp())
+            step = torch.distributions.Normal(mean, model.head.log_sigma.exp() * (1 / 3) ** 0.5)  # sigma sqrt(dt)
             expected += step.log_prob(chain[:, k + 1]).sum(-1)
     torch.testing.assert_close(out.log_probs, expected, atol=1e-4, rtol=0)

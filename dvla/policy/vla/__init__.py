@@ -130,7 +130,7 @@ class VLAPolicy(Policy):
             if deterministic:  # start at the prior's mean and inject no noise
                 x0, noise = torch.zeros(n, dim, device=device), None
             else:
-                x0 = _draw(torch.randn, (n, dim), generator, device)
+                x0 = _draw(torch.randn, (n, dim), generator, device) * cfg.init_action_std
                 noise = _draw(torch.randn, (n, cfg.flow_steps, dim), generator, device)
             chain, log_probs = model.flow_sample(pooled, x0, noise)
             sample, chunk = chain.reshape(n, -1), model.to_env_actions(chain[:, -1])

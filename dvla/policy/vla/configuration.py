@@ -45,6 +45,11 @@ class DvlaVLAConfig(PretrainedConfig):
     """Flow head: K Euler steps per decision."""
     flow_noise_std: float = 0.3
     """Flow head: initial std of the noise injected at each step (learned per dim)."""
+    init_action_std: float = 0.5
+    """Fresh weights: std, in the heads' [-1, 1] range, of the initial action distribution - the discrete
+    head's starting prior over bins (a discretised Gaussian around the middle bin rather than uniform) and
+    the scale of the flow head's starting noise x_0. RL from scratch needs this exploration prior the way
+    an MLP needs its initial log-std; a uniform bin distribution makes every action a coin toss over the range."""
     expert_hidden_size: int = 256
     """Flow head: width of the action-expert MLP."""
     state_dim: int = 0
@@ -119,6 +124,7 @@ def vla_config(size: str, head: str, spec: EnvSpec, policy_cfg: PolicyConfig) ->
         action_low=list(spec.action_low), action_high=list(spec.action_high),
         num_bins=policy_cfg.num_bins, flow_steps=policy_cfg.flow_steps,
         flow_noise_std=policy_cfg.flow_noise_std, expert_hidden_size=expert,
+        init_action_std=policy_cfg.init_action_std,
         state_dim=spec.obs_dim, image_shape=list(spec.image_shape), value_head=policy_cfg.value_head,
         instruction=spec.instruction,
     )

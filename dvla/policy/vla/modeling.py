@@ -118,6 +118,10 @@ class DvlaVLAModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, DiscreteActionHead):
             init.normal_(module.queries, std=self.config.initializer_range)
+            # Start from a discretised Gaussian prior over the bins (the bias dominates the small
+            # random weights), so a fresh policy explores around the middle of the action range.
+            centres = self.bins_to_unit(torch.arange(self.config.num_bins))
+            init.copy_(module.to_logits.bias, -0.5 * (centres / self.config.init_action_std).square())
         elif isinstance(module, FlowActionHead):
             init.constant_(module.log_sigma, math.log(self.config.flow_noise_std))
         elif isinstance(module, (TimeFeatures, ActionBounds)):
@@ -187,19 +191,23 @@ class DvlaVLAModel(PreTrainedModel):
         """Run the K noisy Euler steps from x0 [N, C*A]; step_noise [N, K, C*A] standard normal, or None
         for the noiseless (deterministic) chain. Returns the chain [N, K+1, C*A] and its log-prob [N]."""
         k_steps = self.config.flow_steps
-        sigma, dt = self.head.sigma(), 1.0 / k_steps
+        dt = 1.0 / k_steps
+        step_std = self.head.sigma() * math.sqrt(dt)
         x, chain = x0.float(), [x0.float()]
         for k in range(k_steps):
             t = x.new_full((x.shape[0],), k * dt)
             x = x + self.head.velocity(x, t, pooled) * dt
             if step_noise is not None:
-                x = x + sigma * step_noise[:, k]
+                x = x + step_std * step_noise[:, k]
             chain.append(x)
         chain_t = torch.stack(chain, dim=1)
         return chain_t, self.flow_log_prob(pooled, chain_t)
 
     def flow_log_prob(self, pooled: Tensor, chain: Tensor) -> Tensor:
-        """sum_k log N(x_{k+1}; x_k + v(x_k, t_k) dt, sigma^2), all K steps in one batched expert call.
+        """sum_k log N(x_{k+1}; x_k + v(x_k, t_k) dt, sigma^2 dt), all K steps in one batched expert call.
+
+        The injected noise scales with sqrt(dt), as an SDE's does, so the chain's total noise is
+        sigma whatever K is.
 
         x_0's N(0, I) density is left out: it does not depend on any parameter, so it cancels in
         every probability ratio and has zero gradient.
@@ -210,13 +218,13 @@ class DvlaVLAModel(PreTrainedModel):
         t = (torch.arange(k_steps, device=chain.device, dtype=torch.float32) * dt).repeat(n)
         cond = pooled.repeat_interleave(k_steps, dim=0)
         mean = x_k + self.head.velocity(x_k, t, cond) * dt
-        log_sigma = self.head.sigma().log()
+        log_sigma = self.head.sigma().log() + 0.5 * math.log(dt)
         z = (chain[:, 1:].reshape(n * k_steps, dim) - mean) / log_sigma.exp()
         log_p = -0.5 * z.square() - log_sigma - _HALF_LOG_2PI
         return log_p.view(n, k_steps * dim).sum(-1)
 
     def flow_entropy(self, n: int) -> Tensor:
         """[N] sum over the K steps of the injected Gaussians' entropies (state-independent)."""
-        log_sigma = self.head.sigma().log()
+        log_sigma = self.head.sigma().log() + 0.5 * math.log(1.0 / self.config.flow_steps)
         per_step = (0.5 + _HALF_LOG_2PI + log_sigma).sum()
         return (self.config.flow_steps * per_step).expand(n)
