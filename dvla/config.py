@@ -355,8 +355,9 @@ def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
         env=EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=128, control_mode="pd_ee_delta_pos",
                       num_envs=8, max_episode_steps=50),
         policy=PolicyConfig(name="vla", size="tiny", action_head=head, chunk_size=4),
-        algo=AlgoConfig(lr=1e-4, update_epochs=2, num_minibatches=2),
-        pipeline=PipelineConfig(mode="swimlane", num_rollout_workers=1, num_shards=2, num_updates=40),
+        # measured on 2 CPU cores: ~50 env steps/s, 60 updates in ~9 min, mean return 2.9 -> 3.7
+        algo=AlgoConfig(lr=2e-4, update_epochs=4, num_minibatches=2),
+        pipeline=PipelineConfig(mode="swimlane", num_rollout_workers=1, num_shards=2, num_updates=60),
     )
 
 
