@@ -74,6 +74,8 @@ class PolicyConfig:
     """Discrete head: bins per action dimension."""
     flow_steps: int = 4
     """Flow head: K denoising steps per decision."""
+    use_state: bool = True
+    """VLA: read the robot state (proprioception) as one token next to the image and the instruction."""
     init_action_std: float = 0.3
     """VLA from fresh weights: std (in the head's [-1, 1] range) of the initial action distribution: the
     discrete head's prior over bins, the scale of the flow head's starting noise."""

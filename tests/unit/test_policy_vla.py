@@ -236,3 +236,13 @@ def test_flow_log_prob_matches_naive_loop():
             step = torch.distributions.Normal(mean, model.head.log_sigma.exp() * (1 / 3) ** 0.5)  # sigma sqrt(dt)
             expected += step.log_prob(chain[:, k + 1]).sum(-1)
     torch.testing.assert_close(out.log_probs, expected, atol=1e-4, rtol=0)
+
+
+def test_proprioception_is_optional():
+    with_state = build_vla(PolicyConfig(name="vla", chunk_size=4), SPEC)
+    without = build_vla(PolicyConfig(name="vla", chunk_size=4, use_state=False), SPEC)
+    assert with_state.model.state_proj is not None and without.model.state_proj is None
+    obs, images = inputs()
+    a = without.act(obs, images, deterministic=True)
+    b = without.act(torch.randn_like(obs), images, deterministic=True)
+    assert torch.equal(a.actions, b.actions)  # the state is not read

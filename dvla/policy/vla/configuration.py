@@ -53,7 +53,9 @@ class DvlaVLAConfig(PretrainedConfig):
     expert_hidden_size: int = 256
     """Flow head: width of the action-expert MLP."""
     state_dim: int = 0
-    """D, robot-state features per observation (0: no state token)."""
+    """D, robot-state features per observation (the env's; the model reads them when use_state)."""
+    use_state: bool = True
+    """Feed the robot state to the backbone as one token (proprioception); off: images and words only."""
     image_shape: list[int] | None = None
     """(H, W, 3) of the env camera images the processor receives."""
     value_head: bool = True
@@ -125,7 +127,8 @@ def vla_config(size: str, head: str, spec: EnvSpec, policy_cfg: PolicyConfig) ->
         num_bins=policy_cfg.num_bins, flow_steps=policy_cfg.flow_steps,
         flow_noise_std=policy_cfg.flow_noise_std, expert_hidden_size=expert,
         init_action_std=policy_cfg.init_action_std,
-        state_dim=spec.obs_dim, image_shape=list(spec.image_shape), value_head=policy_cfg.value_head,
+        state_dim=spec.obs_dim, use_state=policy_cfg.use_state, image_shape=list(spec.image_shape),
+        value_head=policy_cfg.value_head,
         instruction=spec.instruction,
     )
 

@@ -107,7 +107,8 @@ class DvlaVLAModel(PreTrainedModel):
         self.vision = SiglipVisionModel(config.vision_config)
         self.backbone = Qwen2Model(config.text_config)
         self.image_proj = nn.Linear(config.vision_config.hidden_size, hidden)
-        self.state_proj = nn.Linear(config.state_dim, hidden) if config.state_dim > 0 else None
+        use_state = config.use_state and config.state_dim > 0
+        self.state_proj = nn.Linear(config.state_dim, hidden) if use_state else None
         self.head = DiscreteActionHead(config) if config.action_head == "discrete" else FlowActionHead(config)
         self.value_head = nn.Linear(hidden, 1) if config.value_head else None
         self.action_bounds = ActionBounds(config)
