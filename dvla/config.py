@@ -249,8 +249,31 @@ class ControlConfig:
     """Deadline of a whole weight publish or fetch."""
     heartbeat_s: float = 2.0
     """Worker heartbeat period; a worker silent for 5 periods is marked dead."""
+    token: str = ""
+    """Shared secret the Admin RPCs and PublishWeights require ('' = none). The environment variable
+    DVLA_TOKEN wins over this field; prefer it, since this field is redacted from saved configs."""
+    tls_cert: str = ""
+    """weight_control: PEM certificate chain; with tls_key, the server speaks TLS only ('' = plaintext)."""
+    tls_key: str = ""
+    """weight_control: PEM private key of tls_cert."""
+    tls_ca: str = ""
+    """Clients: PEM CA to verify weight_control's certificate (set it to connect over TLS). Server: the CA
+    client certificates must be signed by, when tls_client_auth is on."""
+    tls_client_auth: bool = False
+    """weight_control: require client certificates signed by tls_ca (mutual TLS)."""
+    tls_client_cert: str = ""
+    """Clients, for mutual TLS: PEM certificate chain."""
+    tls_client_key: str = ""
+    """Clients, for mutual TLS: PEM private key of tls_client_cert."""
+    tls_server_name: str = ""
+    """Clients: the name to verify weight_control's certificate for, when it differs from the address."""
 
     def validate(self) -> None:
+        _check(bool(self.tls_cert) == bool(self.tls_key), "control.tls_cert", "set tls_cert and tls_key together")
+        _check(bool(self.tls_client_cert) == bool(self.tls_client_key), "control.tls_client_cert",
+               "set tls_client_cert and tls_client_key together")
+        _check(not self.tls_client_auth or bool(self.tls_ca), "control.tls_client_auth",
+               "mutual TLS needs control.tls_ca (the CA client certificates are checked against)")
         _check(0 <= self.port < 65536, "control.port", "must be in [0, 65535]")
         _check(self.keep_versions >= 2, "control.keep_versions", "must be >= 2 (one serving, one arriving)")
         _check(0 < self.chunk_bytes < self.max_message_bytes, "control.chunk_bytes", "must be > 0 and below control.max_message_bytes")
@@ -517,4 +540,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, with secrets redacted (it is written into run folders)."""
+    d = to_dict(cfg)
+    if d["control"]["token"]:
+        d["control"]["token"] = "<redacted>"
+    return yaml.safe_dump(d, sort_keys=False)

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dvla.config import ControlConfig
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.rpc import codec
+from dvla.rpc.security import secure_channel
 from dvla.types import EnvSpec
 from dvla.weights import Manifest, pack, unpack
 
@@ -66,7 +67,7 @@ class ControlClient:
         self.cfg = cfg
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.channel = grpc.insecure_channel(address, options=opts)
+        self.channel = secure_channel(address, cfg, opts)  # TLS and the token, as configured
         self.weights = weights_pb2_grpc.WeightControlStub(self.channel)
         self.registry = registry_pb2_grpc.RegistryStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)

@@ -7,6 +7,7 @@ import signal
 import threading
 
 from dvla.config import ControlConfig
+from dvla.rpc.security import TokenInterceptor, resolve_token, server_credentials
 from dvla.rpc.server import add_health, bind, make_server, set_serving
 
 from .registry import Registry
@@ -20,10 +21,15 @@ async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, 
     """Build and start the server; returns (server, bound_port, state)."""
     state = ControlState(VersionStore(cfg.keep_versions, cfg.max_version_bytes),
                          Registry(num_rollouts, cfg.heartbeat_s), cfg.chunk_bytes)
-    server = make_server(cfg.max_message_bytes)
+    token = resolve_token(cfg)
+    if not token:
+        log.warning("no token (DVLA_TOKEN or control.token): Admin and PublishWeights are open to anyone "
+                    "who can reach %s", cfg.host if host is None else host)
+    server = make_server(cfg.max_message_bytes, [TokenInterceptor(token)] if token else None)
     add_servicers(server, state)
     health = add_health(server, SERVICE_NAMES)
-    bound = bind(server, cfg.host if host is None else host, cfg.port if port is None else port)
+    bound = bind(server, cfg.host if host is None else host, cfg.port if port is None else port,
+                 server_credentials(cfg))
     await server.start()
     await set_serving(health, SERVICE_NAMES)
     return server, bound, state
