@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,21 @@ def main(argv: list[str] | None = None) -> int:
         argv = dashed_overrides(sys.argv[1:] if argv is None else list(argv))
     except ValueError as e:
         ap.error(str(e))
-    args = ap.parse_args(argv)
+    a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
+    a.add_argument("verb", choices=["status"], help="status: workers, versions and episode counters")
+    a.add_argument("--control", default=os.environ.get("DVLA_CONTROL"),
+                   help="weight_control host:port (env DVLA_CONTROL; default from control.host/port)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.add_argument("--config", default=os.environ.get("DVLA_CONFIG"), help="YAML config (token and TLS settings)")
+    a.add_argument("overrides", nargs="*", help="section.field=value, e.g. control.tls_ca=ca.pem")
+    # Overrides may follow options too (argparse gives a positional list only one run of tokens).
+    args, extra = ap.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t]
+    if stray:
+        ap.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(getattr(args, "overrides", []) or []) + extra
+    if args.cmd == "admin":
+        return admin(args)
     if args.cmd == "bench":
         from dvla.bench import run_bench
         try:
@@ -56,6 +71,28 @@ def main(argv: list[str] | None = None) -> int:
         from dvla.launch import run
         return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar")
     return 2
+
+
+def admin(args: argparse.Namespace) -> int:
+    from dvla.admin import format_status, status_json
+    from dvla.rpc.client import ControlClient, RpcFailed
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    address = args.control or f"{cfg.control.host}:{cfg.control.port}"
+    client = ControlClient(address, cfg.control)
+    try:
+        client.wait_healthy(min(cfg.control.rpc_timeout_s, 10.0))
+        reply = client.status()
+    except RpcFailed as e:
+        print(f"error: weight_control at {address}: {e.code}: {e.message}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    print(status_json(reply) if args.json else format_status(reply))
+    return 0
 
 
 def dashed_overrides(argv: list[str]) -> list[str]:

@@ -1,0 +1,59 @@
+"""`dvla admin`: steer and inspect a live run through weight_control's Admin service.
+
+    dvla admin status --control HOST:PORT [--json]
+
+The token (DVLA_TOKEN) and TLS settings come from the same configuration the
+services read (--config, --preset, overrides, DVLA_* variables). Formatting
+is pure: `format_status` turns a StatusReply into the text an operator reads.
+"""
+from __future__ import annotations
+
+import json
+
+from google.protobuf.json_format import MessageToDict
+
+from dvla.proto.v1 import admin_pb2
+from dvla.rpc import codec
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_status(r: admin_pb2.StatusReply) -> str:
+    """Human-readable Status: the run, its counters, then one line per worker."""
+    state = codec.STATE_NAMES.get(r.state, "unknown")
+    version = f"version {r.latest_version}" + (" (final)" if r.versions and r.versions[-1].final else "") \
+        if r.has_version else "no version yet"
+    t = r.totals
+    lines = [
+        f"run {state}, {version}, up {_duration(r.uptime_s)}",
+        f"episodes: produced {t.episodes_produced}  sent {t.episodes_sent}  received {t.episodes_received}  "
+        f"trained {t.episodes_trained}  dropped {t.episodes_dropped}  in flight {t.episodes_in_flight}",
+        f"  in flight by place: unsent {t.episodes_unsent}  on the wire {t.episodes_on_wire}  "
+        f"queued {t.episodes_queued}  in training {t.episodes_in_training}",
+        f"env steps produced: {t.env_steps_produced}",
+    ]
+    if r.versions:
+        kept = ", ".join(str(v.version) for v in r.versions)
+        lines.append(f"versions held: {kept} ({r.versions[-1].total_bytes / 2**20:.1f} MiB each)")
+    header = f"{'WORKER':<14} {'ROLE':<8} {'RANK':>4} {'ADDRESS':<22} {'ALIVE':<5} {'SEEN':>6} {'VERSION':>7} " \
+             f"{'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8}"
+    lines += ["", header]
+    for w in sorted(r.workers, key=lambda w: w.rank):
+        s = w.stats
+        role = codec.PB_TO_ROLE.get(w.role, "?")
+        busy = s.busy_s / s.loop_s if s.loop_s > 0 else 0.0
+        episodes = s.episodes_trained if role == "actor" else s.episodes_sent
+        lines.append(f"{w.worker_id[:14]:<14} {role:<8} {w.rank:>4} {(w.address or '-')[:22]:<22} "
+                     f"{'yes' if w.alive else 'NO':<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} "
+                     f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8}")
+    if not r.workers:
+        lines.append("(no workers registered)")
+    return "\n".join(lines)
+
+
+def status_json(r: admin_pb2.StatusReply) -> str:
+    return json.dumps(MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
+                      indent=2)

@@ -1,0 +1,61 @@
+"""`dvla admin status` against a real weight_control: text, JSON, a refused token, an unreachable server."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dvla.cli import main
+from dvla.config import ControlConfig
+from dvla.dataplane.transport import free_port
+from dvla.rpc.client import ControlClient
+from dvla.types import EnvSpec
+from services.weight_control.app import BackgroundServer
+
+SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
+
+
+@pytest.fixture
+def live(monkeypatch):
+    monkeypatch.setenv("DVLA_TOKEN", "t0k3n")
+    cfg = replace(ControlConfig(), rpc_timeout_s=5.0)
+    with BackgroundServer(cfg, num_rollouts=1) as srv:
+        c = ControlClient(srv.address, cfg)
+        c.wait_healthy(10)
+        c.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
+        c.register("rollout", "rollout-0", env_spec=SPEC)
+        c.heartbeat("rollout-0", {"policy_version": 3, "num_envs": 16, "env_steps_per_s": 512.0,
+                                  "episodes_produced": 48, "episodes_sent": 48, "busy_s": 9.0, "loop_s": 10.0})
+        c.publish(0, {"w": torch.zeros(4)})
+        yield srv
+        c.close()
+
+
+def test_status_prints_the_run_counters_and_every_worker(live, capsys):
+    assert main(["admin", "status", "--control", live.address]) == 0
+    out = capsys.readouterr().out
+    assert "run running, version 0" in out and "episodes: produced" in out
+    rollout = next(line for line in out.splitlines() if line.startswith("rollout-0"))
+    assert rollout.split()[1:3] == ["rollout", "1"] and " 512 " in rollout and "0.90" in rollout
+    assert any(line.startswith("actor-0") and line.split()[1:3] == ["actor", "0"] for line in out.splitlines())
+    assert "produced 48  sent 48" in out
+
+
+def test_status_json_is_the_whole_reply(live, capsys):
+    assert main(["admin", "status", "--control", live.address, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["latest_version"] == "0" and {w["worker_id"] for w in data["workers"]} == {"actor-0", "rollout-0"}
+    assert "episodes_in_flight" in data["totals"]
+
+
+def test_a_wrong_token_is_refused(live, capsys, monkeypatch):
+    monkeypatch.setenv("DVLA_TOKEN", "wrong")
+    assert main(["admin", "status", "--control", live.address]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_a_clear_error(capsys):
+    assert main(["admin", "status", "--control", f"127.0.0.1:{free_port()}", "control.rpc_timeout_s=1"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err
