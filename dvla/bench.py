@@ -179,6 +179,7 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
     with BackgroundServer(cfg.control) as srv:
         client = ControlClient(srv.address, cfg.control)
+        client.register("actor", "bench", rendezvous_address="127.0.0.1:1")  # only the actor may publish
         lane = PublishLane(client, "bench", background=True)
         times = {"off": [], "on": []}
         version = 0

@@ -28,3 +28,10 @@ def client(control_server, control_cfg):
     c.wait_healthy(10)
     yield c
     c.close()
+
+
+@pytest.fixture
+def publisher(client):
+    """`client`, registered as the run's actor: only the actor may publish weights."""
+    client.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
+    return client

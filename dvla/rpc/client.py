@@ -72,6 +72,7 @@ class ControlClient:
         self.registry = registry_pb2_grpc.RegistryStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.actor_id = ""  # set by register('actor', ...): only the actor may publish
 
     def close(self) -> None:
         self.channel.close()
@@ -96,6 +97,8 @@ class ControlClient:
         if env_spec is not None:
             req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
         r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
+        if role == "actor":
+            self.actor_id = worker_id  # the default publisher of this client's publishes
         return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
 
     @_wrap
@@ -118,7 +121,10 @@ class ControlClient:
     # ------------------------------------------------------------ weights
     @_wrap
     def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = "") -> int:
-        """Pack and stream one version; returns the bytes sent."""
+        """Pack and stream one version; returns the bytes sent.
+
+        publisher_id defaults to the actor this client registered as: only the actor may publish.
+        """
         manifest, buf = pack(tensors)
         return self.publish_packed(version, manifest, buf, final, publisher_id)
 
@@ -126,7 +132,7 @@ class ControlClient:
     def publish_packed(self, version: int, manifest: Manifest, buf: bytes | bytearray, final: bool = False,
                        publisher_id: str = "") -> int:
         header = weights_pb2.WeightHeader(version=version, manifest=codec.manifest_to_pb(manifest), final=final,
-                                          publisher_id=publisher_id)
+                                          publisher_id=publisher_id or self.actor_id)
 
         def chunks() -> Iterator[weights_pb2.PublishChunk]:
             yield weights_pb2.PublishChunk(header=header)

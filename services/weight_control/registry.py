@@ -12,7 +12,7 @@ from typing import Callable
 
 from dvla.types import EnvSpec
 
-from .errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
+from .errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, TooLarge
 
 ACTOR, ROLLOUT = "actor", "rollout"
 DEAD_AFTER_BEATS = 5
@@ -43,6 +43,13 @@ class Registry:
     @property
     def world_size(self) -> int:
         return self.num_rollouts + 1
+
+    def check_publisher(self, worker_id: str) -> None:
+        """PermissionDenied unless `worker_id` is the worker registered as actor: only it may publish."""
+        w = self._workers.get(worker_id) if worker_id else None
+        if w is None or w.role != ACTOR:
+            who = f"'{worker_id}'" if worker_id else "a publish without publisher_id"
+            raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
 
     def register(self, role: str, worker_id: str, address: str = "", rendezvous_address: str = "",
                  env_spec: EnvSpec | None = None) -> Worker:

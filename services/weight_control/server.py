@@ -13,7 +13,7 @@ import grpc
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.rpc import codec
 
-from .errors import ControlError, InvalidArgument, NotFound
+from .errors import ControlError, InvalidArgument, NotFound, PermissionDenied
 from .registry import ROLLOUT, Registry
 from .store import StoredVersion, VersionStore
 
@@ -90,6 +90,11 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
             self.s.store.reject()
             raise InvalidArgument("a publish must start with a header message")
         h = first.header
+        try:
+            self.s.registry.check_publisher(h.publisher_id)
+        except PermissionDenied:
+            self.s.store.reject()
+            raise
         try:
             manifest = codec.manifest_from_pb(h.manifest)
         except ValueError as e:

@@ -10,9 +10,11 @@ import torch
 
 from dvla.config import ControlConfig, RunConfig, load_config, to_yaml
 from dvla.rpc.client import ControlClient, RpcFailed
+from dvla.types import EnvSpec
 from services.weight_control.app import BackgroundServer
 
 BASE = replace(ControlConfig(), rpc_timeout_s=5.0, transfer_timeout_s=20.0)
+SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
 WEIGHTS = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
 
 
@@ -41,11 +43,16 @@ def test_admin_and_publish_need_the_token_and_a_refused_publish_changes_nothing(
                     c.publish(0, WEIGHTS)
                 assert e.value.code == "UNAUTHENTICATED"
             assert not good.status().has_version  # nothing was stored
+            good.register("actor", "actor-0", rendezvous_address="127.0.0.1:1")
             good.publish(0, WEIGHTS)
             # reading weights and registering stay open: rollouts only read
             version, _, fetched = none.fetch(0)
             assert version == 0 and torch.equal(fetched["w"], WEIGHTS["w"])
-            assert none.register("actor", "a0", rendezvous_address="127.0.0.1:1").rank == 0
+            with pytest.raises(RpcFailed, match="PERMISSION_DENIED"):  # the token alone is not enough:
+                wrong_id = client(srv.address, server_cfg)              # only the actor publishes
+                wrong_id.publish(1, WEIGHTS, publisher_id="rollout-7")
+            wrong_id.close()
+            assert none.register("rollout", "r0", env_spec=SPEC).rank == 1
             assert good.status().latest_version == 0
         finally:
             for c in (good, none, wrong):
@@ -93,6 +100,7 @@ def test_tls_connects_and_plaintext_clients_are_refused(pki):
     with BackgroundServer(server_cfg) as srv:
         tls = client(srv.address, replace(BASE, tls_ca=str(pki / "ca.pem")))
         try:
+            tls.register("actor", "actor-0", rendezvous_address="127.0.0.1:1")
             tls.publish(0, WEIGHTS)
             assert torch.equal(tls.fetch(0)[2]["w"], WEIGHTS["w"])
         finally:

@@ -34,6 +34,7 @@ def test_vla_small_publishes_and_fetches_by_name():
         client = ControlClient(srv.address, cfg)
         try:
             client.wait_healthy(10)
+            client.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
             client.publish(0, weights)
             status = client.status()
             got_version, _, fetched = client.fetch(0)

@@ -22,7 +22,8 @@ def weights_of(version: int) -> dict[str, torch.Tensor]:
     return {k: torch.randn(v.shape, generator=g) * 0.5 for k, v in make_policy().export_weights().items()}
 
 
-def test_inference_only_ever_sees_whole_versions(client):
+def test_inference_only_ever_sees_whole_versions(publisher):
+    client = publisher
     num_versions = 25
     obs = torch.randn(32, SPEC.obs_dim, generator=torch.Generator().manual_seed(7))
     expected = {}
@@ -55,7 +56,8 @@ def test_inference_only_ever_sees_whole_versions(client):
     assert len(lane.swap_pauses_s) == len(lane.versions_used)
 
 
-def test_wait_loaded_blocks_until_the_version_arrives(client):
+def test_wait_loaded_blocks_until_the_version_arrives(publisher):
+    client = publisher
     stop = threading.Event()
     lane = WeightLane(client, make_policy, stop).start()
     client.publish(0, weights_of(0))
@@ -67,7 +69,8 @@ def test_wait_loaded_blocks_until_the_version_arrives(client):
     assert not lane.wait_loaded(5, timeout_s=1)  # stopped: returns False, no hang
 
 
-def test_inline_lane_fetches_in_wait_loaded(client):
+def test_inline_lane_fetches_in_wait_loaded(publisher):
+    client = publisher
     stop = threading.Event()
     lane = WeightLane(client, make_policy, stop, background=False).start()
     client.publish(0, weights_of(0))

@@ -32,7 +32,8 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_versions_round_trip_bit_exactly(client):
+def test_versions_round_trip_bit_exactly(publisher):
+    client = publisher
     for v in range(3):
         client.publish(v, tensors(v))
     for v in range(3):
@@ -43,7 +44,8 @@ def test_versions_round_trip_bit_exactly(client):
     assert client.latest().version == 2
 
 
-def test_only_newest_versions_are_kept(client, control_cfg):
+def test_only_newest_versions_are_kept(publisher, control_cfg):
+    client = publisher
     for v in range(5):
         client.publish(v, tensors(v))
     held = [x.version for x in client.status().versions]
@@ -66,7 +68,7 @@ def split(buf: bytes, step: int) -> list[tuple[int, bytes]]:
 
 def publish_code(client, version: int, t: dict, mutate) -> grpc.StatusCode:
     manifest, buf = pack(t)
-    header = weights_pb2.WeightHeader(version=version, manifest=codec.manifest_to_pb(manifest))
+    header = weights_pb2.WeightHeader(version=version, manifest=codec.manifest_to_pb(manifest), publisher_id="actor-0")
     chunks = split(buf, 4096)
     header, chunks, extra = mutate(header, chunks)
     with pytest.raises(grpc.RpcError) as e:
@@ -113,7 +115,8 @@ def _second_header(h, c):
     (2, _bad_manifest, grpc.StatusCode.INVALID_ARGUMENT),
     (2, _second_header, grpc.StatusCode.INVALID_ARGUMENT),
 ])
-def test_bad_publish_is_rejected_and_previous_version_still_serves(client, version, mutate, code):
+def test_bad_publish_is_rejected_and_previous_version_still_serves(publisher, version, mutate, code):
+    client = publisher
     client.publish(0, tensors(0))
     client.publish(1, tensors(1))
     assert publish_code(client, version, tensors(99), mutate) == code
@@ -124,7 +127,8 @@ def test_bad_publish_is_rejected_and_previous_version_still_serves(client, versi
     assert [x.version for x in client.status().versions] == [0, 1]
 
 
-def test_publish_without_header_is_invalid(client):
+def test_publish_without_header_is_invalid(publisher):
+    client = publisher
     with pytest.raises(grpc.RpcError) as e:
         client.weights.PublishWeights(iter([weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=0, data=b"x"))]), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -133,10 +137,11 @@ def test_publish_without_header_is_invalid(client):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_oversized_version_and_message_are_refused(client, control_cfg):
+def test_oversized_version_and_message_are_refused(publisher, control_cfg):
+    client = publisher
     big = {"w": torch.zeros(control_cfg.max_version_bytes // 4 + 16)}
     manifest, _ = pack(big)
-    header = weights_pb2.WeightHeader(version=0, manifest=codec.manifest_to_pb(manifest))
+    header = weights_pb2.WeightHeader(version=0, manifest=codec.manifest_to_pb(manifest), publisher_id="actor-0")
     with pytest.raises(grpc.RpcError) as e:
         raw_publish(client, header, [])
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -144,14 +149,15 @@ def test_oversized_version_and_message_are_refused(client, control_cfg):
     # one message above the gRPC limit is refused by the transport itself
     t = {"w": torch.zeros(control_cfg.max_message_bytes // 4 + 1024)}
     manifest, buf = pack(t)
-    header = weights_pb2.WeightHeader(version=0, manifest=codec.manifest_to_pb(manifest))
+    header = weights_pb2.WeightHeader(version=0, manifest=codec.manifest_to_pb(manifest), publisher_id="actor-0")
     with pytest.raises(grpc.RpcError) as e:
         raw_publish(client, header, [(0, bytes(buf))])
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.latest().version == -1
 
 
-def test_final_version_ends_the_sequence(client):
+def test_final_version_ends_the_sequence(publisher):
+    client = publisher
     client.publish(0, tensors(0))
     client.publish(1, tensors(1), final=True)
     ev = client.latest()
@@ -161,7 +167,8 @@ def test_final_version_ends_the_sequence(client):
     assert e.value.code == "FAILED_PRECONDITION"
 
 
-def test_watch_sees_each_new_version(client):
+def test_watch_sees_each_new_version(publisher):
+    client = publisher
     stop = threading.Event()
     seen = []
 
@@ -180,7 +187,8 @@ def test_watch_sees_each_new_version(client):
     assert seen[-1] == 2 and seen == sorted(seen)
 
 
-def test_sha256_matches_what_was_published(client):
+def test_sha256_matches_what_was_published(publisher):
+    client = publisher
     manifest, buf = pack(tensors(3))
     client.publish(0, tensors(3))
     st = client.status().versions[0]
