@@ -223,4 +223,4 @@ def summarize(run_dir: Path, wall_s: float) -> None:
           f"{last['env_steps_per_s']:.0f} env steps/s")
     print(f"success rate {first['success_rate']:.2f} -> {mean('success_rate'):.2f}, "
           f"return {first['return_mean']:.2f} -> {mean('return_mean'):.2f} (first update -> mean of last {len(tail)})")
-    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, checkpoint/, config.yaml, logs/, traces/")
+    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, tensorboard/, checkpoint/, config.yaml, logs/, traces/")

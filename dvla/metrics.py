@@ -7,20 +7,38 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends one JSON object per line and flushes, so a crash loses nothing written."""
+    """Appends one JSON object per line and flushes, so a crash loses nothing written.
 
-    def __init__(self, path: Path):
+    With `tensorboard_dir`, every numeric field also goes to TensorBoard event
+    files there (tensorboardX: event files without TensorFlow), against the
+    record's `step_key` (env steps by default), for `tensorboard --logdir`.
+    """
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None, step_key: str = "env_steps"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", buffering=1)
+        self.step_key = step_key
+        self._tb = None
+        if tensorboard_dir is not None:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=5)
 
     def write(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
+        if self._tb is not None:
+            step = int(record.get(self.step_key) or 0)
+            for k, v in clean.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k != self.step_key:
+                    self._tb.add_scalar(k, v, global_step=step)
+            self._tb.flush()
 
     def close(self) -> None:
         self._f.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -150,7 +150,7 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     stats = ActorStats()
     client = ControlClient(control, cfg.control)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
     heartbeat = None
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)

@@ -65,6 +65,7 @@ def test_sync_run_two_rollouts(tmp_path, algo):
     for name in ("metrics.jsonl", "training.png", "config.yaml", "checkpoint/weights.safetensors", "checkpoint/state.json"):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "checkpoint/state.json").read_text())["version"] == n
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # curves for tensorboard --logdir
 
 
 @pytest.mark.parametrize("mode", ["disaggregated", "train_async", "rollout_async", "streamer", "swimlane"])
