@@ -1,6 +1,6 @@
 """`dvla admin`: steer and inspect a live run through weight_control's Admin service.
 
-    dvla admin status --control HOST:PORT [--json]
+    dvla admin status|pause|resume --control HOST:PORT [--json]
 
 The token (DVLA_TOKEN) and TLS settings come from the same configuration the
 services read (--config, --preset, overrides, DVLA_* variables). Formatting

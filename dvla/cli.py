@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
-    a.add_argument("verb", choices=["status"], help="status: workers, versions and episode counters")
+    a.add_argument("verb", choices=["status", "pause", "resume"],
+                   help="status: workers, versions and episode counters; pause: rollouts finish the episodes "
+                        "under way and start no new ones; resume: they start again")
     a.add_argument("--control", default=os.environ.get("DVLA_CONTROL"),
                    help="weight_control host:port (env DVLA_CONTROL; default from control.host/port)")
     a.add_argument("--json", action="store_true", help="machine-readable output")
@@ -85,13 +88,17 @@ def admin(args: argparse.Namespace) -> int:
     client = ControlClient(address, cfg.control)
     try:
         client.wait_healthy(min(cfg.control.rpc_timeout_s, 10.0))
-        reply = client.status()
+        if args.verb == "status":
+            reply = client.status()
+            print(status_json(reply) if args.json else format_status(reply))
+        else:
+            state = client.pause() if args.verb == "pause" else client.resume()
+            print(json.dumps({"state": state}) if args.json else f"run {state}")
     except RpcFailed as e:
         print(f"error: weight_control at {address}: {e.code}: {e.message}", file=sys.stderr)
         return 2
     finally:
         client.close()
-    print(status_json(reply) if args.json else format_status(reply))
     return 0
 
 

@@ -46,6 +46,11 @@ class Heartbeat:
         self.thread.start()
         return self
 
+    @property
+    def paused(self) -> bool:
+        """The run is paused (Admin.Pause), as of the last beat: start no new episodes."""
+        return self.state == "paused"
+
     def beat(self) -> None:
         try:
             self.state = self.client.heartbeat(self.worker_id, self.stats()).state

@@ -193,3 +193,14 @@ class ControlClient:
     @_wrap
     def status(self) -> admin_pb2.StatusReply:
         return self.admin.Status(admin_pb2.StatusRequest(), timeout=self.cfg.rpc_timeout_s)
+
+    @_wrap
+    def pause(self) -> str:
+        """Ask rollouts to stop at their next safe point; returns the run state."""
+        r = self.admin.Pause(admin_pb2.PauseRequest(), timeout=self.cfg.rpc_timeout_s)
+        return codec.STATE_NAMES.get(r.state, "unknown")
+
+    @_wrap
+    def resume(self) -> str:
+        r = self.admin.Resume(admin_pb2.ResumeRequest(), timeout=self.cfg.rpc_timeout_s)
+        return codec.STATE_NAMES.get(r.state, "unknown")

@@ -13,7 +13,8 @@ _DTYPE_TO_PB = {
 _PB_TO_DTYPE = {v: k for k, v in _DTYPE_TO_PB.items()}
 ROLE_TO_PB = {"actor": pb.ACTOR, "rollout": pb.ROLLOUT}
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
-STATE_NAMES = {pb.STARTING: "starting", pb.RUNNING: "running", pb.FINISHED: "finished", pb.RUN_STATE_UNSPECIFIED: "unknown"}
+STATE_NAMES = {pb.STARTING: "starting", pb.RUNNING: "running", pb.FINISHED: "finished", pb.PAUSED: "paused",
+               pb.RUN_STATE_UNSPECIFIED: "unknown"}
 STATS_FIELDS = [f.name for f in pb.WorkerStats.DESCRIPTOR.fields]
 
 

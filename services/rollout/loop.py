@@ -5,7 +5,9 @@
 
 One rollout epoch = every env runs one whole episode. Admission control: epoch e
 may start only once weight_control holds a version >= e - max_staleness, so
-max_staleness=0 is the lockstep `sync` baseline. The run ends when the actor
+max_staleness=0 is the lockstep `sync` baseline. While the run is paused
+(Admin.Pause, seen through the heartbeat) no epoch starts; one under way is
+finished and sent, so a pause never cuts an episode. The run ends when the actor
 marks a version final; the worker then sends END so the actor can account for
 everything in flight.
 """
@@ -116,13 +118,15 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             def seeds_for(round_: int, shard: int) -> tuple[list[int], list[int]]:
                 seeds, groups = episode_seeds(cfg, reg.rank, round_)
                 return seeds[shard * k:(shard + 1) * k], groups[shard * k:(shard + 1) * k]
-            envs.run(lane, seeds_for, p.staleness, emit, stop, p.slow_rollout_s)
+            envs.run(lane, seeds_for, p.staleness, emit, stop, p.slow_rollout_s, paused=lambda: heartbeat.paused)
         else:
             generator = torch.Generator(device=device).manual_seed(cfg.seed + reg.rank)
             epoch = 0
             # admission control: never run further ahead of the actor than max_staleness versions
             while not stop.is_set():
                 t = time.monotonic()
+                while heartbeat.paused and not stop.is_set() and not lane.final:
+                    time.sleep(0.05)  # a safe point: no episode is being recorded
                 # v0 at least: a rollout never samples with weights it did not fetch
                 admitted = lane.wait_loaded(max(0, epoch - p.staleness)) and not lane.final
                 stats.wait_s += time.monotonic() - t

@@ -149,19 +149,22 @@ class ShardedSampler:
             s.close()
 
     def run(self, lane: WeightLane, seeds_for: Callable[[int, int], tuple[list[int], list[int]]], staleness: int,
-            emit: Callable[[TrajectoryBatch, int], None], stop: threading.Event, step_delay_s: float = 0.0) -> None:
+            emit: Callable[[TrajectoryBatch, int], None], stop: threading.Event, step_delay_s: float = 0.0,
+            paused: Callable[[], bool] = lambda: False) -> None:
         """Until the actor's final version is in use (or stop): start, step and emit shard epochs.
 
         seeds_for(round, shard) gives that shard epoch's reset seeds and group ids; a
-        shard starts round r only once version >= r - staleness is in use.
+        shard starts round r only once version >= r - staleness is in use, and
+        none starts while paused() (rounds under way finish and are emitted).
         """
         by_conn = {s.conn: s for s in self.shards}
         while not stop.is_set():
             _, version = lane.current()
             if lane.final:
                 return  # unfinished shard epochs are abandoned: never counted as produced
+            hold = paused()
             for s in self.shards:
-                if s.state == "idle":
+                if s.state == "idle" and not hold:
                     need = max(0, s.round - staleness)  # v0 at least: only fetched weights run
                     if version < need and not lane.background:
                         t = time.monotonic()

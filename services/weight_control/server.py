@@ -13,7 +13,7 @@ import grpc
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.rpc import codec
 
-from .errors import ControlError, InvalidArgument, NotFound, PermissionDenied
+from .errors import ControlError, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
 from .registry import ROLLOUT, Registry
 from .store import StoredVersion, VersionStore
 
@@ -53,13 +53,16 @@ class ControlState:
         self.started = time.monotonic()
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
+        self.paused = False  # Admin.Pause / Admin.Resume
 
     @property
     def state(self) -> int:
         latest = self.store.latest
-        if latest is None:
-            return pb.STARTING
-        return pb.FINISHED if latest.final else pb.RUNNING
+        if latest is not None and latest.final:
+            return pb.FINISHED
+        if self.paused:
+            return pb.PAUSED
+        return pb.STARTING if latest is None else pb.RUNNING
 
     def version_info(self, v: StoredVersion) -> pb.VersionInfo:
         return pb.VersionInfo(version=v.version, total_bytes=v.manifest.total_bytes, sha256=v.manifest.sha256,
@@ -205,6 +208,22 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             versions=[self.s.version_info(v) for v in self.s.store.versions()],
             workers=worker_infos(self.s.registry), totals=totals(self.s.registry),
             uptime_s=time.monotonic() - self.s.started)
+
+    @_status
+    async def Pause(self, request, context):
+        return await self._set_paused(True)
+
+    @_status
+    async def Resume(self, request, context):
+        return await self._set_paused(False)
+
+    async def _set_paused(self, paused: bool) -> admin_pb2.RunStateReply:
+        if self.s.state == pb.FINISHED:
+            raise OutOfOrder("the run has finished: there is nothing to pause or resume")
+        if self.s.paused != paused:
+            self.s.paused = paused
+            await self.s.bump()  # watchers and the next heartbeats see the new state
+        return admin_pb2.RunStateReply(state=self.s.state)
 
 
 SERVICE_NAMES = ["dvla.v1.WeightControl", "dvla.v1.Registry", "dvla.v1.Admin"]

@@ -59,3 +59,15 @@ def test_a_wrong_token_is_refused(live, capsys, monkeypatch):
 def test_an_unreachable_server_is_a_clear_error(capsys):
     assert main(["admin", "status", "--control", f"127.0.0.1:{free_port()}", "control.rpc_timeout_s=1"]) == 2
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_pause_and_resume_are_idempotent_and_refused_once_the_run_has_finished(live, capsys):
+    for verb, state in (("pause", "paused"), ("pause", "paused"), ("resume", "running"), ("resume", "running")):
+        assert main(["admin", verb, "--control", live.address, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"state": state}
+    c = ControlClient(live.address, replace(ControlConfig(), rpc_timeout_s=5.0))
+    c.actor_id = "actor-0"
+    c.publish(1, {"w": torch.ones(4)}, final=True)
+    c.close()
+    assert main(["admin", "pause", "--control", live.address]) == 2
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err

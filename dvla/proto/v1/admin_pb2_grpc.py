@@ -39,6 +39,16 @@ class AdminStub:
                 request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
                 response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/dvla.v1.Admin/Pause',
+                request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/dvla.v1.Admin/Resume',
+                request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -50,6 +60,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Rollouts finish and send the episodes they are recording, then start no new
+        ones; the actor trains on what it holds, then waits. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Rollouts start episodes again. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +82,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.StatusRequest.FromString,
                     response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.StatusReply.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PauseRequest.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +121,60 @@ class Admin:
             '/dvla.v1.Admin/Status',
             dvla_dot_proto_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
             dvla_dot_proto_dot_v1_dot_admin__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.Admin/Pause',
+            dvla_dot_proto_dot_v1_dot_admin__pb2.PauseRequest.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.Admin/Resume',
+            dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,11 +32,23 @@ class AdminStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
     Status: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]
+    Pause: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PauseRequest, _admin_pb2.RunStateReply]
+    """Rollouts finish and send the episodes they are recording, then start no new
+    ones; the actor trains on what it holds, then waits. Idempotent.
+    """
+    Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.RunStateReply]
+    """Rollouts start episodes again. Idempotent."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]  # type: ignore[assignment]
+    Pause: _aio.UnaryUnaryMultiCallable[_admin_pb2.PauseRequest, _admin_pb2.RunStateReply]  # type: ignore[assignment]
+    """Rollouts finish and send the episodes they are recording, then start no new
+    ones; the actor trains on what it holds, then waits. Idempotent.
+    """
+    Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.RunStateReply]  # type: ignore[assignment]
+    """Rollouts start episodes again. Idempotent."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -45,5 +57,23 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.StatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.StatusReply, _abc.Awaitable[_admin_pb2.StatusReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _admin_pb2.PauseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RunStateReply, _abc.Awaitable[_admin_pb2.RunStateReply]]:
+        """Rollouts finish and send the episodes they are recording, then start no new
+        ones; the actor trains on what it holds, then waits. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _admin_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RunStateReply, _abc.Awaitable[_admin_pb2.RunStateReply]]:
+        """Rollouts start episodes again. Idempotent."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

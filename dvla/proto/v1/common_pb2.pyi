@@ -82,6 +82,8 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUNNING: _RunState.ValueType  # 2
     FINISHED: _RunState.ValueType  # 3
     """the actor published its final version"""
+    PAUSED: _RunState.ValueType  # 4
+    """Admin.Pause: rollouts start no new episodes until Admin.Resume"""
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
 
@@ -91,6 +93,8 @@ STARTING: RunState.ValueType  # 1
 RUNNING: RunState.ValueType  # 2
 FINISHED: RunState.ValueType  # 3
 """the actor published its final version"""
+PAUSED: RunState.ValueType  # 4
+"""Admin.Pause: rollouts start no new episodes until Admin.Resume"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
