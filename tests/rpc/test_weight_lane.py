@@ -1,6 +1,8 @@
 """The rollout weight lane against a real server: swaps are never seen half-done."""
 from __future__ import annotations
 
+import pytest
+
 import threading
 
 import torch
@@ -12,6 +14,9 @@ from services.rollout.weights import WeightLane
 
 SPEC = EnvSpec("Fake-v0", 6, 3, (-1.0,) * 3, (1.0,) * 3, 10)
 
+# Every test here publishes, and only the actor may: register the client as the actor first.
+pytestmark = pytest.mark.usefixtures("publisher")
+
 
 def make_policy():
     return build_policy(PolicyConfig(hidden_sizes=(16, 16)), SPEC).eval()
@@ -22,8 +27,7 @@ def weights_of(version: int) -> dict[str, torch.Tensor]:
     return {k: torch.randn(v.shape, generator=g) * 0.5 for k, v in make_policy().export_weights().items()}
 
 
-def test_inference_only_ever_sees_whole_versions(publisher):
-    client = publisher
+def test_inference_only_ever_sees_whole_versions(client):
     num_versions = 25
     obs = torch.randn(32, SPEC.obs_dim, generator=torch.Generator().manual_seed(7))
     expected = {}
@@ -56,8 +60,7 @@ def test_inference_only_ever_sees_whole_versions(publisher):
     assert len(lane.swap_pauses_s) == len(lane.versions_used)
 
 
-def test_wait_loaded_blocks_until_the_version_arrives(publisher):
-    client = publisher
+def test_wait_loaded_blocks_until_the_version_arrives(client):
     stop = threading.Event()
     lane = WeightLane(client, make_policy, stop).start()
     client.publish(0, weights_of(0))
@@ -69,8 +72,7 @@ def test_wait_loaded_blocks_until_the_version_arrives(publisher):
     assert not lane.wait_loaded(5, timeout_s=1)  # stopped: returns False, no hang
 
 
-def test_inline_lane_fetches_in_wait_loaded(publisher):
-    client = publisher
+def test_inline_lane_fetches_in_wait_loaded(client):
     stop = threading.Event()
     lane = WeightLane(client, make_policy, stop, background=False).start()
     client.publish(0, weights_of(0))

@@ -13,6 +13,9 @@ from dvla.rpc import codec
 from dvla.rpc.client import RpcFailed
 from dvla.weights import pack
 
+# Every test here publishes, and only the actor may: register the client as the actor first.
+pytestmark = pytest.mark.usefixtures("publisher")
+
 
 def tensors(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -32,8 +35,7 @@ def assert_same(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_versions_round_trip_bit_exactly(publisher):
-    client = publisher
+def test_versions_round_trip_bit_exactly(client):
     for v in range(3):
         client.publish(v, tensors(v))
     for v in range(3):
@@ -44,8 +46,7 @@ def test_versions_round_trip_bit_exactly(publisher):
     assert client.latest().version == 2
 
 
-def test_only_newest_versions_are_kept(publisher, control_cfg):
-    client = publisher
+def test_only_newest_versions_are_kept(client, control_cfg):
     for v in range(5):
         client.publish(v, tensors(v))
     held = [x.version for x in client.status().versions]
@@ -115,8 +116,7 @@ def _second_header(h, c):
     (2, _bad_manifest, grpc.StatusCode.INVALID_ARGUMENT),
     (2, _second_header, grpc.StatusCode.INVALID_ARGUMENT),
 ])
-def test_bad_publish_is_rejected_and_previous_version_still_serves(publisher, version, mutate, code):
-    client = publisher
+def test_bad_publish_is_rejected_and_previous_version_still_serves(client, version, mutate, code):
     client.publish(0, tensors(0))
     client.publish(1, tensors(1))
     assert publish_code(client, version, tensors(99), mutate) == code
@@ -127,8 +127,7 @@ def test_bad_publish_is_rejected_and_previous_version_still_serves(publisher, ve
     assert [x.version for x in client.status().versions] == [0, 1]
 
 
-def test_publish_without_header_is_invalid(publisher):
-    client = publisher
+def test_publish_without_header_is_invalid(client):
     with pytest.raises(grpc.RpcError) as e:
         client.weights.PublishWeights(iter([weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=0, data=b"x"))]), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -137,8 +136,7 @@ def test_publish_without_header_is_invalid(publisher):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_oversized_version_and_message_are_refused(publisher, control_cfg):
-    client = publisher
+def test_oversized_version_and_message_are_refused(client, control_cfg):
     big = {"w": torch.zeros(control_cfg.max_version_bytes // 4 + 16)}
     manifest, _ = pack(big)
     header = weights_pb2.WeightHeader(version=0, manifest=codec.manifest_to_pb(manifest), publisher_id="actor-0")
@@ -156,8 +154,7 @@ def test_oversized_version_and_message_are_refused(publisher, control_cfg):
     assert client.latest().version == -1
 
 
-def test_final_version_ends_the_sequence(publisher):
-    client = publisher
+def test_final_version_ends_the_sequence(client):
     client.publish(0, tensors(0))
     client.publish(1, tensors(1), final=True)
     ev = client.latest()
@@ -167,8 +164,7 @@ def test_final_version_ends_the_sequence(publisher):
     assert e.value.code == "FAILED_PRECONDITION"
 
 
-def test_watch_sees_each_new_version(publisher):
-    client = publisher
+def test_watch_sees_each_new_version(client):
     stop = threading.Event()
     seen = []
 
@@ -187,8 +183,7 @@ def test_watch_sees_each_new_version(publisher):
     assert seen[-1] == 2 and seen == sorted(seen)
 
 
-def test_sha256_matches_what_was_published(publisher):
-    client = publisher
+def test_sha256_matches_what_was_published(client):
     manifest, buf = pack(tensors(3))
     client.publish(0, tensors(3))
     st = client.status().versions[0]
