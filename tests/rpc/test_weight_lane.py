@@ -1,10 +1,9 @@
 """The rollout weight lane against a real server: swaps are never seen half-done."""
 from __future__ import annotations
 
-import pytest
-
 import threading
 
+import pytest
 import torch
 
 from dvla.config import PolicyConfig
