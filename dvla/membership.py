@@ -56,6 +56,8 @@ class Heartbeat:
             self.state = self.client.heartbeat(self.worker_id, self.stats()).state
         except RpcFailed as e:
             log.warning("heartbeat failed: %s", e)
+        except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)
+            log.exception("heartbeat: could not gather stats")
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.period_s):
