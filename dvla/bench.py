@@ -173,7 +173,7 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(n, d, generator=g)
     images = torch.randint(0, 256, (n, spec.image_size), generator=g, dtype=torch.uint8)
-    actions = policy.act(obs, images if rgb else None, generator=g).actions  # valid samples for any head
+    actions = policy.act(obs, images, generator=g).actions  # valid samples for any head
     s = Samples(obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g),
                 torch.randn(n, generator=g))
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())

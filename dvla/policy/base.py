@@ -2,7 +2,7 @@
 
 Inputs, for N rows: `obs` [N, D] float32 state (proprioception; the MLP's whole
 input), `images` [N, I] uint8 camera pixels flattened from EnvSpec.image_shape
-(H, W, 3) (None without a camera), and `instructions` (N strings; None means
+(H, W, 3) ([N, 0] or None without a camera), and `instructions` (N strings; None means
 EnvSpec.instruction for every row). A VLA reads all three; the MLP reads `obs`.
 
 One decision yields a chunk of C = `chunk_size` env actions. What the policy

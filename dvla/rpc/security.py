@@ -87,9 +87,8 @@ class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     def _details(self, d):
-        return d._replace(metadata=tuple(d.metadata or ()) + self.metadata) if hasattr(d, "_replace") else \
-            _Details(d.method, d.timeout, tuple(d.metadata or ()) + self.metadata, d.credentials,
-                     getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+        # grpc hands interceptors a namedtuple (_ClientCallDetails): copy it with the metadata added
+        return d._replace(metadata=tuple(d.metadata or ()) + self.metadata)
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)
@@ -102,12 +101,6 @@ class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
 
     def intercept_stream_stream(self, continuation, details, request_iterator):
         return continuation(self._details(details), request_iterator)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
 def _read(path: str, what: str) -> bytes:

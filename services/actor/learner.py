@@ -57,7 +57,7 @@ class Learner:
             adv = adv_ep[:, None].expand_as(b.rewards) * mask
             return adv, torch.zeros_like(adv)
         with torch.no_grad():  # bootstrap episode ends from the current critic
-            final_values = self.policy.value(b.final_obs.to(self.device), self._images(b.final_images)).float().cpu()
+            final_values = self.policy.value(b.final_obs.to(self.device), b.final_images.to(self.device)).float().cpu()
         terminal = torch.zeros_like(b.terminated) if self.cfg.bootstrap_on_termination else b.terminated
         return gae(b.rewards, b.values, mask, b.lengths, terminal, final_values, self.cfg.gamma, self.cfg.gae_lambda)
 
@@ -72,13 +72,10 @@ class Learner:
         if stale.any():
             with torch.no_grad():
                 prox[stale] = self.policy.evaluate(obs[stale].to(self.device), actions[stale].to(self.device),
-                                                   self._images(images[stale])).log_probs.float().cpu()
+                                                   images[stale].to(self.device)).log_probs.float().cpu()
         weights = behaviour_weights(prox, behav, self.cfg.max_behaviour_weight)
         return Samples(obs.to(self.device), images.to(self.device), actions.to(self.device), prox.to(self.device),
                        weights.to(self.device), adv[mask].to(self.device), targets[mask].to(self.device))
-
-    def _images(self, images: torch.Tensor) -> torch.Tensor | None:
-        return images.to(self.device) if images.shape[-1] else None
 
     def behaviour_gap(self, b: TrajectoryBatch, version: int) -> float:
         """Max |log-prob now - behaviour log-prob| over steps taken by `version` (our current weights).
@@ -91,13 +88,13 @@ class Learner:
             return float("nan")
         with torch.no_grad():
             out = self.policy.evaluate(b.obs[sel].to(self.device), b.actions[sel].to(self.device),
-                                       self._images(b.images[sel]))
+                                       b.images[sel].to(self.device))
         return float((out.log_probs.float().cpu() - b.log_probs[sel]).abs().max())
 
     # ------------------------------------------------------------ losses and steps
     def _loss(self, s: Samples, idx: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        out = self.policy.evaluate(s.obs[idx], s.actions[idx], s.images[idx] if s.images.shape[1] else None)
+        out = self.policy.evaluate(s.obs[idx], s.actions[idx], s.images[idx])
         adv = s.advantages[idx]
         if normalize and cfg.normalize_advantages and cfg.name == "ppo" and len(idx) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)

@@ -94,8 +94,9 @@ class EpisodeRecorder:
         self.final_obs[done] = res.obs[done]
         self.final_images[done] = res.images[done]
         self.active &= ~done
-        self.current_obs = torch.where(self.active[:, None], res.obs, self.current_obs)
-        self.current_images = torch.where(self.active[:, None], res.images, self.current_images)
+        # in place: `res` may be a view of shared buffers that the next step overwrites
+        self.current_obs[self.active] = res.obs[self.active]
+        self.current_images[self.active] = res.images[self.active]
 
     def finish(self) -> TrajectoryBatch:
         t_used = max(1, int(self.lengths.max()))
@@ -119,7 +120,7 @@ def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[i
     while not rec.done:
         policy, version = slot.current()
         with telemetry.span("inference.batch", version=version, batch_size=envs.num_envs):
-            out = policy.act(rec.current_obs.to(device), _images(rec.current_images, device), generator=generator)
+            out = policy.act(rec.current_obs.to(device), rec.current_images.to(device), generator=generator)
         rec.record_action(out, version)
         with telemetry.span("sampling.env_step", num_envs=int(rec.active.sum()), chunk=policy.chunk_size):
             res = step_chunk(envs, out.chunk.cpu(), rec.active.clone())
@@ -128,6 +129,3 @@ def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[i
         rec.record_step(res)
     return rec.finish()
 
-
-def _images(images: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    return images.to(device) if images.shape[1] else None

@@ -111,10 +111,10 @@ class Shard:
             raise RuntimeError(f"env shard {self.index}: {payload}")
 
     def result(self) -> StepResult:
+        """Views of the shared buffers, valid until the next 'step' (the recorder copies what it keeps)."""
         b = self.bufs
-        return StepResult(obs=b["obs"].clone(), reward=b["reward"].clone(), terminated=b["terminated"].clone(),
-                          truncated=b["truncated"].clone(), success=b["success"].clone(), images=b["images"].clone(),
-                          steps=b["steps"].clone())
+        return StepResult(obs=b["obs"], reward=b["reward"], terminated=b["terminated"], truncated=b["truncated"],
+                          success=b["success"], images=b["images"], steps=b["steps"])
 
     def close(self) -> None:
         try:
@@ -220,7 +220,7 @@ class ShardedSampler:
         obs = torch.cat([s.recorder.current_obs[s.recorder.active] for s in shards])
         images = torch.cat([s.recorder.current_images[s.recorder.active] for s in shards])
         with telemetry.span("inference.batch", version=version, batch_size=obs.shape[0], shards=len(shards)):
-            out = policy.act(obs.to(self.device), images.to(self.device) if images.shape[1] else None)
+            out = policy.act(obs.to(self.device), images.to(self.device))
         start = 0
         for s in shards:
             rec = s.recorder
