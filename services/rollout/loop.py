@@ -95,6 +95,9 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             stats.env_steps_produced += batch.num_steps
             stats.episodes_produced += batch.num_episodes
             stats.policy_version = lane.version
+            # Report "produced" before the batch can reach the actor: otherwise Admin.Status could sum
+            # the actor's fresh "received" with this worker's older report, and in flight would go negative.
+            heartbeat.beat()
             t = time.monotonic()
             with telemetry.span("sampling.send", episodes=batch.num_episodes, epoch=epoch):
                 sender.send(batch)
