@@ -40,6 +40,7 @@ class Heartbeat:
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.stop_event = threading.Event()
         self.state = "unknown"
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> "Heartbeat":
@@ -52,6 +53,12 @@ class Heartbeat:
         return self.state == "paused"
 
     def beat(self) -> None:
+        """Report now. Thread-safe: reports reach the server in the order their stats were read, so
+        an older snapshot never overwrites a newer one (the loop also beats right before sending)."""
+        with self._lock:
+            self._beat()
+
+    def _beat(self) -> None:
         try:
             self.state = self.client.heartbeat(self.worker_id, self.stats()).state
         except RpcFailed as e:
