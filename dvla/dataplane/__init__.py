@@ -1,6 +1,7 @@
 """Data plane: trajectories from rollout workers to the actor over torch.distributed."""
 from dvla.dataplane.transport import (
     KIND_END,
+    KIND_EPOCH_END,
     KIND_TRAJECTORIES,
     TrajectoryReceiver,
     TrajectorySender,
@@ -13,6 +14,6 @@ from dvla.dataplane.transport import (
 )
 
 __all__ = [
-    "KIND_END", "KIND_TRAJECTORIES", "TrajectoryReceiver", "TrajectorySender", "check_header",
+    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "TrajectoryReceiver", "TrajectorySender", "check_header",
     "decode_payload", "encode_batch", "free_port", "init_dataplane", "shutdown_dataplane",
 ]

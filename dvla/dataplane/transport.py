@@ -35,7 +35,8 @@ HEADER_LEN = 16
 MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
 WIRE_VERSION = 2  # 2: images, final_images and chunk_steps
 KIND_TRAJECTORIES = 1
-KIND_END = 2  # this sender will send no more
+KIND_END = 2  # this sender will send no more: the run is over
+KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header epoch = that epoch
 DEFAULT_MAX_ELEMENTS = 1 << 30  # largest accepted B*T*max(D, A, I): 4 GiB of float32 obs, 1 GiB of images
 
 # Shape (in header letters) and dtype of every field, in wire order.
@@ -151,8 +152,8 @@ def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, wo
     return h
 
 
-def end_header(worker_rank: int) -> torch.Tensor:
-    return _header_tensor(KIND_END, worker_rank=worker_rank)
+def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.Tensor:
+    return _header_tensor(kind, worker_rank=worker_rank, epoch=epoch)
 
 
 def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +191,7 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
         raise ValueError("data-plane header sets reserved fields (trace context, tail) this version does not read")
     if worker_rank < 0 or epoch < 0:
         raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or epoch {epoch}")
-    if kind == KIND_END:
+    if kind in (KIND_END, KIND_EPOCH_END):
         if (B, T, D, A, I, nbytes) != (0, 0, 0, 0, 0, 0):
             raise ValueError("data-plane END header must carry no sizes and no payload")
         return Header(kind, 0, 0, 0, 0, 0, worker_rank, epoch, 0)
@@ -231,8 +232,10 @@ class TrajectorySender:
         dist.send(payload.to(self.device), dst=self.dst)
         self.num_sent += 1
 
-    def send_end(self) -> None:
-        dist.send(end_header(worker_rank=dist.get_rank()).to(self.device), dst=self.dst)
+    def send_end(self, epoch_end: int | None = None) -> None:
+        """END: this sender is done for the run; with epoch_end=e, it only leaves data-plane epoch e."""
+        kind, epoch = (KIND_END, 0) if epoch_end is None else (KIND_EPOCH_END, epoch_end)
+        dist.send(end_header(dist.get_rank(), kind, epoch).to(self.device), dst=self.dst)
 
 
 class _PostedHeader:
@@ -284,6 +287,7 @@ class TrajectoryReceiver:
         self._posted = {src: self._post(src) for src in sources}
         self._order = deque(sources)  # round robin: a busy source cannot starve the others
         self.num_received = {src: 0 for src in sources}
+        self.ended: dict[int, int] = {}  # source -> KIND_END or KIND_EPOCH_END, once it has sent one
 
     @property
     def open_sources(self) -> list[int]:
@@ -291,7 +295,7 @@ class TrajectoryReceiver:
         return sorted(self._posted)
 
     def recv(self, timeout_s: float | None = None) -> tuple[int, TrajectoryBatch | None]:
-        """(source rank, batch), or (source rank, None) when that source sent END.
+        """(source rank, batch), or (source rank, None) when that source sent END (or EPOCH_END: see .ended).
 
         Raises TimeoutError after `timeout_s` without a message, RuntimeError when
         no source is open, ValueError on a malformed header (that source is closed).
@@ -329,8 +333,9 @@ class TrajectoryReceiver:
         except ValueError:
             self._close(src)  # the rest of its stream cannot be parsed
             raise
-        if header.kind == KIND_END:
+        if header.kind in (KIND_END, KIND_EPOCH_END):
             self._close(src)
+            self.ended[src] = header.kind
             return None
         payload = torch.empty(header.payload_bytes, dtype=torch.uint8, device=self.device)
         dist.recv(payload, src=src)

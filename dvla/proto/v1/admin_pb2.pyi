@@ -20,6 +20,124 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RescaleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_ROLLOUTS_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    NUM_SHARDS_FIELD_NUMBER: _builtins.int
+    num_rollouts: _builtins.int
+    """target number of rollout workers (0: unchanged)"""
+    worker_id: _builtins.str
+    """with num_shards: the rollout worker to change"""
+    num_shards: _builtins.int
+    """env shard processes for worker_id (0: unchanged)"""
+    def __init__(
+        self,
+        *,
+        num_rollouts: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+        num_shards: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_rollouts", b"num_rollouts", "num_shards", b"num_shards", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RescaleRequest: _TypeAlias = RescaleRequest  # noqa: Y015
+
+@_typing.final
+class RescaleReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
+    STANDBY_ADMITTED_FIELD_NUMBER: _builtins.int
+    EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    """data-plane epoch after this request"""
+    target_rollouts: _builtins.int
+    standby_admitted: _builtins.int
+    """waiting workers given a slot now"""
+    episodes_per_update: _builtins.int
+    @_builtins.property
+    def leaving(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """workers told to finish and exit"""
+
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        target_rollouts: _builtins.int = ...,
+        leaving: _abc.Iterable[_builtins.str] | None = ...,
+        standby_admitted: _builtins.int = ...,
+        episodes_per_update: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "leaving", b"leaving", "standby_admitted", b"standby_admitted", "target_rollouts", b"target_rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RescaleReply: _TypeAlias = RescaleReply  # noqa: Y015
+
+@_typing.final
+class CheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAIT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    wait: _builtins.bool
+    timeout_s: _builtins.float
+    """with wait; 0: 300 s"""
+    def __init__(
+        self,
+        *,
+        wait: _builtins.bool = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["timeout_s", b"timeout_s", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointRequest: _TypeAlias = CheckpointRequest  # noqa: Y015
+
+@_typing.final
+class CheckpointReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    request: _builtins.int
+    """the request's number"""
+    done: _builtins.bool
+    """written (only with wait)"""
+    version: _builtins.int
+    path: _builtins.str
+    """on the actor's file system"""
+    def __init__(
+        self,
+        *,
+        request: _builtins.int = ...,
+        done: _builtins.bool = ...,
+        version: _builtins.int = ...,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "path", b"path", "request", b"request", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointReply: _TypeAlias = CheckpointReply  # noqa: Y015
+
+@_typing.final
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -145,10 +263,17 @@ class StatusReply(_message.Message):
     WORKERS_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     UPTIME_S_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
+    EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     has_version: _builtins.bool
     latest_version: _builtins.int
     uptime_s: _builtins.float
+    epoch: _builtins.int
+    """data-plane epoch"""
+    target_rollouts: _builtins.int
+    episodes_per_update: _builtins.int
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.VersionInfo]: ...
     @_builtins.property
@@ -165,10 +290,13 @@ class StatusReply(_message.Message):
         workers: _abc.Iterable[_common_pb2.WorkerInfo] | None = ...,
         totals: Global___Totals | None = ...,
         uptime_s: _builtins.float = ...,
+        epoch: _builtins.int = ...,
+        target_rollouts: _builtins.int = ...,
+        episodes_per_update: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_version", b"has_version", "latest_version", b"latest_version", "state", b"state", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

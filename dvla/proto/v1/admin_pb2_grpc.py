@@ -49,6 +49,16 @@ class AdminStub:
                 request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
                 response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
                 _registered_method=True)
+        self.Rescale = channel.unary_unary(
+                '/dvla.v1.Admin/Rescale',
+                request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleRequest.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleReply.FromString,
+                _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/dvla.v1.Admin/Checkpoint',
+                request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -75,6 +85,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rescale(self, request, context):
+        """Change the number of rollout workers (the data plane re-forms in a new
+        epoch once the joiners have registered, or at once for leavers), or the
+        number of env shards one rollout worker runs (live, no re-forming).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checkpoint(self, request, context):
+        """Ask the actor to write a checkpoint after its current update; with wait,
+        answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +119,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Resume,
                     request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
                     response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.SerializeToString,
+            ),
+            'Rescale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rescale,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleRequest.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleReply.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +212,60 @@ class Admin:
             '/dvla.v1.Admin/Resume',
             dvla_dot_proto_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
             dvla_dot_proto_dot_v1_dot_admin__pb2.RunStateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rescale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.Admin/Rescale',
+            dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleRequest.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_admin__pb2.RescaleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.Admin/Checkpoint',
+            dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,15 @@ class AdminStub:
     """
     Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.RunStateReply]
     """Rollouts start episodes again. Idempotent."""
+    Rescale: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RescaleRequest, _admin_pb2.RescaleReply]
+    """Change the number of rollout workers (the data plane re-forms in a new
+    epoch once the joiners have registered, or at once for leavers), or the
+    number of env shards one rollout worker runs (live, no re-forming).
+    """
+    Checkpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CheckpointRequest, _admin_pb2.CheckpointReply]
+    """Ask the actor to write a checkpoint after its current update; with wait,
+    answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -49,6 +58,15 @@ class AdminAsyncStub(AdminStub):
     """
     Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.RunStateReply]  # type: ignore[assignment]
     """Rollouts start episodes again. Idempotent."""
+    Rescale: _aio.UnaryUnaryMultiCallable[_admin_pb2.RescaleRequest, _admin_pb2.RescaleReply]  # type: ignore[assignment]
+    """Change the number of rollout workers (the data plane re-forms in a new
+    epoch once the joiners have registered, or at once for leavers), or the
+    number of env shards one rollout worker runs (live, no re-forming).
+    """
+    Checkpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckpointRequest, _admin_pb2.CheckpointReply]  # type: ignore[assignment]
+    """Ask the actor to write a checkpoint after its current update; with wait,
+    answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+    """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -75,5 +93,26 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RunStateReply, _abc.Awaitable[_admin_pb2.RunStateReply]]:
         """Rollouts start episodes again. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Rescale(
+        self,
+        request: _admin_pb2.RescaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RescaleReply, _abc.Awaitable[_admin_pb2.RescaleReply]]:
+        """Change the number of rollout workers (the data plane re-forms in a new
+        epoch once the joiners have registered, or at once for leavers), or the
+        number of env shards one rollout worker runs (live, no re-forming).
+        """
+
+    @_abc_1.abstractmethod
+    def Checkpoint(
+        self,
+        request: _admin_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CheckpointReply, _abc.Awaitable[_admin_pb2.CheckpointReply]]:
+        """Ask the actor to write a checkpoint after its current update; with wait,
+        answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+        """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

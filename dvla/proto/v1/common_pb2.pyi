@@ -97,6 +97,36 @@ PAUSED: RunState.ValueType  # 4
 """Admin.Pause: rollouts start no new episodes until Admin.Resume"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
+class _Membership:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MembershipEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Membership.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBERSHIP_UNSPECIFIED: _Membership.ValueType  # 0
+    MEMBER: _Membership.ValueType  # 1
+    """holds a rank in the current epoch"""
+    STANDBY: _Membership.ValueType  # 2
+    """registered, waiting for a slot (Admin.Rescale admits it)"""
+    LEAVING: _Membership.ValueType  # 3
+    """removed by Admin.Rescale: finishes what it holds, then exits"""
+    LEFT: _Membership.ValueType  # 4
+    """gone; its counters stay in the totals"""
+
+class Membership(_Membership, metaclass=_MembershipEnumTypeWrapper):
+    """Where a worker stands in the data-plane world."""
+
+MEMBERSHIP_UNSPECIFIED: Membership.ValueType  # 0
+MEMBER: Membership.ValueType  # 1
+"""holds a rank in the current epoch"""
+STANDBY: Membership.ValueType  # 2
+"""registered, waiting for a slot (Admin.Rescale admits it)"""
+LEAVING: Membership.ValueType  # 3
+"""removed by Admin.Rescale: finishes what it holds, then exits"""
+LEFT: Membership.ValueType  # 4
+"""gone; its counters stay in the totals"""
+Global___Membership: _TypeAlias = Membership  # noqa: Y015
+
 @_typing.final
 class TensorSpec(_message.Message):
     """One tensor inside a version's flat byte buffer."""
@@ -276,6 +306,15 @@ class WorkerStats(_message.Message):
     LOOP_S_FIELD_NUMBER: _builtins.int
     EPISODES_QUEUED_FIELD_NUMBER: _builtins.int
     EPISODES_IN_TRAINING_FIELD_NUMBER: _builtins.int
+    DATAPLANE_EPOCH_FIELD_NUMBER: _builtins.int
+    NUM_SHARDS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_REQUEST_DONE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_VERSION_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
+    STALENESS_MEAN_FIELD_NUMBER: _builtins.int
+    STALENESS_MAX_FIELD_NUMBER: _builtins.int
+    INFERENCE_QUEUE_FIELD_NUMBER: _builtins.int
+    BATCHES_QUEUED_FIELD_NUMBER: _builtins.int
     policy_version: _builtins.int
     """version in use (rollout) or last published (actor)"""
     env_steps_produced: _builtins.int
@@ -306,6 +345,23 @@ class WorkerStats(_message.Message):
     episodes_queued: _builtins.int
     """Actor: where received episodes are now (received = queued + in_training + trained + dropped)."""
     episodes_in_training: _builtins.int
+    dataplane_epoch: _builtins.int
+    """the data-plane epoch this worker's group belongs to (-1: none formed)"""
+    num_shards: _builtins.int
+    """rollout: env shard processes running (0: envs in-process)"""
+    checkpoint_request_done: _builtins.int
+    """actor: the last Admin.Checkpoint request written"""
+    checkpoint_version: _builtins.int
+    """actor: version of the newest checkpoint (-1: none)"""
+    checkpoint_path: _builtins.str
+    """actor: its folder"""
+    staleness_mean: _builtins.float
+    """actor: mean version lag of the steps in the last update"""
+    staleness_max: _builtins.int
+    inference_queue: _builtins.int
+    """rollout: observations waiting for an inference batch"""
+    batches_queued: _builtins.int
+    """actor: rollout batches in the receive queue"""
     def __init__(
         self,
         *,
@@ -330,10 +386,19 @@ class WorkerStats(_message.Message):
         loop_s: _builtins.float = ...,
         episodes_queued: _builtins.int = ...,
         episodes_in_training: _builtins.int = ...,
+        dataplane_epoch: _builtins.int = ...,
+        num_shards: _builtins.int = ...,
+        checkpoint_request_done: _builtins.int = ...,
+        checkpoint_version: _builtins.int = ...,
+        checkpoint_path: _builtins.str = ...,
+        staleness_mean: _builtins.float = ...,
+        staleness_max: _builtins.int = ...,
+        inference_queue: _builtins.int = ...,
+        batches_queued: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_s", b"busy_s", "env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_in_training", b"episodes_in_training", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "inference_batches", b"inference_batches", "loop_s", b"loop_s", "num_envs", b"num_envs", "policy_version", b"policy_version", "send_s", b"send_s", "swap_pause_max_ms", b"swap_pause_max_ms", "swap_pause_p99_ms", b"swap_pause_p99_ms", "updates", b"updates", "wait_s", b"wait_s", "weights_s", b"weights_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_queued", b"batches_queued", "busy_s", b"busy_s", "checkpoint_path", b"checkpoint_path", "checkpoint_request_done", b"checkpoint_request_done", "checkpoint_version", b"checkpoint_version", "dataplane_epoch", b"dataplane_epoch", "env_steps_per_s", b"env_steps_per_s", "env_steps_produced", b"env_steps_produced", "env_steps_trained", b"env_steps_trained", "episodes_dropped", b"episodes_dropped", "episodes_in_training", b"episodes_in_training", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "inference_batches", b"inference_batches", "inference_queue", b"inference_queue", "loop_s", b"loop_s", "num_envs", b"num_envs", "num_shards", b"num_shards", "policy_version", b"policy_version", "send_s", b"send_s", "staleness_max", b"staleness_max", "staleness_mean", b"staleness_mean", "swap_pause_max_ms", b"swap_pause_max_ms", "swap_pause_p99_ms", b"swap_pause_p99_ms", "updates", b"updates", "wait_s", b"wait_s", "weights_s", b"weights_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -351,12 +416,14 @@ class WorkerInfo(_message.Message):
     LAST_SEEN_S_AGO_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     ENV_SPEC_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     role: Global___Role.ValueType
     rank: _builtins.int
     address: _builtins.str
     alive: _builtins.bool
     last_seen_s_ago: _builtins.float
+    membership: Global___Membership.ValueType
     @_builtins.property
     def stats(self) -> Global___WorkerStats: ...
     @_builtins.property
@@ -372,10 +439,11 @@ class WorkerInfo(_message.Message):
         last_seen_s_ago: _builtins.float = ...,
         stats: Global___WorkerStats | None = ...,
         env_spec: Global___EnvSpec | None = ...,
+        membership: Global___Membership.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["env_spec", b"env_spec", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "env_spec", b"env_spec", "last_seen_s_ago", b"last_seen_s_ago", "rank", b"rank", "role", b"role", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "env_spec", b"env_spec", "last_seen_s_ago", b"last_seen_s_ago", "membership", b"membership", "rank", b"rank", "role", b"role", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

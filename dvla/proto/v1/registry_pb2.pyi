@@ -28,12 +28,18 @@ class RegisterRequest(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     ENV_SPEC_FIELD_NUMBER: _builtins.int
+    NUM_ENVS_FIELD_NUMBER: _builtins.int
+    NUM_SHARDS_FIELD_NUMBER: _builtins.int
     role: _common_pb2.Role.ValueType
     worker_id: _builtins.str
     address: _builtins.str
     """host of the worker, for status"""
     rendezvous_address: _builtins.str
     """actor only: host:port of the data-plane store"""
+    num_envs: _builtins.int
+    """rollout: envs per env shard times shards (all envs in-process: the total)"""
+    num_shards: _builtins.int
+    """rollout: env shard processes (0: envs in-process, not rescalable)"""
     @_builtins.property
     def env_spec(self) -> _common_pb2.EnvSpec:
         """rollout only"""
@@ -46,10 +52,12 @@ class RegisterRequest(_message.Message):
         address: _builtins.str = ...,
         rendezvous_address: _builtins.str = ...,
         env_spec: _common_pb2.EnvSpec | None = ...,
+        num_envs: _builtins.int = ...,
+        num_shards: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["env_spec", b"env_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "num_envs", b"num_envs", "num_shards", b"num_shards", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -64,6 +72,7 @@ class RegisterReply(_message.Message):
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
+    """-1: standby, no slot in the world (see Admin.Rescale)"""
     world_size: _builtins.int
     rendezvous_address: _builtins.str
     """empty until the actor has registered"""
@@ -114,17 +123,46 @@ class HeartbeatReply(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_FIELD_NUMBER: _builtins.int
+    NUM_SHARDS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_REQUEST_FIELD_NUMBER: _builtins.int
+    EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
+    RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     latest_version: _builtins.int
+    epoch: _builtins.int
+    """the data-plane epoch to be in; a new one means: safe point, re-form"""
+    rank: _builtins.int
+    """this worker's rank in it; -1: not a member (standby, or leave)"""
+    world_size: _builtins.int
+    membership: _common_pb2.Membership.ValueType
+    num_shards: _builtins.int
+    """rollout: env shards to run (Admin.Rescale)"""
+    checkpoint_request: _builtins.int
+    """actor: the newest Admin.Checkpoint request (0: none)"""
+    episodes_per_update: _builtins.int
+    """actor: one round of every member's active envs"""
+    rendezvous_address: _builtins.str
     def __init__(
         self,
         *,
         state: _common_pb2.RunState.ValueType = ...,
         latest_version: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        rank: _builtins.int = ...,
+        world_size: _builtins.int = ...,
+        membership: _common_pb2.Membership.ValueType = ...,
+        num_shards: _builtins.int = ...,
+        checkpoint_request: _builtins.int = ...,
+        episodes_per_update: _builtins.int = ...,
+        rendezvous_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest_version", b"latest_version", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "membership", b"membership", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,11 +192,15 @@ class World(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
+    TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
     world_size: _builtins.int
     rendezvous_address: _builtins.str
     complete: _builtins.bool
     """every rank registered"""
     epoch: _builtins.int
+    episodes_per_update: _builtins.int
+    target_rollouts: _builtins.int
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkerInfo]: ...
     def __init__(
@@ -169,10 +211,12 @@ class World(_message.Message):
         complete: _builtins.bool = ...,
         workers: _abc.Iterable[_common_pb2.WorkerInfo] | None = ...,
         epoch: _builtins.int = ...,
+        episodes_per_update: _builtins.int = ...,
+        target_rollouts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "epoch", b"epoch", "rendezvous_address", b"rendezvous_address", "workers", b"workers", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "rendezvous_address", b"rendezvous_address", "target_rollouts", b"target_rollouts", "workers", b"workers", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
