@@ -304,10 +304,27 @@ class TelemetryConfig:
     """OTLP/gRPC collector (Jaeger, an OpenTelemetry collector) for exporter 'otlp'."""
     json_dir: str = ""
     """Folder for exporter 'json' (dvla run sets <run folder>/traces; empty = no spans)."""
+    metrics_interval_s: float = 5.0
+    """OpenTelemetry metrics (throughput, staleness, queue depths, lane busy fractions) are exported through
+    the same exporter every this many seconds."""
 
     def validate(self) -> None:
         _check(self.exporter in ("none", "console", "otlp", "json"), "telemetry.exporter",
                f"unknown '{self.exporter}'; choose none, console, otlp or json")
+        _check(self.metrics_interval_s > 0, "telemetry.metrics_interval_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_updates: int = 50
+    """The actor writes a checkpoint every this many updates (0 = only at the end and on request:
+    `dvla admin checkpoint`)."""
+    keep: int = 3
+    """Newest checkpoints kept in <run folder>/checkpoints/ (older ones are deleted)."""
+
+    def validate(self) -> None:
+        _check(self.every_updates >= 0, "checkpoint.every_updates", "must be >= 0")
+        _check(self.keep >= 1, "checkpoint.keep", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -327,6 +344,7 @@ class RunConfig:
     control: ControlConfig = field(default_factory=ControlConfig)
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> "RunConfig":
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'")

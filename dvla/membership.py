@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-from dvla.rpc.client import ControlClient, Registration, RpcFailed
+from dvla.rpc.client import ControlClient, Directives, Registration, RpcFailed
 from dvla.types import EnvSpec
 
 log = logging.getLogger("dvla.membership")
@@ -39,7 +39,7 @@ class Heartbeat:
     def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float):
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.stop_event = threading.Event()
-        self.state = "unknown"
+        self.directives = Directives()  # from the last reply
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -48,9 +48,18 @@ class Heartbeat:
         return self
 
     @property
+    def state(self) -> str:
+        return self.directives.state
+
+    @property
     def paused(self) -> bool:
         """The run is paused (Admin.Pause), as of the last beat: start no new episodes."""
-        return self.state == "paused"
+        return self.directives.state == "paused"
+
+    @property
+    def checkpoint_request(self) -> int:
+        """Newest Admin.Checkpoint request number (0: none yet); the actor writes one when it grows."""
+        return self.directives.checkpoint_request
 
     def beat(self) -> None:
         """Report now. Thread-safe: reports reach the server in the order their stats were read, so
@@ -60,7 +69,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            self.state = self.client.heartbeat(self.worker_id, self.stats()).state
+            self.directives = self.client.heartbeat(self.worker_id, self.stats())
         except RpcFailed as e:
             log.warning("heartbeat failed: %s", e)
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)

@@ -38,6 +38,21 @@ class VersionEvent:
 
 
 @dataclass(frozen=True)
+class Directives:
+    """What weight_control tells a worker in each heartbeat reply."""
+    state: str = "unknown"  # starting | running | paused | finished
+    latest_version: int = -1
+    epoch: int = 0  # the data-plane epoch to be in; a newer one means: reach a safe point and re-form
+    rank: int = -1  # rank in that epoch; -1: not a member (standby, or leaving)
+    world_size: int = 0
+    membership: str = "unknown"  # member | standby | leaving | left
+    num_shards: int = 0  # rollout: env shards to run (0: no instruction)
+    checkpoint_request: int = 0  # actor: newest Admin.Checkpoint request number
+    episodes_per_update: int = 0  # actor: one round of every member's active envs (0: unknown)
+    rendezvous_address: str = ""
+
+
+@dataclass(frozen=True)
 class Registration:
     rank: int
     world_size: int
@@ -102,10 +117,12 @@ class ControlClient:
         return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
 
     @_wrap
-    def heartbeat(self, worker_id: str, stats: dict) -> VersionEvent:
+    def heartbeat(self, worker_id: str, stats: dict) -> Directives:
         r = self.registry.Heartbeat(registry_pb2.HeartbeatRequest(worker_id=worker_id, stats=codec.stats_to_pb(stats)),
                                     timeout=self.cfg.rpc_timeout_s)
-        return VersionEvent(r.latest_version, False, codec.STATE_NAMES.get(r.state, "unknown"))
+        return Directives(codec.STATE_NAMES.get(r.state, "unknown"), r.latest_version, r.epoch, r.rank, r.world_size,
+                          codec.MEMBERSHIP_NAMES.get(r.membership, "unknown"), r.num_shards, r.checkpoint_request,
+                          r.episodes_per_update, r.rendezvous_address)
 
     @_wrap
     def world(self) -> registry_pb2.World:

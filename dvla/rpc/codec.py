@@ -15,6 +15,9 @@ ROLE_TO_PB = {"actor": pb.ACTOR, "rollout": pb.ROLLOUT}
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
 STATE_NAMES = {pb.STARTING: "starting", pb.RUNNING: "running", pb.FINISHED: "finished", pb.PAUSED: "paused",
                pb.RUN_STATE_UNSPECIFIED: "unknown"}
+MEMBERSHIP_NAMES = {pb.MEMBER: "member", pb.STANDBY: "standby", pb.LEAVING: "leaving", pb.LEFT: "left",
+                    pb.MEMBERSHIP_UNSPECIFIED: "unknown"}
+MEMBERSHIP_TO_PB = {v: k for k, v in MEMBERSHIP_NAMES.items()}
 STATS_FIELDS = [f.name for f in pb.WorkerStats.DESCRIPTOR.fields]
 
 
