@@ -106,9 +106,11 @@ class ControlClient:
 
     # ------------------------------------------------------------ registry
     @_wrap
-    def register(self, role: str, worker_id: str, rendezvous_address: str = "", env_spec: EnvSpec | None = None) -> Registration:
+    def register(self, role: str, worker_id: str, rendezvous_address: str = "", env_spec: EnvSpec | None = None,
+                 num_envs: int = 0, num_shards: int = 0) -> Registration:
+        """Rank -1 in the reply: on standby, no slot in the world yet."""
         req = registry_pb2.RegisterRequest(role=codec.ROLE_TO_PB[role], worker_id=worker_id, address=socket.gethostname(),
-                                           rendezvous_address=rendezvous_address)
+                                           rendezvous_address=rendezvous_address, num_envs=num_envs, num_shards=num_shards)
         if env_spec is not None:
             req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
         r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
@@ -221,3 +223,15 @@ class ControlClient:
     def resume(self) -> str:
         r = self.admin.Resume(admin_pb2.ResumeRequest(), timeout=self.cfg.rpc_timeout_s)
         return codec.STATE_NAMES.get(r.state, "unknown")
+
+    @_wrap
+    def rescale(self, num_rollouts: int = 0, worker_id: str = "", num_shards: int = 0) -> admin_pb2.RescaleReply:
+        """Set the number of rollout workers, or (worker_id, num_shards) one worker's env shards; 0 = unchanged."""
+        return self.admin.Rescale(admin_pb2.RescaleRequest(num_rollouts=num_rollouts, worker_id=worker_id,
+                                                           num_shards=num_shards), timeout=self.cfg.rpc_timeout_s)
+
+    @_wrap
+    def checkpoint(self, wait: bool = True, timeout_s: float = 300.0) -> admin_pb2.CheckpointReply:
+        """Ask the actor for a checkpoint after its current update; with wait, return once it is written."""
+        return self.admin.Checkpoint(admin_pb2.CheckpointRequest(wait=wait, timeout_s=timeout_s),
+                                     timeout=(timeout_s + self.cfg.rpc_timeout_s) if wait else self.cfg.rpc_timeout_s)

@@ -36,3 +36,7 @@ class TooLarge(ControlError):
 
 class PermissionDenied(ControlError):
     code = "PERMISSION_DENIED"
+
+
+class DeadlineExceeded(ControlError):
+    code = "DEADLINE_EXCEEDED"

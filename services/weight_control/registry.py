@@ -1,8 +1,15 @@
-"""Who is in the run: ranks for the data plane, liveness, reported counters.
+"""Who is in the run: the data-plane world by epoch, liveness, reported counters.
 
-The actor is rank 0 and hosts the data-plane rendezvous; rollouts take ranks
-1..N in order of registration. A worker registering again with its worker_id
-(a restart) keeps its rank. No I/O; the clock is injected.
+The actor is rank 0 and hosts the data-plane rendezvous. Rollouts that hold a
+slot are *members*, with ranks 1..N in order of admission; the rest wait on
+*standby*. The first world (epoch 0) forms once every one of the
+`target_rollouts` slots is filled. After that every change of the member set
+(Admin.Rescale, a standby admitted) starts a new epoch: members reach a safe
+point, leave the old torch.distributed group, and rendezvous again. Leavers are
+always the highest ranks, so the ranks of those who stay never change. A worker
+registering again with its worker_id (a restart) keeps its place. Workers are
+never forgotten: a leaver's counters stay in the totals. No I/O; the clock is
+injected.
 """
 from __future__ import annotations
 
@@ -12,38 +19,121 @@ from typing import Callable
 
 from dvla.types import EnvSpec
 
-from .errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, TooLarge
+from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
 
 ACTOR, ROLLOUT = "actor", "rollout"
+MEMBER, STANDBY, LEAVING, LEFT = "member", "standby", "leaving", "left"
 DEAD_AFTER_BEATS = 5
+MAX_ROLLOUTS = 1024
+MAX_SHARDS = 64
 
 
 @dataclass
 class Worker:
     worker_id: str
     role: str
-    rank: int
+    rank: int  # -1 unless a member (the actor: 0)
     address: str
     last_seen: float
     env_spec: EnvSpec | None = None
     stats: dict = field(default_factory=dict)
+    membership: str = MEMBER
+    num_envs: int = 0  # rollout: envs at registration
+    num_shards: int = 0  # rollout: env shard processes at registration (0: envs in-process, fixed)
+    shards_target: int = 0  # rollout: shards to run now (Admin.Rescale)
+
+    @property
+    def active_envs(self) -> int:
+        """Envs that take part in each round: the shards to run times envs per shard."""
+        if self.num_shards <= 0:
+            return self.num_envs
+        return self.num_envs // self.num_shards * self.shards_target
 
 
 class Registry:
     def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float] = time.monotonic):
         if num_rollouts < 1:
             raise ValueError("num_rollouts must be >= 1")
-        self.num_rollouts = num_rollouts
+        self.target_rollouts = num_rollouts
         self.heartbeat_s = heartbeat_s
         self._clock = clock
         self._workers: dict[str, Worker] = {}
+        self._members: list[str] = []  # rollout worker ids; rank = index + 1
+        self._initial = True  # epoch 0 until its slots are filled: a fixed world of 1 + target_rollouts
         self.rendezvous_address = ""
         self.epoch = 0
 
+    # ------------------------------------------------------------------ the world
     @property
     def world_size(self) -> int:
-        return self.num_rollouts + 1
+        return 1 + (self.target_rollouts if self._initial else len(self._members))
 
+    @property
+    def episodes_per_update(self) -> int:
+        """One round of every member's active envs (0 while the first world is still filling)."""
+        if self._initial:
+            return 0
+        return sum(self._workers[m].active_envs for m in self._members)
+
+    def _bump(self) -> None:
+        self.epoch += 1
+
+    def _admit(self, w: Worker) -> None:
+        self._members.append(w.worker_id)
+        w.membership, w.rank = MEMBER, len(self._members)
+        if self._initial:
+            if len(self._members) == self.target_rollouts:
+                self._initial = False  # the world that forms is the one everyone waited for: no new epoch
+        else:
+            self._bump()
+
+    def _admit_standbys(self) -> int:
+        admitted = 0
+        for w in sorted(self.standbys(), key=lambda w: w.last_seen):
+            if len(self._members) >= self.target_rollouts:
+                break
+            self._admit(w)
+            admitted += 1
+        return admitted
+
+    def rescale(self, num_rollouts: int) -> tuple[list[str], int]:
+        """Set the number of rollout workers: (workers told to leave, standbys admitted).
+
+        Leavers are the highest ranks. Joiners are admitted from standby now, or
+        when they register; each admission or removal starts a new epoch.
+        """
+        if not 1 <= num_rollouts <= MAX_ROLLOUTS:
+            raise InvalidArgument(f"num_rollouts must be in [1, {MAX_ROLLOUTS}], got {num_rollouts}")
+        old_world = self.world_size
+        self.target_rollouts = num_rollouts
+        leaving = self._members[num_rollouts:]
+        for wid in leaving:
+            w = self._workers[wid]
+            w.membership, w.rank = LEAVING, -1
+        del self._members[num_rollouts:]
+        if self._initial and len(self._members) == num_rollouts:
+            self._initial = False
+        bumped = bool(leaving) or (self.world_size != old_world)
+        admitted = self._admit_standbys()
+        if bumped and not admitted:
+            self._bump()  # ranks waiting in the old world's rendezvous must re-form with the new size
+        return leaving, admitted
+
+    def rescale_shards(self, worker_id: str, num_shards: int) -> Worker:
+        w = self._workers.get(worker_id)
+        if w is None or w.role != ROLLOUT:
+            raise NotFound(f"no rollout worker '{worker_id}' is registered")
+        if w.membership not in (MEMBER, STANDBY):
+            raise OutOfOrder(f"rollout worker '{worker_id}' is {w.membership}")
+        if w.num_shards <= 0:
+            raise OutOfOrder(f"rollout worker '{worker_id}' steps its envs in-process; env shards exist from "
+                             "pipeline.mode=rollout_async on")
+        if not 1 <= num_shards <= MAX_SHARDS:
+            raise InvalidArgument(f"num_shards must be in [1, {MAX_SHARDS}], got {num_shards}")
+        w.shards_target = num_shards
+        return w
+
+    # ------------------------------------------------------------------ workers
     def check_publisher(self, worker_id: str) -> None:
         """PermissionDenied unless `worker_id` is the worker registered as actor: only it may publish."""
         w = self._workers.get(worker_id) if worker_id else None
@@ -52,14 +142,17 @@ class Registry:
             raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
 
     def register(self, role: str, worker_id: str, address: str = "", rendezvous_address: str = "",
-                 env_spec: EnvSpec | None = None) -> Worker:
+                 env_spec: EnvSpec | None = None, num_envs: int = 0, num_shards: int = 0) -> Worker:
         if not worker_id:
             raise InvalidArgument("worker_id is empty")
         if role not in (ACTOR, ROLLOUT):
             raise InvalidArgument(f"role must be actor or rollout, got '{role}'")
+        if num_envs < 0 or not 0 <= num_shards <= MAX_SHARDS or (num_shards and num_envs % num_shards):
+            raise InvalidArgument(f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
+                                  f"[0, {MAX_SHARDS}] dividing num_envs")
         now = self._clock()
         known = self._workers.get(worker_id)
-        if known is not None:
+        if known is not None and known.membership != LEFT:
             if known.role != role:
                 raise AlreadyExists(f"worker '{worker_id}' is registered as {known.role}, not {role}")
             known.last_seen, known.address = now, address or known.address
@@ -73,17 +166,16 @@ class Registry:
             if not rendezvous_address:
                 raise InvalidArgument("the actor must give its data-plane rendezvous_address")
             self.rendezvous_address = rendezvous_address
-            rank = 0
-        else:
-            if env_spec is None:
-                raise InvalidArgument("a rollout must give its env_spec")
-            taken = {w.rank for w in self._workers.values() if w.role == ROLLOUT}
-            free = [r for r in range(1, self.num_rollouts + 1) if r not in taken]
-            if not free:
-                raise TooLarge(f"the world is full: {self.num_rollouts} rollout(s) already registered")
-            rank = free[0]
-        w = Worker(worker_id, role, rank, address, now, env_spec)
-        self._workers[worker_id] = w
+            w = Worker(worker_id, role, 0, address, now, env_spec)
+            self._workers[worker_id] = w
+            return w
+        if env_spec is None:
+            raise InvalidArgument("a rollout must give its env_spec")
+        w = Worker(worker_id, role, -1, address, now, env_spec, membership=STANDBY, num_envs=num_envs,
+                   num_shards=num_shards, shards_target=num_shards)
+        self._workers[worker_id] = w  # a worker that left and comes back starts afresh
+        if len(self._members) < self.target_rollouts:
+            self._admit(w)
         return w
 
     def heartbeat(self, worker_id: str, stats: dict) -> Worker:
@@ -92,6 +184,8 @@ class Registry:
             raise NotFound(f"worker '{worker_id}' is not registered")
         w.last_seen = self._clock()
         w.stats = stats
+        if w.membership == LEAVING and int(stats.get("dataplane_epoch", 0)) < 0:
+            w.membership = LEFT  # it has left the data plane for good
         return w
 
     def alive(self, w: Worker) -> bool:
@@ -102,10 +196,16 @@ class Registry:
 
     @property
     def complete(self) -> bool:
-        return bool(self.rendezvous_address) and len(self._workers) == self.world_size
+        """The actor and every member of the current world are registered."""
+        has_actor = any(w.role == ACTOR for w in self._workers.values())
+        return bool(self.rendezvous_address) and has_actor and len(self._members) + 1 == self.world_size
 
     def workers(self) -> list[Worker]:
-        return sorted(self._workers.values(), key=lambda w: w.rank)
+        order = {MEMBER: 0, LEAVING: 1, STANDBY: 2, LEFT: 3}
+        return sorted(self._workers.values(), key=lambda w: (order[w.membership], w.rank, w.worker_id))
+
+    def standbys(self) -> list[Worker]:
+        return [w for w in self._workers.values() if w.membership == STANDBY]
 
     def env_spec(self) -> EnvSpec | None:
         """The rollouts' common env spec; ValueError if they disagree."""

@@ -13,8 +13,8 @@ import grpc
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.rpc import codec
 
-from .errors import ControlError, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
-from .registry import ROLLOUT, Registry
+from .errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
+from .registry import ACTOR, Registry
 from .store import StoredVersion, VersionStore
 
 
@@ -54,6 +54,8 @@ class ControlState:
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
         self.paused = False  # Admin.Pause / Admin.Resume
+        self.checkpoint_request = 0  # Admin.Checkpoint requests so far; the actor writes one per new number
+        self.checkpoint_done = 0  # the last request the actor reported written
 
     @property
     def state(self) -> int:
@@ -156,29 +158,40 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         if role is None:
             raise InvalidArgument(f"unknown role code {request.role}")
         w = self.s.registry.register(role, request.worker_id, request.address, request.rendezvous_address,
-                                     codec.env_spec_from_pb(request.env_spec))
+                                     codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards)
         await self.s.bump()
         return registry_pb2.RegisterReply(rank=w.rank, world_size=self.s.registry.world_size,
                                           rendezvous_address=self.s.registry.rendezvous_address, epoch=self.s.registry.epoch)
 
     @_status
     async def Heartbeat(self, request, context):
-        self.s.registry.heartbeat(request.worker_id, codec.stats_from_pb(request.stats))
+        r = self.s.registry
+        stats = codec.stats_from_pb(request.stats)
+        w = r.heartbeat(request.worker_id, stats)
+        if w.role == ACTOR and stats["checkpoint_request_done"] and stats["checkpoint_request_done"] != self.s.checkpoint_done:
+            self.s.checkpoint_done = stats["checkpoint_request_done"]
+            await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it
         latest = self.s.store.latest
-        return registry_pb2.HeartbeatReply(state=self.s.state, latest_version=latest.version if latest else -1)
+        return registry_pb2.HeartbeatReply(
+            state=self.s.state, latest_version=latest.version if latest else -1, epoch=r.epoch, rank=w.rank,
+            world_size=r.world_size, membership=codec.MEMBERSHIP_TO_PB[w.membership], num_shards=w.shards_target,
+            checkpoint_request=self.s.checkpoint_request if w.role == ACTOR else 0,
+            episodes_per_update=r.episodes_per_update, rendezvous_address=r.rendezvous_address)
 
     @_status
     async def GetWorld(self, request, context):
         r = self.s.registry
         return registry_pb2.World(world_size=r.world_size, rendezvous_address=r.rendezvous_address, complete=r.complete,
-                                  workers=worker_infos(r), epoch=r.epoch)
+                                  workers=worker_infos(r), epoch=r.epoch, episodes_per_update=r.episodes_per_update,
+                                  target_rollouts=r.target_rollouts)
 
 
 def worker_infos(r: Registry) -> list[pb.WorkerInfo]:
     out = []
     for w in r.workers():
         info = pb.WorkerInfo(worker_id=w.worker_id, role=codec.ROLE_TO_PB[w.role], rank=w.rank, address=w.address,
-                             alive=r.alive(w), last_seen_s_ago=r.seen_ago(w), stats=codec.stats_to_pb(w.stats))
+                             alive=r.alive(w), last_seen_s_ago=r.seen_ago(w), stats=codec.stats_to_pb(w.stats),
+                             membership=codec.MEMBERSHIP_TO_PB[w.membership])
         if w.env_spec is not None:
             info.env_spec.CopyFrom(codec.env_spec_to_pb(w.env_spec))
         out.append(info)
@@ -207,7 +220,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             state=self.s.state, has_version=latest is not None, latest_version=latest.version if latest else -1,
             versions=[self.s.version_info(v) for v in self.s.store.versions()],
             workers=worker_infos(self.s.registry), totals=totals(self.s.registry),
-            uptime_s=time.monotonic() - self.s.started)
+            uptime_s=time.monotonic() - self.s.started, epoch=self.s.registry.epoch,
+            target_rollouts=self.s.registry.target_rollouts, episodes_per_update=self.s.registry.episodes_per_update)
 
     @_status
     async def Pause(self, request, context):
@@ -216,6 +230,51 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @_status
     async def Resume(self, request, context):
         return await self._set_paused(False)
+
+    @_status
+    async def Rescale(self, request, context):
+        self._check_live("rescale")
+        r = self.s.registry
+        if request.num_rollouts < 0 or request.num_shards < 0:
+            raise InvalidArgument("num_rollouts and num_shards must be >= 0 (0: unchanged)")
+        if bool(request.worker_id) != bool(request.num_shards):
+            raise InvalidArgument("give worker_id and num_shards together, to change one worker's env shards")
+        if not request.num_rollouts and not request.num_shards:
+            raise InvalidArgument("nothing to rescale: set num_rollouts, or worker_id and num_shards")
+        if request.num_shards:
+            r.rescale_shards(request.worker_id, request.num_shards)
+        leaving, admitted = r.rescale(request.num_rollouts) if request.num_rollouts else ([], 0)
+        await self.s.bump()
+        return admin_pb2.RescaleReply(epoch=r.epoch, target_rollouts=r.target_rollouts, leaving=leaving,
+                                      standby_admitted=admitted, episodes_per_update=r.episodes_per_update)
+
+    @_status
+    async def Checkpoint(self, request, context):
+        self._check_live("checkpoint")
+        actor = next((w for w in self.s.registry.workers() if w.role == ACTOR), None)
+        if actor is None:
+            raise OutOfOrder("no actor is registered: there is nothing to checkpoint")
+        if request.timeout_s < 0:
+            raise InvalidArgument("timeout_s must be >= 0")
+        self.s.checkpoint_request += 1
+        n = self.s.checkpoint_request
+        await self.s.bump()
+        reply = admin_pb2.CheckpointReply(request=n)
+        if request.wait:
+            done = lambda: actor.stats.get("checkpoint_request_done", 0) >= n  # noqa: E731
+            try:
+                async with self.s.changed:
+                    await asyncio.wait_for(self.s.changed.wait_for(done), request.timeout_s or 300.0)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"the actor did not write checkpoint request {n} within "
+                                       f"{request.timeout_s or 300.0:.0f} s (it writes one after its current update)") from None
+            reply.done, reply.version = True, int(actor.stats.get("checkpoint_version", -1))
+            reply.path = str(actor.stats.get("checkpoint_path", ""))
+        return reply
+
+    def _check_live(self, what: str) -> None:
+        if self.s.state == pb.FINISHED:
+            raise OutOfOrder(f"the run has finished: there is nothing to {what}")
 
     async def _set_paused(self, paused: bool) -> admin_pb2.RunStateReply:
         if self.s.state == pb.FINISHED:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from dvla.rpc import codec
 from dvla.rpc.client import RpcFailed
 from dvla.types import EnvSpec
 
@@ -39,13 +40,13 @@ def test_bad_registry_calls(client, call, code):
     assert e.value.code == code
 
 
-def test_world_full_and_second_actor(client):
+def test_world_full_puts_joiners_on_standby_and_refuses_a_second_actor(client):
     client.register("actor", "a0", rendezvous_address="h:1")
     client.register("rollout", "r1", env_spec=SPEC)
     client.register("rollout", "r2", env_spec=SPEC)
-    with pytest.raises(RpcFailed) as e:
-        client.register("rollout", "r3", env_spec=SPEC)
-    assert e.value.code == "RESOURCE_EXHAUSTED"
+    r3 = client.register("rollout", "r3", env_spec=SPEC)
+    assert r3.rank == -1 and client.world().epoch == 0  # standby: the world is full and stays as it is
+    assert [codec.MEMBERSHIP_NAMES[w.membership] for w in client.status().workers] == ["member"] * 3 + ["standby"]
     with pytest.raises(RpcFailed) as e:
         client.register("actor", "a1", rendezvous_address="h:2")
     assert e.value.code == "ALREADY_EXISTS"

@@ -1,0 +1,108 @@
+"""The registry's world by epoch: who is a member, which ranks, when a new epoch starts (no server, fake clock)."""
+from __future__ import annotations
+
+import pytest
+
+from dvla.types import EnvSpec
+from services.weight_control.errors import InvalidArgument, NotFound, OutOfOrder
+from services.weight_control.registry import LEAVING, LEFT, MEMBER, STANDBY, Registry
+
+SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def world(n: int, envs: int = 8, shards: int = 2) -> Registry:
+    r = Registry(n, heartbeat_s=1.0, clock=Clock())
+    r.register("actor", "actor-0", rendezvous_address="h:1")
+    for i in range(n):
+        r.register("rollout", f"r{i}", env_spec=SPEC, num_envs=envs, num_shards=shards)
+    return r
+
+
+def ranks(r: Registry) -> dict[str, tuple[int, str]]:
+    return {w.worker_id: (w.rank, w.membership) for w in r.workers()}
+
+
+def test_the_first_world_fills_its_slots_in_epoch_0():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock())
+    r.register("actor", "actor-0", rendezvous_address="h:1")
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (r.world_size, r.epoch, r.complete, r.episodes_per_update) == (3, 0, False, 0)
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (r.world_size, r.epoch, r.complete, r.episodes_per_update) == (3, 0, True, 16)
+    assert ranks(r) == {"actor-0": (0, MEMBER), "r0": (1, MEMBER), "r1": (2, MEMBER)}
+
+
+def test_scaling_down_removes_the_highest_ranks_in_a_new_epoch_and_keeps_the_others_ranks():
+    r = world(3)
+    leaving, admitted = r.rescale(1)
+    assert (leaving, admitted, r.epoch, r.world_size, r.episodes_per_update) == (["r1", "r2"], 0, 1, 2, 8)
+    assert ranks(r)["r0"] == (1, MEMBER) and ranks(r)["r2"] == (-1, LEAVING)
+    r.heartbeat("r2", {"dataplane_epoch": 0})  # still winding down
+    assert ranks(r)["r2"] == (-1, LEAVING)
+    r.heartbeat("r2", {"dataplane_epoch": -1, "episodes_produced": 24})  # left the data plane for good
+    assert ranks(r)["r2"] == (-1, LEFT)
+    assert r.workers()[-1].stats["episodes_produced"] == 24  # a leaver's counters stay
+
+
+def test_scaling_up_waits_for_the_joiner_then_starts_a_new_epoch():
+    r = world(2)
+    assert r.rescale(3) == ([], 0)
+    assert (r.epoch, r.world_size) == (0, 3)  # nobody to admit yet: the world stays as it is
+    w = r.register("rollout", "r9", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (w.rank, w.membership, r.epoch, r.world_size, r.episodes_per_update) == (3, MEMBER, 1, 4, 24)
+
+
+def test_a_standby_worker_is_admitted_by_rescale():
+    r = world(2)
+    w = r.register("rollout", "r9", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (w.rank, w.membership, r.epoch) == (-1, STANDBY, 0)
+    assert r.rescale(3) == ([], 1)
+    assert (w.rank, w.membership, r.epoch) == (3, MEMBER, 1)
+
+
+def test_rescaling_while_the_first_world_fills_starts_a_new_epoch():
+    r = Registry(3, heartbeat_s=1.0, clock=Clock())
+    r.register("actor", "actor-0", rendezvous_address="h:1")
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8)
+    r.rescale(1)  # those waiting for a world of 4 must re-form as a world of 2
+    assert (r.epoch, r.world_size, r.complete) == (1, 2, True)
+
+
+def test_shard_rescale_changes_the_episodes_per_update():
+    r = world(2, envs=8, shards=2)
+    r.rescale_shards("r0", 1)
+    assert (r.episodes_per_update, r.epoch) == (12, 0)  # live: no new epoch
+    r.rescale_shards("r0", 4)
+    assert r.episodes_per_update == 24
+
+
+def test_bad_rescales_name_what_is_wrong():
+    r = world(2)
+    r.register("rollout", "inproc", env_spec=SPEC, num_envs=8, num_shards=0)
+    with pytest.raises(InvalidArgument, match="num_rollouts"):
+        r.rescale(0)
+    with pytest.raises(NotFound, match="nobody"):
+        r.rescale_shards("nobody", 2)
+    with pytest.raises(OutOfOrder, match="in-process"):
+        r.rescale_shards("inproc", 2)
+    with pytest.raises(InvalidArgument, match="num_shards"):
+        r.rescale_shards("r0", 0)
+    with pytest.raises(InvalidArgument, match="num_shards"):
+        r.register("rollout", "odd", env_spec=SPEC, num_envs=7, num_shards=2)
+
+
+def test_a_restart_keeps_its_place_and_a_leaver_coming_back_joins_afresh():
+    r = world(2)
+    assert r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2).rank == 2
+    r.rescale(1)
+    r.heartbeat("r1", {"dataplane_epoch": -1})
+    r.rescale(2)
+    w = r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (w.rank, w.membership, r.epoch) == (2, MEMBER, 2)
