@@ -1,0 +1,76 @@
+"""Re-forming the data plane: one rendezvous store for the run, one process group per epoch.
+
+The actor (rank 0) hosts a TCPStore at its rendezvous address for the whole
+run. Epoch e forms a fresh torch.distributed default group under the store
+prefix 'e<e>/': every rank arrives at a barrier and the last to arrive sets
+'go'. A rank that learns the epoch is obsolete before 'go' (a newer epoch
+started, the run ended, it is stopping) cancels the barrier for everyone with a
+compare-and-set, so nobody is left waiting for a rank that will never come.
+Whichever of 'go' and 'abort' is set first decides for all ranks.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Callable
+
+import torch.distributed as dist
+
+from dvla.dataplane.transport import resolve_backend
+
+_GO, _ABORT = b"go", b"abort"
+
+
+def split_address(rendezvous: str) -> tuple[str, int]:
+    host, sep, port = rendezvous.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"data-plane rendezvous '{rendezvous}' is not of the form host:port")
+    return host.strip("[]"), int(port)
+
+
+class DataPlane:
+    """This process's membership of the data plane across epochs."""
+
+    def __init__(self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0):
+        host, port = split_address(rendezvous)
+        self.backend = resolve_backend(backend)
+        self.timeout = timedelta(seconds=timeout_s)
+        # the host's store lives as long as the run; clients connect (and wait for it) once
+        self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=self.timeout)
+        self.epoch = -1  # the epoch whose group this process is in; -1: none
+
+    def form(self, epoch: int, rank: int, world_size: int, abort: Callable[[], bool] = lambda: False,
+             poll_s: float = 0.02) -> bool:
+        """Join epoch `epoch` as `rank` of `world_size`. False if the epoch was cancelled (by abort() here
+        or on another rank); True once the group is formed."""
+        if dist.is_initialized():
+            raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
+        go = f"e{epoch}/go"
+        if self.store.add(f"e{epoch}/arrived", 1) == world_size:
+            self.store.compare_set(go, "", _GO.decode())
+        while True:
+            if self.store.check([go]):
+                if self.store.get(go) != _GO:
+                    return False
+                break
+            if abort():
+                if self.store.compare_set(go, "", _ABORT.decode()) != _GO:
+                    return False
+                break  # 'go' won the race: everyone else is forming now, so must we
+            time.sleep(poll_s)
+        dist.init_process_group(self.backend, store=dist.PrefixStore(f"e{epoch}/pg/", self.store), rank=rank,
+                                world_size=world_size, timeout=self.timeout)
+        self.epoch = epoch
+        return True
+
+    def leave(self) -> None:
+        """Tear down this epoch's group (the store stays for the next one)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.epoch = -1
+
+    def close(self) -> None:
+        self.leave()
+        self.store = None

@@ -1,0 +1,106 @@
+"""Re-forming the data plane across real processes (gloo): epochs, leaving, a cancelled rendezvous.
+
+Epoch 0: world 3, both senders send then EPOCH_END. Epoch 1: rank 2 has left,
+world 2. Epoch 2 is cancelled (rank 1 gives up before everyone arrived), and
+rank 0, still waiting, learns it from the store. Epoch 3 forms and ends the run.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+
+import torch
+
+from dvla.dataplane import TrajectoryReceiver, TrajectorySender, free_port
+from dvla.dataplane.transport import KIND_END, KIND_EPOCH_END
+from dvla.dataplane.world import DataPlane
+from dvla.types import TrajectoryBatch
+
+
+def batch(rank: int, index: int) -> TrajectoryBatch:
+    B, T, D, A = 2, 3, 5, 2
+    return TrajectoryBatch(
+        obs=torch.full((B, T, D), float(100 * rank + index)), actions=torch.zeros(B, T, A), log_probs=torch.zeros(B, T),
+        values=torch.zeros(B, T), rewards=torch.zeros(B, T), dones=torch.zeros(B, T, dtype=torch.bool),
+        versions=torch.zeros(B, T, dtype=torch.int64), lengths=torch.full((B,), T), terminated=torch.zeros(B, dtype=torch.bool),
+        success=torch.zeros(B, dtype=torch.bool), final_obs=torch.zeros(B, D), group_ids=torch.arange(B),
+        images=torch.zeros(B, T, 0, dtype=torch.uint8), final_images=torch.zeros(B, 0, dtype=torch.uint8),
+        chunk_steps=torch.ones(B, T, dtype=torch.int64), worker_rank=rank, epoch=index)
+
+
+def receive_all(sources: list[int]) -> tuple[list[float], dict[int, int]]:
+    rx = TrajectoryReceiver(sources)
+    got = []
+    while rx.open_sources:
+        src, b = rx.recv(timeout_s=60)
+        if b is not None:
+            got.append(float(b.obs[0, 0, 0]))
+    return sorted(got), dict(rx.ended)
+
+
+def host(address: str, out) -> None:
+    try:
+        dp = DataPlane(address, is_host=True, backend="gloo", timeout_s=60)
+        assert dp.form(0, 0, 3)
+        out.put(("e0", receive_all([1, 2])))
+        dp.leave()
+        assert dp.form(1, 0, 2)
+        out.put(("e1", receive_all([1])))
+        dp.leave()
+        t = time.monotonic()
+        out.put(("e2", dp.form(2, 0, 3), time.monotonic() - t))  # rank 2 never comes; rank 1 cancels
+        assert dp.form(3, 0, 2)
+        out.put(("e3", receive_all([1])))
+        dp.close()
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def sender(address: str, rank: int, out) -> None:
+    try:
+        dp = DataPlane(address, is_host=False, backend="gloo", timeout_s=60)
+        assert dp.form(0, rank, 3)
+        tx = TrajectorySender()
+        for i in range(2):
+            tx.send(batch(rank, i))
+        tx.send_end(epoch_end=0)
+        dp.leave()
+        if rank == 2:
+            return  # scaled away
+        assert dp.form(1, rank, 2)
+        TrajectorySender().send(batch(rank, 10))
+        TrajectorySender().send_end(epoch_end=1)
+        dp.leave()
+        time.sleep(0.3)
+        out.put(("cancel", dp.form(2, rank, 3, abort=lambda: True)))
+        assert dp.form(3, rank, 2)
+        TrajectorySender().send(batch(rank, 30))
+        TrajectorySender().send_end()
+        dp.close()
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def test_the_data_plane_reforms_by_epoch_and_a_cancelled_epoch_releases_everyone():
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    address = f"127.0.0.1:{free_port()}"
+    procs = [ctx.Process(target=host, args=(address, out))] + \
+            [ctx.Process(target=sender, args=(address, r, out)) for r in (1, 2)]
+    for p in procs:
+        p.start()
+    results = {}
+    deadline = time.monotonic() + 90
+    while len(results) < 5 and time.monotonic() < deadline:
+        item = out.get(timeout=90)
+        assert item[0] != "error", item[1]
+        results[item[0]] = item[1:]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert results["e0"] == (([100.0, 101.0, 200.0, 201.0], {1: KIND_EPOCH_END, 2: KIND_EPOCH_END}),)
+    assert results["e1"] == (([110.0], {1: KIND_EPOCH_END}),)
+    assert results["cancel"] == (False,)
+    assert results["e2"][0] is False and results["e2"][1] < 30
+    assert results["e3"] == (([130.0], {1: KIND_END}),)
