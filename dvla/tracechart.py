@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dvla.telemetry import METRICS_SUFFIX
+
 LANE_COLORS = {"sampling": "tab:green", "inference": "tab:olive", "weights": "tab:purple", "receive": "tab:gray",
                "training": "tab:blue", "publish": "tab:red"}
 
 
 def load_spans(trace_dir: Path) -> list[dict]:
+    """Every span in trace_dir's span files (*.jsonl, but not the metric files beside them)."""
     spans = []
-    for f in sorted(Path(trace_dir).glob("*.jsonl")):
+    for f in sorted(f for f in Path(trace_dir).glob("*.jsonl") if not f.name.endswith(METRICS_SUFFIX)):
         for line in f.read_text().splitlines():
             try:
                 spans.append(json.loads(line))

@@ -63,6 +63,9 @@ class TrajectoryBatch:
     chunk_steps: torch.Tensor | None = None  # [B, T] int64, env steps each decision ran (default: 1 each)
     worker_rank: int = 0
     epoch: int = 0  # rollout epoch that produced this batch
+    trace_context: tuple[int, int, int] | None = None
+    """(trace_id, span_id, trace_flags) of the rollout span that produced this batch, so the actor's
+    spans on it join the same trace (dvla.telemetry); None when not traced."""
 
     TENSOR_FIELDS = (
         "obs", "actions", "log_probs", "values", "rewards", "dones", "versions",
@@ -113,11 +116,11 @@ class TrajectoryBatch:
     def select(self, keep: torch.Tensor) -> "TrajectoryBatch":
         """The episodes where keep [B] bool is True."""
         return TrajectoryBatch(**{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
-                               worker_rank=self.worker_rank, epoch=self.epoch)
+                               worker_rank=self.worker_rank, epoch=self.epoch, trace_context=self.trace_context)
 
     @staticmethod
     def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
-        """Join batches along B, padding T to the longest."""
+        """Join batches along B, padding T to the longest; worker_rank is -1, trace_context None unless shared."""
         if not batches:
             raise ValueError("concat needs at least one batch")
         t_max = max(b.obs.shape[1] for b in batches)
@@ -131,4 +134,6 @@ class TrajectoryBatch:
                     x = torch.nn.functional.pad(x, pad)
                 parts.append(x)
             out[name] = torch.cat(parts, dim=0)
-        return TrajectoryBatch(**out, worker_rank=-1, epoch=max(b.epoch for b in batches))
+        contexts = {b.trace_context for b in batches}  # one trace context only if all batches share it
+        return TrajectoryBatch(**out, worker_rank=-1, epoch=max(b.epoch for b in batches),
+                               trace_context=contexts.pop() if len(contexts) == 1 else None)

@@ -3,6 +3,8 @@ from dvla.dataplane.transport import (
     KIND_END,
     KIND_EPOCH_END,
     KIND_TRAJECTORIES,
+    WIRE_VERSION,
+    Header,
     TrajectoryReceiver,
     TrajectorySender,
     check_header,
@@ -14,6 +16,6 @@ from dvla.dataplane.transport import (
 )
 
 __all__ = [
-    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "TrajectoryReceiver", "TrajectorySender", "check_header",
+    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "WIRE_VERSION", "Header", "TrajectoryReceiver", "TrajectorySender", "check_header",
     "decode_payload", "encode_batch", "free_port", "init_dataplane", "shutdown_dataplane",
 ]

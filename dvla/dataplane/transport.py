@@ -3,13 +3,19 @@
 Wire format (never pickled), per message, from one sender to one receiver:
 
     header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, epoch,
-                         trace-context bytes (reserved, 0), payload bytes, I
-                         (image bytes per decision, 0 without a camera), 4 zeros
+                         has trace context (1 or 0), payload bytes, I (image
+                         bytes per decision, 0 without a camera), trace_id high
+                         64 bits, trace_id low 64 bits, span_id, trace_flags
+                         (the 4 trace words are 0 without a trace context, and
+                         always on END / EPOCH_END; unsigned 64-bit words are
+                         stored as their two's-complement int64)
     payload  uint8[n]    only for TRAJECTORIES: every TrajectoryBatch.TENSOR_FIELDS
                          tensor in that order, raw bytes (bool as 1 byte), each
                          padded to 8 bytes so the receiver can view it in place
 
-One payload send instead of twelve keeps per-message latency at two sends.
+One payload send instead of twelve keeps per-message latency at two sends. The
+trace context is TrajectoryBatch.trace_context: the rollout span that made the
+batch, so the actor's spans on it join that trace (dvla.telemetry).
 
 Receiving from whichever sender is ready: NCCL has no any-source receive, so the
 receiver keeps one posted header irecv per open source and polls them. Gloo's
@@ -33,7 +39,7 @@ from dvla.types import TrajectoryBatch
 
 HEADER_LEN = 16
 MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
-WIRE_VERSION = 2  # 2: images, final_images and chunk_steps
+WIRE_VERSION = 3  # 2: images, final_images and chunk_steps; 3: trace context
 KIND_TRAJECTORIES = 1
 KIND_END = 2  # this sender will send no more: the run is over
 KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header epoch = that epoch
@@ -58,6 +64,9 @@ FIELD_LAYOUT: dict[str, tuple[str, torch.dtype]] = {
     "chunk_steps": ("BT", torch.int64),
 }
 assert tuple(FIELD_LAYOUT) == TrajectoryBatch.TENSOR_FIELDS, "wire layout out of date with TrajectoryBatch"
+
+_U64 = 1 << 64
+TraceContext = tuple[int, int, int]  # (trace_id < 2**128, span_id < 2**64, trace_flags < 256)
 
 _MIN_POLL_S = 50e-6  # first sleep between polls; doubles while idle ...
 _MAX_POLL_S = 2e-3  # ... up to this, so an idle receiver costs little CPU
@@ -129,6 +138,7 @@ class Header:
     worker_rank: int
     epoch: int
     payload_bytes: int
+    trace_context: TraceContext | None = None
 
 
 def _field_shapes(B: int, T: int, D: int, A: int, I: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -145,11 +155,41 @@ def payload_nbytes(B: int, T: int, D: int, A: int, I: int = 0) -> int:
     return sum(_padded_nbytes(s, dt) for s, dt in _field_shapes(B, T, D, A, I).values())
 
 
+def _as_int64(word: int) -> int:
+    """An unsigned 64-bit word as the int64 with the same bits."""
+    return word - _U64 if word >= _U64 >> 1 else word
+
+
+def _trace_words(ctx: TraceContext | None) -> list[int]:
+    """Header words 12..15 for a trace context: trace_id high, trace_id low, span_id, trace_flags."""
+    if ctx is None:
+        return [0, 0, 0, 0]
+    trace_id, span_id, flags = ctx
+    if not (0 < trace_id < _U64 * _U64 and 0 < span_id < _U64 and 0 <= flags < 256):
+        raise ValueError(f"TrajectoryBatch.trace_context {ctx} is not (trace_id in [1, 2**128), "
+                         "span_id in [1, 2**64), trace_flags in [0, 256))")
+    return [_as_int64(trace_id >> 64), _as_int64(trace_id % _U64), _as_int64(span_id), flags]
+
+
+def _parse_trace(has_trace: int, words: list[int]) -> TraceContext | None:
+    if has_trace == 0:
+        if any(words):
+            raise ValueError("data-plane header has no trace context (word 9 = 0) but sets trace words 12..15")
+        return None
+    if has_trace != 1:
+        raise ValueError(f"data-plane header has trace-context flag {has_trace} (word 9), expected 0 or 1")
+    hi, lo, span_id, flags = (w % _U64 for w in words)  # back to unsigned, exactly
+    if hi == lo == 0 or span_id == 0 or flags >= 256:
+        raise ValueError(f"data-plane header has a malformed trace context: trace_id {hi:#x}{lo:016x}, "
+                         f"span_id {span_id:#x} (both must be nonzero), trace_flags {flags} (must be < 256)")
+    return (hi << 64 | lo, span_id, flags)
+
+
 def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
-                   epoch: int = 0, payload_bytes: int = 0, I: int = 0) -> torch.Tensor:
-    h = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    h[:12] = torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, 0, payload_bytes, I])
-    return h
+                   epoch: int = 0, payload_bytes: int = 0, I: int = 0,
+                   trace_context: TraceContext | None = None) -> torch.Tensor:
+    return torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, int(trace_context is not None),
+                         payload_bytes, I, *_trace_words(trace_context)], dtype=torch.int64)
 
 
 def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.Tensor:
@@ -172,7 +212,8 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pad = _padded_nbytes(shape, dtype) - raw.numel()
         parts += [raw, raw.new_zeros(pad)] if pad else [raw]
     payload = torch.cat(parts)
-    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel(), I)
+    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel(), I,
+                            batch.trace_context)
     check_header(header)
     return header, payload
 
@@ -181,19 +222,18 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     """Parse and validate a received header; ValueError says what is wrong with it."""
     if header.dtype != torch.int64 or tuple(header.shape) != (HEADER_LEN,):
         raise ValueError(f"data-plane header must be int64[{HEADER_LEN}], got {header.dtype} {list(header.shape)}")
-    (magic, version, kind, B, T, D, A, worker_rank, epoch, trace_bytes, nbytes, I, *reserved) = header.tolist()
+    (magic, version, kind, B, T, D, A, worker_rank, epoch, has_trace, nbytes, I, *trace_words) = header.tolist()
     if magic != MAGIC:
         raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
                          "not a dvla message, or the stream lost its place")
     if version != WIRE_VERSION:
         raise ValueError(f"data-plane wire version {version} is not supported (this side speaks {WIRE_VERSION})")
-    if trace_bytes != 0 or any(reserved):
-        raise ValueError("data-plane header sets reserved fields (trace context, tail) this version does not read")
+    trace_context = _parse_trace(has_trace, trace_words)
     if worker_rank < 0 or epoch < 0:
         raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or epoch {epoch}")
     if kind in (KIND_END, KIND_EPOCH_END):
-        if (B, T, D, A, I, nbytes) != (0, 0, 0, 0, 0, 0):
-            raise ValueError("data-plane END header must carry no sizes and no payload")
+        if (B, T, D, A, I, nbytes) != (0, 0, 0, 0, 0, 0) or trace_context is not None:
+            raise ValueError("data-plane END header must carry no sizes, no payload and no trace context")
         return Header(kind, 0, 0, 0, 0, 0, worker_rank, epoch, 0)
     if kind != KIND_TRAJECTORIES:
         raise ValueError(f"data-plane header has unknown message kind {kind}")
@@ -203,7 +243,7 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     expected = payload_nbytes(B, T, D, A, I)
     if nbytes != expected:
         raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
-    return Header(kind, B, T, D, A, I, worker_rank, epoch, nbytes)
+    return Header(kind, B, T, D, A, I, worker_rank, epoch, nbytes, trace_context)
 
 
 def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
@@ -214,7 +254,8 @@ def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
         nbytes = math.prod(shape) * dtype.itemsize
         fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
         offset += _padded_nbytes(shape, dtype)
-    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, epoch=header.epoch)
+    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, epoch=header.epoch,
+                           trace_context=header.trace_context)
 
 
 # ------------------------------------------------------------------ send / receive

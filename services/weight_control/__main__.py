@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop has no Windows build
         runner = asyncio.run
     try:
-        runner(serve_forever(control, cfg.pipeline.num_rollout_workers))
+        runner(serve_forever(control, cfg.pipeline.num_rollout_workers, telemetry_cfg=cfg.telemetry))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

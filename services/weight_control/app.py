@@ -1,4 +1,4 @@
-"""Start and stop the weight_control server (used by __main__ and by tests)."""
+"""Start and stop the weight_control server (used by __main__ and by tests), and export its metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -6,15 +6,46 @@ import logging
 import signal
 import threading
 
-from dvla.config import ControlConfig
+from dvla import telemetry
+from dvla.config import ControlConfig, TelemetryConfig
 from dvla.rpc.security import TokenInterceptor, resolve_token, server_credentials
 from dvla.rpc.server import add_health, bind, make_server, set_serving
 
-from .registry import Registry
+from .registry import ACTOR, ROLLOUT, Registry
 from .server import SERVICE_NAMES, ControlState, add_servicers
 from .store import VersionStore
 
 log = logging.getLogger("dvla.weight_control")
+
+
+def observe_control(state: ControlState) -> None:
+    """Metrics of the store and the registry, read from the metric reader's thread (no-ops without telemetry).
+
+    The store counts rejected publishes but not committed ones, so there is no publishes-committed metric.
+    """
+    store, registry = state.store, state.registry
+
+    def latest_version() -> int | None:
+        latest = store.latest
+        return None if latest is None else latest.version
+
+    def workers_alive() -> list[tuple[int, dict]]:
+        alive = [w.role for w in registry.workers() if registry.alive(w)]
+        return [(alive.count(role), {"role": role}) for role in (ACTOR, ROLLOUT)]
+
+    # name, callback, unit, description, counter
+    for name, callback, unit, description, counter in (
+        ("dvla.control.versions_held", lambda: len(store.versions()), "{version}", "policy versions held", False),
+        ("dvla.control.bytes_held", lambda: sum(len(v.data) for v in store.versions()), "By",
+         "weight bytes held in host memory", False),
+        ("dvla.control.latest_version", latest_version, "{version}", "newest published policy version", False),
+        ("dvla.control.workers_alive", workers_alive, "{worker}", "registered workers heard from lately, by role",
+         False),
+        ("dvla.control.dataplane_epoch", lambda: registry.epoch, "{epoch}", "data-plane epoch", False),
+        ("dvla.control.publishes_rejected", lambda: store.publishes_rejected, "{publish}",
+         "publishes refused (bad manifest, out of order, checksum mismatch, not the actor)", True),
+    ):
+        telemetry.observe(name, callback, unit, description, counter=counter)
 
 
 async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, port: int | None = None):
@@ -27,6 +58,7 @@ async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, 
                     "who can reach %s", cfg.host if host is None else host)
     server = make_server(cfg.max_message_bytes, [TokenInterceptor(token)] if token else None)
     add_servicers(server, state)
+    observe_control(state)
     health = add_health(server, SERVICE_NAMES)
     bound = bind(server, cfg.host if host is None else host, cfg.port if port is None else port,
                  server_credentials(cfg))
@@ -35,7 +67,19 @@ async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, 
     return server, bound, state
 
 
-async def serve_forever(cfg: ControlConfig, num_rollouts: int, grace_s: float = 2.0) -> None:
+async def serve_forever(cfg: ControlConfig, num_rollouts: int, grace_s: float = 2.0,
+                        telemetry_cfg: TelemetryConfig | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; with telemetry_cfg, export this service's metrics meanwhile."""
+    if telemetry_cfg is None:
+        return await _serve(cfg, num_rollouts, grace_s)
+    telemetry.setup(telemetry_cfg, "weight_control")
+    try:
+        await _serve(cfg, num_rollouts, grace_s)
+    finally:
+        telemetry.shutdown()
+
+
+async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float) -> None:
     server, port, _ = await start(cfg, num_rollouts)
     log.info("weight_control listening on %s:%d (expecting %d rollout worker(s))", cfg.host, port, num_rollouts)
     print(f"weight_control listening on {cfg.host}:{port}", flush=True)

@@ -1,6 +1,7 @@
 """Data plane across real processes (gloo, world size 3) and header validation.
 
-Rank 0 receives; ranks 1 and 2 send NUM_MESSAGES batches each, then END.
+Rank 0 receives; ranks 1 and 2 send NUM_MESSAGES batches each, then END. Some
+batches carry a trace context (ids with the top bit set among them), some none.
 """
 import hashlib
 import multiprocessing as mp
@@ -30,6 +31,15 @@ NUM_MESSAGES = 6
 D, A = 35, 4
 
 
+def trace_context(rank: int, index: int) -> tuple[int, int, int] | None:
+    """None, or ids with their top bits set (negative as int64 words), or a trace_id below 2**64."""
+    if index % 3 == 0:
+        return None
+    if index % 3 == 1:
+        return (1 << 127) | (1 << 63) | (rank << 8) | index, (1 << 64) - 1 - index, 1
+    return 1000 * rank + index, 1 << 63, 0
+
+
 def make_batch(rank: int, index: int) -> TrajectoryBatch:
     """Deterministic in (rank, index), so the receiver can rebuild what was sent."""
     g = torch.Generator().manual_seed(1000 * rank + index)
@@ -56,6 +66,7 @@ def make_batch(rank: int, index: int) -> TrajectoryBatch:
         chunk_steps=torch.randint(0, 5, (B, T), generator=g),
         worker_rank=rank,
         epoch=index,
+        trace_context=trace_context(rank, index),
     )
 
 
@@ -83,7 +94,7 @@ def _receive(results: mp.Queue, go) -> None:
     except TimeoutError:
         timed_out = True
     go.set()
-    got, ends = [], []
+    got, ends, contexts = [], [], []
     while rx.open_sources:
         src, batch = rx.recv(timeout_s=20)
         if batch is None:
@@ -91,13 +102,14 @@ def _receive(results: mp.Queue, go) -> None:
             continue
         exact = batch.worker_rank == src and same_bits(batch, make_batch(src, batch.epoch))
         got.append((src, batch.epoch, digests(batch), exact))
+        contexts.append((src, batch.epoch, batch.trace_context))
     try:
         rx.recv(timeout_s=1)
         closed_raises = False
     except RuntimeError:
         closed_raises = True
     results.put(("receiver", 0, dict(got=got, ends=ends, timed_out=timed_out, closed_raises=closed_raises,
-                                     counts=rx.num_received)))
+                                     counts=rx.num_received, contexts=contexts)))
 
 
 def _send(rank: int, results: mp.Queue, go) -> None:
@@ -156,8 +168,14 @@ def run_world(timeout_s: float = 25.0) -> dict[int, tuple[str, object]]:
     return reports
 
 
-def test_trajectories_arrive_bit_exact_from_two_senders():
-    reports = run_world()
+@pytest.fixture(scope="module")
+def world() -> dict[int, tuple[str, object]]:
+    """One run of the three processes, shared by the tests that read its reports."""
+    return run_world()
+
+
+def test_trajectories_arrive_bit_exact_from_two_senders(world):
+    reports = world
     rx = reports[0][1]
     sent = [m for r in SENDERS for m in reports[r][1]["sent"]]
 
@@ -173,17 +191,49 @@ def test_trajectories_arrive_bit_exact_from_two_senders():
     assert per_sender_order == list(range(NUM_MESSAGES)), "one sender's messages must arrive in order"
 
 
+def test_trace_context_arrives_exactly_or_as_none(world):
+    contexts = world[0][1]["contexts"]
+    assert len(contexts) == len(SENDERS) * NUM_MESSAGES
+    for src, index, received in contexts:
+        assert received == trace_context(src, index), f"message {index} from rank {src}"
+    assert any(c is None for *_, c in contexts) and any(c and c[0] >> 127 and c[1] >> 63 for *_, c in contexts)
+
+
 # ---------------------------------------------------------------- codec only, no processes
 def test_encode_decode_round_trip_in_process():
     batch = make_batch(1, 4)
     header, payload = encode_batch(batch)
     out = decode_payload(check_header(header), payload)
     assert same_bits(out, batch) and (out.worker_rank, out.epoch) == (1, 4)
+    assert out.trace_context == batch.trace_context == trace_context(1, 4)
+
+
+def test_trace_context_survives_select_but_not_a_concat_of_different_ones():
+    a, b = make_batch(1, 1), make_batch(2, 1)
+    assert a.select(a.lengths > 0).trace_context == a.trace_context
+    assert TrajectoryBatch.concat([a, b]).trace_context is None
+    assert TrajectoryBatch.concat([a]).trace_context == a.trace_context
 
 
 def corrupt(index: int, value: int) -> torch.Tensor:
     header, _ = encode_batch(make_batch(1, 0))
+    assert header[9] == 0, "batch 0 has no trace context"
     header[index] = value
+    return header
+
+
+def with_trace(*index_value: int) -> torch.Tensor:
+    """A header with a trace context, some words set to other values."""
+    header, _ = encode_batch(make_batch(1, 1))
+    assert header[9] == 1
+    for i in range(0, len(index_value), 2):
+        header[index_value[i]] = index_value[i + 1]
+    return header
+
+
+def end_with_trace() -> torch.Tensor:
+    header = end_header(worker_rank=1)
+    header[9], header[12:16] = 1, with_trace()[12:16]
     return header
 
 
@@ -194,7 +244,15 @@ def corrupt(index: int, value: int) -> torch.Tensor:
     (corrupt(3, 1 << 40), "outside"),  # absurd B
     (corrupt(4, -5), "outside"),  # negative T
     (corrupt(10, 12), "payload bytes"),
-    (corrupt(9, 64), "reserved"),
+    (corrupt(9, 64), "trace-context flag 64"),
+    (with_trace(9, 0), "no trace context"),  # words 12..15 still set
+    (with_trace(9, 2), "trace-context flag 2"),
+    (with_trace(12, 0, 13, 0), "malformed trace context"),  # trace_id 0
+    (with_trace(14, 0), "malformed trace context"),  # span_id 0
+    (with_trace(15, 256), "malformed trace context"),  # flags beyond 8 bits
+    (with_trace(15, -1), "malformed trace context"),
+    (corrupt(13, 5), "no trace context"),
+    (end_with_trace(), "no trace context"),
     (torch.zeros(16, dtype=torch.int64), "magic"),
     (torch.zeros(15, dtype=torch.int64), r"int64\[16\]"),
     (corrupt(0, MAGIC).float(), r"int64\[16\]"),
@@ -212,6 +270,14 @@ def test_sizes_above_max_elements_are_refused():
 
 def test_end_header_parses():
     assert check_header(end_header(worker_rank=2)).kind == KIND_END
+
+
+@pytest.mark.parametrize("context", [(0, 1, 1), (1, 0, 1), (1 << 128, 1, 1), (1, 1 << 64, 1), (1, 1, 256), (1, 1, -1)])
+def test_malformed_trace_context_is_refused_before_sending(context):
+    batch = make_batch(1, 0)
+    batch.trace_context = context
+    with pytest.raises(ValueError, match="trace_context"):
+        encode_batch(batch)
 
 
 def test_malformed_batch_is_refused_before_sending():
