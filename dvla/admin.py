@@ -1,6 +1,7 @@
 """`dvla admin`: steer and inspect a live run through weight_control's Admin service.
 
-    dvla admin status|pause|resume --control HOST:PORT [--json]
+    dvla admin status|pause|resume|checkpoint --control HOST:PORT [--json]
+    dvla admin rescale --rollouts N | --worker ID --shards K
 
 The token (DVLA_TOKEN) and TLS settings come from the same configuration the
 services read (--config, --preset, overrides, DVLA_* variables). Formatting
@@ -29,6 +30,8 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     t = r.totals
     lines = [
         f"run {state}, {version}, up {_duration(r.uptime_s)}",
+        f"world: data-plane epoch {r.epoch}, {r.target_rollouts} rollout worker(s) wanted, "
+        f"{r.episodes_per_update} episodes per update",
         f"episodes: produced {t.episodes_produced}  sent {t.episodes_sent}  received {t.episodes_received}  "
         f"trained {t.episodes_trained}  dropped {t.episodes_dropped}  in flight {t.episodes_in_flight}",
         f"  in flight by place: unsent {t.episodes_unsent}  on the wire {t.episodes_on_wire}  "
@@ -38,22 +41,42 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     if r.versions:
         kept = ", ".join(str(v.version) for v in r.versions)
         lines.append(f"versions held: {kept} ({r.versions[-1].total_bytes / 2**20:.1f} MiB each)")
-    header = f"{'WORKER':<14} {'ROLE':<8} {'RANK':>4} {'ADDRESS':<22} {'ALIVE':<5} {'SEEN':>6} {'VERSION':>7} " \
-             f"{'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8}"
+    header = f"{'WORKER':<14} {'ROLE':<8} {'STATUS':<8} {'RANK':>4} {'ADDRESS':<18} {'ALIVE':<5} {'SEEN':>6} " \
+             f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8}"
     lines += ["", header]
-    for w in sorted(r.workers, key=lambda w: w.rank):
+    for w in r.workers:  # members by rank, then leaving, standby, left
         s = w.stats
         role = codec.PB_TO_ROLE.get(w.role, "?")
         busy = s.busy_s / s.loop_s if s.loop_s > 0 else 0.0
         episodes = s.episodes_trained if role == "actor" else s.episodes_sent
-        lines.append(f"{w.worker_id[:14]:<14} {role:<8} {w.rank:>4} {(w.address or '-')[:22]:<22} "
-                     f"{'yes' if w.alive else 'NO':<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} "
+        member = codec.MEMBERSHIP_NAMES.get(w.membership, "?")
+        rank = str(w.rank) if w.rank >= 0 else "-"
+        shards = str(s.num_shards) if s.num_shards else "-"
+        alive = "yes" if w.alive else ("-" if member == "left" else "NO")
+        lines.append(f"{w.worker_id[:14]:<14} {role:<8} {member:<8} {rank:>4} {(w.address or '-')[:18]:<18} "
+                     f"{alive:<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} {shards:>6} "
                      f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8}")
     if not r.workers:
         lines.append("(no workers registered)")
     return "\n".join(lines)
 
 
-def status_json(r: admin_pb2.StatusReply) -> str:
+def format_rescale(r: admin_pb2.RescaleReply) -> str:
+    lines = [f"rescaled: {r.target_rollouts} rollout worker(s) wanted, data-plane epoch {r.epoch}, "
+             f"{r.episodes_per_update} episodes per update"]
+    if r.leaving:
+        lines.append(f"leaving (they finish and send what they hold, then exit): {', '.join(r.leaving)}")
+    if r.standby_admitted:
+        lines.append(f"admitted from standby: {r.standby_admitted}")
+    return "\n".join(lines)
+
+
+def format_checkpoint(r: admin_pb2.CheckpointReply) -> str:
+    if not r.done:
+        return f"checkpoint request {r.request} sent: the actor writes it after its current update"
+    return f"checkpoint request {r.request}: version {r.version} written to {r.path}"
+
+
+def as_json(r) -> str:
     return json.dumps(MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
                       indent=2)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from dvla.config import MODES, PRESETS, describe, load_config
+from dvla.config import MODES, PRESETS, RunConfig, describe, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train on this machine: weight_control, actor and rollouts as separate processes")
     r.add_argument("--config", help="YAML config file")
     r.add_argument("--preset", choices=sorted(PRESETS), help="named preset (default: pushcube)")
+    r.add_argument("--resume", metavar="DIR", help="continue a run from a checkpoint folder, or from the newest "
+                   "checkpoint of a run folder: the config is the checkpoint's, overrides apply on top (e.g. "
+                   "pipeline.num_updates=400), version numbers continue, outputs go to a new run folder")
     r.add_argument("--no-progress", action="store_true", help="print a line per update instead of a progress bar")
     r.add_argument("--help-config", action="store_true", help="list every config field with its doc and exit")
     r.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.lr=1e-3 pipeline.num_updates=20")
@@ -31,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
-    a.add_argument("verb", choices=["status", "pause", "resume"],
+    a.add_argument("verb", choices=["status", "pause", "resume", "rescale", "checkpoint"],
                    help="status: workers, versions and episode counters; pause: rollouts finish the episodes "
-                        "under way and start no new ones; resume: they start again")
+                        "under way and start no new ones; resume: they start again; rescale: change the number "
+                        "of rollout workers (--rollouts) or one worker's env shards (--worker, --shards); "
+                        "checkpoint: the actor writes one after its current update")
+    a.add_argument("--rollouts", type=int, default=0, help="rescale: rollout workers wanted")
+    a.add_argument("--worker", default="", help="rescale: the rollout worker whose env shards change")
+    a.add_argument("--shards", type=int, default=0, help="rescale: env shard processes for --worker")
+    a.add_argument("--no-wait", action="store_true", help="checkpoint: return once requested, not once written")
+    a.add_argument("--timeout", type=float, default=300.0, help="checkpoint: seconds to wait for it")
     a.add_argument("--control", default=os.environ.get("DVLA_CONTROL"),
                    help="weight_control host:port (env DVLA_CONTROL; default from control.host/port)")
     a.add_argument("--json", action="store_true", help="machine-readable output")
@@ -60,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.help_config:
             print("\n".join(describe()))
             return 0
+        resume = None
         try:
-            cfg = load_config(args.config, args.overrides, args.preset)
+            if args.resume:
+                cfg, resume = resume_config(args)
+            else:
+                cfg = load_config(args.config, args.overrides, args.preset)
             if cfg.policy.path:  # fail now, not in every process after start-up
                 from dvla.policy.vla import check_pretrained_dir
                 try:
@@ -72,12 +86,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         from dvla.launch import run
-        return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar")
+        return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar", resume=resume)
     return 2
 
 
+def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """`dvla run --resume DIR`: (config, checkpoint folder), or ValueError saying what is wrong."""
+    from dvla import checkpoint
+    for flag in ("config", "preset"):
+        if getattr(args, flag):
+            raise ValueError(f"--resume takes the config from the checkpoint; drop --{flag} "
+                             f"(change fields with section.field=value overrides)")
+    info = checkpoint.inspect_checkpoint(args.resume)
+    return checkpoint.resume_config(info, args.overrides), info.path
+
+
 def admin(args: argparse.Namespace) -> int:
-    from dvla.admin import format_status, status_json
+    from dvla.admin import as_json, format_checkpoint, format_rescale, format_status
     from dvla.rpc.client import ControlClient, RpcFailed
     try:
         cfg = load_config(args.config, args.overrides)
@@ -90,7 +115,16 @@ def admin(args: argparse.Namespace) -> int:
         client.wait_healthy(min(cfg.control.rpc_timeout_s, 10.0))
         if args.verb == "status":
             reply = client.status()
-            print(status_json(reply) if args.json else format_status(reply))
+            print(as_json(reply) if args.json else format_status(reply))
+        elif args.verb == "rescale":
+            if not args.rollouts and not (args.worker and args.shards):
+                print("error: rescale needs --rollouts N, or --worker ID with --shards K", file=sys.stderr)
+                return 2
+            reply = client.rescale(args.rollouts, args.worker, args.shards)
+            print(as_json(reply) if args.json else format_rescale(reply))
+        elif args.verb == "checkpoint":
+            reply = client.checkpoint(wait=not args.no_wait, timeout_s=args.timeout)
+            print(as_json(reply) if args.json else format_checkpoint(reply))
         else:
             state = client.pause() if args.verb == "pause" else client.resume()
             print(json.dumps({"state": state}) if args.json else f"run {state}")

@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dvla.config import RunConfig, to_yaml
+from dvla.checkpoint import config_text
+from dvla.config import RunConfig
 from dvla.metrics import read_metrics
+from dvla.proto.v1 import common_pb2 as pb
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,19 +49,23 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, cfg: RunConfig, run_dir: Path, progress: str = "off"):
-        """progress: 'bar' (tqdm), 'lines' (a line per update) or 'off'."""
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: str = "off", resume: Path | None = None):
+        """progress: 'bar' (tqdm), 'lines' (a line per update) or 'off'; resume: the checkpoint folder the
+        actor continues from (see dvla.checkpoint.find_checkpoint)."""
         if cfg.telemetry.exporter == "json" and not cfg.telemetry.json_dir:
             cfg = replace(cfg, telemetry=replace(cfg.telemetry, json_dir=str(run_dir / "traces")))
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
+        self.resume = Path(resume).resolve() if resume is not None else None
         self.children: list[Child] = []
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_path = run_dir / "config.yaml"
-        self.config_path.write_text(to_yaml(cfg))
+        self.config_path.write_text(config_text(cfg, self.resume or ""))
 
     def spawn(self, name: str, module: str, *args: str, cores: set[int] | None = None) -> Child:
         log_path = self.run_dir / "logs" / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.cfg.control.token and not env.get("DVLA_TOKEN"):
+            env["DVLA_TOKEN"] = self.cfg.control.token  # config.yaml holds it redacted
         f = open(log_path, "w")
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
         proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(self.config_path), *args],
@@ -86,8 +92,10 @@ class Launcher:
     def start(self) -> str:
         cfg = self.cfg
         port = cfg.control.port if cfg.control.port and _port_free(cfg.control.host, cfg.control.port) else free_port(cfg.control.host)
-        address = f"{cfg.control.host}:{port}"
-        self.spawn("weight_control", "services.weight_control", f"control.port={port}")
+        control = self.spawn("weight_control", "services.weight_control", f"control.port={port}")
+        # Talk to the port *our* weight_control bound: a free port can be taken by another run between
+        # the check and the bind, and its server would answer the health check just as well.
+        address = f"{cfg.control.host}:{_bound_port(control, 60.0)}"
         from dvla.rpc.client import ControlClient
         client = ControlClient(address, cfg.control)
         try:
@@ -95,20 +103,48 @@ class Launcher:
         finally:
             client.close()
         actor_cores, rollout_cores = placement(cfg)
+        resume = ("--resume", str(self.resume)) if self.resume is not None else ()
         self.spawn("actor", "services.actor", "--control", address, "--run-dir", str(self.run_dir), "--worker-id", "actor-0",
-                   cores=actor_cores)
-        for i in range(cfg.pipeline.num_rollout_workers):
-            self.spawn(f"rollout-{i}", "services.rollout", "--control", address, "--worker-id", f"rollout-{i}",
-                       cores=rollout_cores)
+                   *resume, cores=actor_cores)
+        self.address, self._rollout_cores, self._next_rollout = address, rollout_cores, 0
+        for _ in range(cfg.pipeline.num_rollout_workers):
+            self.spawn_rollout()
         return address
+
+    def spawn_rollout(self) -> Child:
+        i, self._next_rollout = self._next_rollout, self._next_rollout + 1
+        return self.spawn(f"rollout-{i}", "services.rollout", "--control", self.address, "--worker-id", f"rollout-{i}",
+                          cores=self._rollout_cores)
+
+    def follow_rescale(self, world) -> int:
+        """Start rollout processes until those running and not rescaled away number the target
+        (`dvla admin rescale --rollouts N`); leavers exit by themselves. Returns how many were started."""
+        gone = {w.worker_id for w in world.workers if w.membership in (pb.LEAVING, pb.LEFT)}
+        running = [c for c in self.children if c.name.startswith("rollout-") and c.proc.poll() is None
+                   and c.name not in gone]
+        started = 0
+        for _ in range(world.target_rollouts - len(running)):
+            c = self.spawn_rollout()
+            print(f"rescale: started {c.name} (log {c.log_path})", flush=True)
+            started += 1
+        return started
 
     def wait(self) -> int:
         """Until the actor finishes (0) or any process fails (its exit code)."""
+        from dvla.rpc.client import ControlClient, RpcFailed
         bar = _Progress(self.cfg, self.run_dir / "metrics.jsonl", self.progress)
         actor = next(c for c in self.children if c.name == "actor")
+        client = ControlClient(self.address, self.cfg.control)
+        next_look = 0.0
         try:
             while True:
                 bar.update()
+                if time.monotonic() >= next_look and actor.proc.poll() is None:
+                    next_look = time.monotonic() + 1.0
+                    try:
+                        self.follow_rescale(client.world())
+                    except RpcFailed:
+                        pass  # weight_control's own exit is reported below
                 for c in self.children:
                     rc = c.proc.poll()
                     if rc not in (None, 0):
@@ -128,6 +164,7 @@ class Launcher:
                 time.sleep(0.5)
         finally:
             bar.close()
+            client.close()
 
 
 def placement(cfg: RunConfig) -> tuple[set[int] | None, set[int] | None]:
@@ -140,6 +177,19 @@ def placement(cfg: RunConfig) -> tuple[set[int] | None, set[int] | None]:
     if not cfg.pipeline.pinned or len(cores) < 2:
         return None, None
     return {cores[-1]}, set(cores[:-1])
+
+
+def _bound_port(child: Child, timeout_s: float) -> int:
+    """The port weight_control reports listening on (its first line of output)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in child.tail(50).splitlines():
+            if line.startswith("weight_control listening on "):
+                return int(line.rsplit(":", 1)[1])
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"weight_control exited with code {child.proc.returncode}:\n{child.tail()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"weight_control did not start listening within {timeout_s:.0f}s:\n{child.tail()}")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -185,10 +235,12 @@ class _Progress:
             self.bar = None
 
 
-def run(cfg: RunConfig, progress: str = "bar") -> int:
+def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> int:
+    """resume: a checkpoint folder, already checked (dvla.checkpoint.inspect_checkpoint); the run still gets
+    a new folder, and its actor continues that checkpoint's version numbering."""
     run_dir = new_run_dir(cfg)
-    launcher = Launcher(replace(cfg), run_dir, progress)
-    print(f"run folder: {run_dir}", flush=True)
+    launcher = Launcher(replace(cfg), run_dir, progress, resume=resume)
+    print(f"run folder: {run_dir}" + (f" (resumed from {launcher.resume})" if resume is not None else ""), flush=True)
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -202,6 +254,9 @@ def run(cfg: RunConfig, progress: str = "bar") -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", file=sys.stderr)
         rc = 130
+    except RuntimeError as e:  # weight_control could not start
+        print(f"error: {e}", file=sys.stderr)
+        rc = 1
     finally:
         launcher.stop_all()
         signal.signal(signal.SIGTERM, old)
@@ -219,8 +274,11 @@ def summarize(run_dir: Path, wall_s: float) -> None:
     first, last = rows[0], rows[-1]
     tail = rows[-max(1, len(rows) // 10):]
     mean = lambda k: sum(r[k] for r in tail) / len(tail)  # noqa: E731
-    print(f"\nfinished in {wall_s:.0f}s: {last['update']} updates, {last['env_steps']} env steps, "
+    done = f"{last['update']} updates" if first["update"] == 1 else f"updates {first['update']}..{last['update']}"
+    print(f"\nfinished in {wall_s:.0f}s: {done}, {last['env_steps']} env steps, "
           f"{last['env_steps_per_s']:.0f} env steps/s")
     print(f"success rate {first['success_rate']:.2f} -> {mean('success_rate'):.2f}, "
           f"return {first['return_mean']:.2f} -> {mean('return_mean'):.2f} (first update -> mean of last {len(tail)})")
-    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, tensorboard/, checkpoint/, config.yaml, logs/, traces/")
+    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, tensorboard/, checkpoints/, config.yaml, "
+          f"logs/, traces/")
+    print(f"continue training: dvla run --resume {run_dir} pipeline.num_updates=<more than {last['update']}>")

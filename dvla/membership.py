@@ -19,15 +19,28 @@ def default_worker_id(role: str) -> str:
 
 
 def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec | None = None,
-         rendezvous_address: str = "", timeout_s: float = 300.0, stop: threading.Event | None = None) -> Registration:
-    """Register, then wait until the actor's rendezvous address is known."""
+         rendezvous_address: str = "", num_envs: int = 0, num_shards: int = 0, timeout_s: float = 300.0,
+         stop: threading.Event | None = None) -> Registration:
+    """Register, then wait until the actor's rendezvous address is known and this worker holds a rank.
+
+    A worker beyond the run's number of rollouts waits on standby, for ever
+    (until `stop`): `dvla admin rescale --rollouts N` gives it a slot.
+    """
     deadline = time.monotonic() + timeout_s
-    delay = 0.05
+    delay, said = 0.05, False
     while True:
-        reg = client.register(role, worker_id, rendezvous_address=rendezvous_address, env_spec=env_spec)
-        if reg.rendezvous_address:
+        reg = client.register(role, worker_id, rendezvous_address=rendezvous_address, env_spec=env_spec,
+                              num_envs=num_envs, num_shards=num_shards)
+        if reg.rendezvous_address and reg.rank >= 0:
             return reg
-        if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+        if stop is not None and stop.is_set():
+            raise TimeoutError("stopped while waiting to join the run")
+        if reg.rank < 0:
+            if not said:
+                log.info("on standby: the run has all the rollouts it asked for; "
+                         "`dvla admin rescale --rollouts N` gives this worker a slot")
+                said = True
+        elif time.monotonic() > deadline:
             raise TimeoutError(f"no actor registered with weight_control within {timeout_s:.0f}s")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
@@ -78,6 +91,21 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.stop_event.wait(self.period_s):
             self.beat()
+
+    def next_world(self, after_epoch: int, stop: threading.Event,
+                   give_up: Callable[[], bool] = lambda: False) -> tuple[int, int, int] | None:
+        """(epoch, rank, world size) of the next data-plane epoch this worker is a member of, beating
+        until weight_control announces it; None if this worker is to leave, the run has finished,
+        `stop` is set or give_up()."""
+        while not stop.is_set() and not give_up():
+            d = self.directives
+            if d.membership in ("leaving", "left") or d.state == "finished":
+                return None
+            if d.epoch > after_epoch and d.rank >= 0:
+                return d.epoch, d.rank, d.world_size
+            time.sleep(0.05)
+            self.beat()
+        return None
 
     def stop(self) -> None:
         """Stop the thread and send one last report, so final counters reach the status API."""

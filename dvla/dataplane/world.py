@@ -35,8 +35,11 @@ class DataPlane:
         host, port = split_address(rendezvous)
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
-        # the host's store lives as long as the run; clients connect (and wait for it) once
-        self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=self.timeout)
+        # The host's store lives as long as the run; clients connect once. A worker only learns the
+        # address once the actor (which starts the store first) has registered, so connecting is quick,
+        # and a short deadline lets a late joiner notice that the run has ended instead of waiting.
+        store_timeout = timedelta(seconds=min(timeout_s, 60.0))
+        self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=store_timeout)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
 
     def form(self, epoch: int, rank: int, world_size: int, abort: Callable[[], bool] = lambda: False,

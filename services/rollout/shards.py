@@ -74,6 +74,8 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
 
 
 class Shard:
+    """One env shard process. Starting it returns at once; its spec arrives later (state 'starting')."""
+
     def __init__(self, ctx, env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, chunk_size: int):
         self.index, self.num_envs, self.chunk_size = index, env_cfg.num_envs, chunk_size
         self.conn, child = ctx.Pipe()
@@ -81,10 +83,12 @@ class Shard:
         self.proc.start()
         child.close()
         self.bufs: dict[str, torch.Tensor] = {}
-        self.state = "idle"  # idle | resetting | inference | stepping
+        self.state = "starting"  # starting | idle | resetting | inference | stepping
+        self.retiring = False  # rescaled away: start no new round, close once idle
         self.round = 0
         self.recorder: EpisodeRecorder | None = None
         self.group_ids: list[int] = []
+        self.span = None  # the round under way (telemetry)
 
     def handshake(self) -> EnvSpec:
         kind, payload = self.conn.recv()
@@ -103,6 +107,7 @@ class Shard:
             "steps": torch.zeros(k, dtype=torch.int64).share_memory_(),
         }
         self.conn.send(self.bufs)
+        self.state = "idle"
         return spec
 
     def receive(self) -> None:
@@ -127,16 +132,24 @@ class Shard:
 
 
 class ShardedSampler:
-    """Runs S env shards; every finished shard epoch is handed to `emit` as a TrajectoryBatch."""
+    """Runs env shards; every finished shard epoch is handed to `emit` as a TrajectoryBatch.
+
+    The number of shards can change while it runs (`run(target_shards=...)`):
+    new shard processes start in the background and join once their envs are
+    built; surplus shards finish the round under way, are emitted, and close.
+    """
 
     def __init__(self, env_cfg: EnvConfig, num_shards: int, max_batch: int, timeout_s: float, device: torch.device,
                  tel_cfg: TelemetryConfig = TelemetryConfig(exporter="none"), chunk_size: int = 1):
         if env_cfg.num_envs % num_shards:
             raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
-        ctx = mp.get_context("spawn")
-        shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
+        self._ctx = mp.get_context("spawn")
+        self._shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
+        self._tel_cfg = tel_cfg
         self.chunk_size = chunk_size
-        self.shards = [Shard(ctx, shard_cfg, tel_cfg, i, chunk_size) for i in range(num_shards)]
+        self.envs_per_shard = self._shard_cfg.num_envs
+        self.shards = [self._start_shard(i) for i in range(num_shards)]
+        self._next_index = num_shards  # shard indices are never reused: they seed the episodes
         specs = {s.handshake() for s in self.shards}
         self.spec = specs.pop()
         self.batcher = DynamicBatcher(max_batch, timeout_s)
@@ -144,40 +157,94 @@ class ShardedSampler:
         self.inference_batches = 0
         self.parked_s = 0.0  # every shard idle, held back by admission control
 
+    def _start_shard(self, index: int) -> Shard:
+        return Shard(self._ctx, self._shard_cfg, self._tel_cfg, index, self.chunk_size)
+
+    @property
+    def num_shards(self) -> int:
+        """Shards taking part in new rounds (starting ones included, retiring ones not)."""
+        return sum(not s.retiring for s in self.shards)
+
+    @property
+    def num_envs(self) -> int:
+        return self.num_shards * self.envs_per_shard
+
     def close(self) -> None:
         for s in self.shards:
             s.close()
 
+    def rescale(self, target: int) -> None:
+        """Aim for `target` shards: start new processes, or retire the newest shards (after their round)."""
+        if target <= 0 or target == self.num_shards:
+            return
+        live = [s for s in self.shards if not s.retiring]
+        if target < len(live):
+            for s in live[target:]:
+                s.retiring = True
+            log.info("retiring env shard(s) %s: %d shard(s) from now on", [s.index for s in live[target:]], target)
+            return
+        for s in self.shards:  # un-retire before starting new processes
+            if s.retiring and self.num_shards < target:
+                s.retiring = False
+        first_round = max((s.round for s in self.shards), default=0)
+        while self.num_shards < target:
+            s = self._start_shard(self._next_index)
+            s.round = first_round  # a new shard does not replay rounds the others have run
+            self._next_index += 1
+            self.shards.append(s)
+        log.info("starting env shard(s) up to %d", target)
+
+    def _retire_idle(self) -> None:
+        for s in [s for s in self.shards if s.retiring and s.state == "idle"]:
+            s.close()
+            self.shards.remove(s)
+
+    def _quiet(self) -> bool:
+        """No shard holds an unfinished round."""
+        return all(s.state in ("idle", "starting") for s in self.shards) and not len(self.batcher)
+
     def run(self, lane: WeightLane, seeds_for: Callable[[int, int], tuple[list[int], list[int]]], staleness: int,
             emit: Callable[[TrajectoryBatch, int], None], stop: threading.Event, step_delay_s: float = 0.0,
-            paused: Callable[[], bool] = lambda: False) -> None:
-        """Until the actor's final version is in use (or stop): start, step and emit shard epochs.
+            paused: Callable[[], bool] = lambda: False, should_yield: Callable[[], bool] = lambda: False,
+            target_shards: Callable[[], int] = lambda: 0, first_round: int = 0) -> str:
+        """Start, step and emit shard epochs until one of: 'final' (the actor's final version is in use),
+        'stop', or 'yield' (should_yield() asked for a safe point, and every round under way is emitted).
 
         seeds_for(round, shard) gives that shard epoch's reset seeds and group ids; a
         shard starts round r only once version >= r - staleness is in use, and
-        none starts while paused() (rounds under way finish and are emitted).
+        none starts while paused() or should_yield() (rounds under way finish and are
+        emitted). Rounds start at first_round at least.
         """
-        by_conn = {s.conn: s for s in self.shards}
+        for s in self.shards:
+            s.round = max(s.round, first_round)
         while not stop.is_set():
             _, version = lane.current()
             if lane.final:
-                return  # unfinished shard epochs are abandoned: never counted as produced
-            hold = paused()
+                return "final"  # unfinished shard epochs are abandoned: never counted as produced
+            self.rescale(target_shards())
+            self._retire_idle()
+            leaving = should_yield()
+            if leaving and self._quiet():
+                return "yield"
+            hold = paused() or leaving
             for s in self.shards:
-                if s.state == "idle" and not hold:
+                if s.state == "idle" and not hold and not s.retiring:
                     need = max(0, s.round - staleness)  # v0 at least: only fetched weights run
                     if version < need and not lane.background:
                         t = time.monotonic()
                         ok = lane.wait_loaded(need)
                         self.parked_s += time.monotonic() - t
                         if not ok:
-                            return
+                            return "final"
                         _, version = lane.current()
                     if version >= need:
+                        # one trace per shard round: the actor's training spans link back to it
+                        s.span = telemetry.start_span("sampling.round", shard=s.index, round=s.round)
                         s.conn.send(("reset", seeds_for(s.round, s.index)[0]))
                         s.group_ids = seeds_for(s.round, s.index)[1]
                         s.state = "resetting"
-            busy = [s.conn for s in self.shards if s.state in ("resetting", "stepping")]
+            by_conn = {s.conn: s for s in self.shards}
+            busy = [s.conn for s in self.shards if s.state in ("resetting", "stepping", "starting")]
             wait_s = self.batcher.time_left(time.monotonic())
             if busy:
                 ready = mpc.wait(busy, timeout=0.05 if wait_s is None else wait_s)
@@ -188,6 +255,11 @@ class ShardedSampler:
                     self.parked_s += 0.005
             for conn in ready:
                 s = by_conn[conn]
+                if s.state == "starting":
+                    spec = s.handshake()
+                    if spec != self.spec:
+                        raise RuntimeError(f"env shard {s.index} reports {spec}, the others {self.spec}")
+                    continue
                 s.receive()
                 if s.state == "resetting":
                     if s.recorder is None:
@@ -198,7 +270,10 @@ class ShardedSampler:
                         time.sleep(step_delay_s)
                     s.recorder.record_step(s.result())
                 if s.recorder.done:
-                    emit(s.recorder.finish(), s.round)
+                    batch = s.recorder.finish()
+                    batch.trace_context = telemetry.context_of(s.span)
+                    emit(batch, s.round)
+                    s.span.end()
                     s.round += 1
                     s.state = "idle"
                 else:
@@ -206,7 +281,9 @@ class ShardedSampler:
                     s.state = "inference"
             no_more_coming = len(self.batcher) and not any(s.state in ("resetting", "stepping") for s in self.shards)
             if no_more_coming or self.batcher.ready(time.monotonic()):
-                self._infer([self.shards[i] for i in self.batcher.take(time.monotonic())], lane)
+                by_index = {s.index: s for s in self.shards}
+                self._infer([by_index[i] for i in self.batcher.take(time.monotonic())], lane)
+        return "stop"
 
     def _recorder(self, s: Shard, lane: WeightLane) -> EpisodeRecorder:
         policy, _ = lane.current()

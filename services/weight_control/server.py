@@ -254,8 +254,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         actor = next((w for w in self.s.registry.workers() if w.role == ACTOR), None)
         if actor is None:
             raise OutOfOrder("no actor is registered: there is nothing to checkpoint")
-        if request.timeout_s < 0:
-            raise InvalidArgument("timeout_s must be >= 0")
+        if not 0 <= request.timeout_s <= 86400:  # NaN fails too
+            raise InvalidArgument(f"timeout_s must be in [0, 86400] seconds, got {request.timeout_s}")
         self.s.checkpoint_request += 1
         n = self.s.checkpoint_request
         await self.s.bump()

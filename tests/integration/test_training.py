@@ -62,9 +62,10 @@ def test_sync_run_two_rollouts(tmp_path, algo):
     assert t.episodes_in_flight == 0
     assert t.episodes_trained == n * 2 * 4
     # outputs
-    for name in ("metrics.jsonl", "training.png", "config.yaml", "checkpoint/weights.safetensors", "checkpoint/state.json"):
+    ckpt = f"checkpoints/v{n:06d}"  # the final checkpoint (smaller ones only every checkpoint.every_updates)
+    for name in ("metrics.jsonl", "training.png", "config.yaml", f"{ckpt}/weights.safetensors", f"{ckpt}/state.json"):
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["version"] == n
+    assert json.loads((tmp_path / ckpt / "state.json").read_text())["version"] == n
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # curves for tensorboard --logdir
 
 

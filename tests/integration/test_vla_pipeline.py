@@ -38,11 +38,12 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
         assert 3 < r["episode_length"] <= 12
     t = status.totals
     assert t.episodes_trained + t.episodes_dropped == t.episodes_produced and t.episodes_in_flight == 0
-    assert (tmp_path / "checkpoint/weights.safetensors").exists()
+    ckpt = tmp_path / f"checkpoints/v{n:06d}"
+    assert (ckpt / "weights.safetensors").exists()
     # the checkpoint holds the VLA in the transformers format, which policy.path starts a run from
-    saved = tmp_path / "checkpoint/policy"
+    saved = ckpt / "policy"
     assert (saved / "config.json").exists() and (saved / "model.safetensors").exists()
     spec = EnvSpec("PickCube-v1", 29, 4, (-1.0,) * 4, (1.0,) * 4, 12, (64, 64, 3), "pick up the cube")
     loaded = build_policy(replace(cfg.policy, path=str(saved)), spec)
-    weights = load_file(str(tmp_path / "checkpoint/weights.safetensors"))
+    weights = load_file(str(ckpt / "weights.safetensors"))
     assert all(torch.equal(loaded.export_weights()[k], w) for k, w in weights.items())

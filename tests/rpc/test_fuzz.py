@@ -28,6 +28,10 @@ METHODS = [
     ("/dvla.v1.Registry/Heartbeat", "unary_unary"),
     ("/dvla.v1.Registry/GetWorld", "unary_unary"),
     ("/dvla.v1.Admin/Status", "unary_unary"),
+    ("/dvla.v1.Admin/Pause", "unary_unary"),
+    ("/dvla.v1.Admin/Resume", "unary_unary"),
+    ("/dvla.v1.Admin/Rescale", "unary_unary"),
+    ("/dvla.v1.Admin/Checkpoint", "unary_unary"),
 ]
 # What a handler may answer; UNKNOWN or INTERNAL would mean an exception escaped it.
 ACCEPTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
