@@ -210,10 +210,12 @@ class Sampler:
                 stats.wait_s += time.monotonic() - t
                 return "yield"
             # v0 at least: a rollout never samples with weights it did not fetch
-            admitted = lane.wait_loaded(max(0, self.round - p.staleness)) and not lane.final
+            admitted = lane.wait_loaded(max(0, self.round - p.staleness), interrupt=should_yield) and not lane.final
             stats.wait_s += time.monotonic() - t
             if not admitted:
-                return "final"
+                if self.stop.is_set():
+                    return "stop"
+                return "yield" if should_yield() and not lane.final else "final"
             seeds, groups = episode_seeds(self.cfg, self.worker_id, self.round, 0, self.cfg.env.num_envs)
             span = telemetry.start_span("sampling.round", round=self.round)  # the actor's spans link back to it
             batch = collect_episodes(self.envs, lane, seeds, groups, self.generator, self.device, p.slow_rollout_s)

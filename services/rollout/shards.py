@@ -232,9 +232,13 @@ class ShardedSampler:
                     need = max(0, s.round - staleness)  # v0 at least: only fetched weights run
                     if version < need and not lane.background:
                         t = time.monotonic()
-                        ok = lane.wait_loaded(need)
+                        ok = lane.wait_loaded(need, interrupt=should_yield)  # a rescale must not wait on it
                         self.parked_s += time.monotonic() - t
                         if not ok:
+                            if stop.is_set():
+                                return "stop"
+                            if should_yield():
+                                break  # the next pass holds every shard and yields once all are quiet
                             return "final"
                         _, version = lane.current()
                     if version >= need:

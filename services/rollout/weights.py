@@ -110,19 +110,21 @@ class WeightLane:
                 self.versions_used.append(self.version)
             return self.active, self.version
 
-    def wait_loaded(self, min_version: int, timeout_s: float | None = None) -> bool:
-        """Block until a version >= min_version is in use (or the final one); False if stopped.
+    def wait_loaded(self, min_version: int, timeout_s: float | None = None,
+                    interrupt: Callable[[], bool] = lambda: False) -> bool:
+        """Block until a version >= min_version is in use (or the final one); False if stopped, or
+        as soon as interrupt() (polled every 0.1-0.2 s) holds: e.g. a rescale asks for a safe point.
 
         Inline mode fetches the newest version here, so the caller waits for the transfer too.
         """
         if not self.background:
-            return self._load_inline(min_version)
+            return self._load_inline(min_version, interrupt)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while True:
                 if self._error is not None:
                     raise RpcFailed("UNAVAILABLE", f"weight lane failed: {self._error}")
-                if self.stop.is_set():
+                if self.stop.is_set() or interrupt():
                     return False
                 held = self._pending if (self._pending and not self._loading) else None
                 if held and (held[0] >= min_version or held[1]):
@@ -136,14 +138,24 @@ class WeightLane:
         self.current()
         return True
 
-    def _load_inline(self, min_version: int) -> bool:
+    def _load_inline(self, min_version: int, interrupt: Callable[[], bool]) -> bool:
         ev = self.client.latest()
         if ev.version < min_version and not ev.final:
-            for ev in self.client.watch(after_version=ev.version, stop=self.stop):
-                if ev.version >= min_version or ev.final:
-                    break
-            else:
-                return False  # stopped
+            halt = threading.Event()  # ends the watch on stop or interrupt()
+
+            def watchdog() -> None:
+                while not halt.wait(0.1):
+                    if self.stop.is_set() or interrupt():
+                        halt.set()
+            threading.Thread(target=watchdog, name="weights-wait-watchdog", daemon=True).start()
+            try:
+                for ev in self.client.watch(after_version=ev.version, stop=halt):
+                    if ev.version >= min_version or ev.final:
+                        break
+                else:
+                    return False  # stopped or interrupted
+            finally:
+                halt.set()
         if ev.version > self.version:
             self._fetch_into_shadow()
             self.current()

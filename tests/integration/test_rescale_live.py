@@ -1,7 +1,8 @@
 """Rescale and checkpoint against a live run of real processes, with the counters checked before and after.
 
-One rollout worker becomes two (the launcher starts the joiner, the data plane
-re-forms in a new epoch), one worker's env shards go from 2 to 1 and back, then
+One rollout worker becomes two (a standby worker admitted while both sample, or
+one the launcher starts while the run is paused; the data plane re-forms in a
+new epoch), one worker's env shards go from 2 to 1 and back (swimlane), then
 two become one again (the leaver finishes, sends what it holds, and exits 0).
 Through it all: produced = trained + dropped at the end, every version 1..N is
 trained exactly once, and the leaver's episodes stay in the totals.
@@ -57,9 +58,10 @@ def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str
     try:
         address = launcher.start()
         client = ControlClient(address, cfg.control)
-        if mode == "swimlane":
+        if mode == "sync":
             # A second worker started beside the run waits on standby (the run wants one); rescaling
-            # admits it at once, so the world re-forms while both keep sampling.
+            # admits it at once, so the world re-forms while both keep sampling (lockstep: the old worker
+            # may be waiting for the next version, which must not hold up the re-forming).
             wait_for(lambda: client.status().has_version, timeout_s=150)  # rollout-0 holds the slot
             launcher.spawn_rollout()
             wait_for(lambda: worker(client.status(), "rollout-1") is not None, timeout_s=150)
@@ -69,12 +71,12 @@ def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str
         wait_for(lambda: client.status().latest_version >= 2)
 
         # --- up: 1 -> 2 rollout workers
-        if mode == "sync":
+        if mode == "swimlane":
             # the launcher starts the joiner; its envs take a while to build, so hold the run meanwhile
             admin(capsys, address, "pause")
         up = admin(capsys, address, "rescale", "--rollouts", "2")
-        assert up["target_rollouts"] == 2 and up["standby_admitted"] == (mode == "swimlane")
-        if mode == "sync":
+        assert up["target_rollouts"] == 2 and up["standby_admitted"] == (mode == "sync")
+        if mode == "swimlane":
             wait_for(lambda: (lambda w: w and w.stats.dataplane_epoch >= 1)(worker(client.status(), "rollout-1")),
                      timeout_s=150)
             admin(capsys, address, "resume")
