@@ -36,6 +36,8 @@ def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec 
         if stop is not None and stop.is_set():
             raise TimeoutError("stopped while waiting to join the run")
         if reg.rank < 0:
+            if client.latest().state == "finished":
+                raise RunFinished("the run finished while this worker waited on standby")
             if not said:
                 log.info("on standby: the run has all the rollouts it asked for; "
                          "`dvla admin rescale --rollouts N` gives this worker a slot")
@@ -44,6 +46,10 @@ def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec 
             raise TimeoutError(f"no actor registered with weight_control within {timeout_s:.0f}s")
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+class RunFinished(Exception):
+    """The run ended before this worker could take part."""
 
 
 class Heartbeat:

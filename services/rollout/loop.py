@@ -33,7 +33,7 @@ from dvla.config import RunConfig
 from dvla.dataplane import TrajectorySender
 from dvla.dataplane.world import DataPlane
 from dvla.envs import make_env_batch
-from dvla.membership import Heartbeat, join
+from dvla.membership import Heartbeat, RunFinished, join
 from dvla.service_main import resolve_device
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
@@ -100,8 +100,12 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     heartbeat = plane = None
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
-        reg = join(client, "rollout", worker_id, env_spec=envs.spec, num_envs=cfg.env.num_envs,
-                   num_shards=stats.num_shards, stop=stop)
+        try:
+            reg = join(client, "rollout", worker_id, env_spec=envs.spec, num_envs=cfg.env.num_envs,
+                       num_shards=stats.num_shards, stop=stop)
+        except RunFinished as e:
+            log.info("%s", e)
+            return stats
         heartbeat = Heartbeat(client, worker_id, stats.report, cfg.control.heartbeat_s).start()
         try:
             plane = DataPlane(reg.rendezvous_address, is_host=False, backend=cfg.dataplane.backend,

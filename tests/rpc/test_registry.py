@@ -54,3 +54,18 @@ def test_world_full_puts_joiners_on_standby_and_refuses_a_second_actor(client):
 
 def test_health_is_serving(client):
     client.wait_healthy(5)
+
+
+def test_a_standby_worker_gives_up_once_the_run_has_finished(publisher):
+    import threading
+
+    import torch
+
+    from dvla.membership import RunFinished, join
+    publisher.register("rollout", "r1", env_spec=SPEC)
+    publisher.register("rollout", "r2", env_spec=SPEC)
+    done = threading.Timer(0.5, lambda: publisher.publish(0, {"w": torch.zeros(2)}, final=True))
+    done.start()
+    with pytest.raises(RunFinished):
+        join(publisher, "rollout", "r3", env_spec=SPEC, timeout_s=30)  # on standby until the run ends
+    done.join()
