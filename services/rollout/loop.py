@@ -185,14 +185,15 @@ class Sampler:
             stats.env_steps_produced += batch.num_steps
             stats.episodes_produced += batch.num_episodes
             stats.policy_version = lane.version
-            # Report "produced" before the batch can reach the actor: otherwise Admin.Status could sum
-            # the actor's fresh "received" with this worker's older report, and in flight would go negative.
+            # A batch counts as sent (on the wire) once handed to the data plane, and that is reported
+            # before it can reach the actor: otherwise Admin.Status could sum the actor's fresh
+            # "received" with this worker's older report, and in flight or on the wire would go negative.
+            stats.episodes_sent += batch.num_episodes
             hb.beat()
             t = time.monotonic()
             with telemetry.span("sampling.send", episodes=batch.num_episodes, epoch=round_):
                 sender.send(batch)
             stats.send_s += time.monotonic() - t
-            stats.episodes_sent += batch.num_episodes
             self.update_timings()
 
         if p.sharded:

@@ -46,7 +46,7 @@ def check_snapshot(st, queue_episodes: int) -> None:
     assert s.episodes_received == s.episodes_queued + s.episodes_in_training + s.episodes_trained + s.episodes_dropped
     assert s.episodes_queued <= queue_episodes  # the bounded queue really is bounded
     t = st.totals
-    assert t.episodes_unsent >= 0 and t.episodes_in_flight >= 0
+    assert t.episodes_unsent >= 0 and t.episodes_on_wire >= 0 and t.episodes_in_flight >= 0
 
 
 @pytest.mark.parametrize("slow", ["pipeline.slow_actor_s=0.4", "pipeline.slow_rollout_s=0.01"])
@@ -55,7 +55,7 @@ def test_counters_balance_with_a_slow_stage(tmp_path, slow):
     cfg = load_config(None, ["pipeline.mode=swimlane", f"env.num_envs={envs}", "env.max_episode_steps=10",
                              "pipeline.num_rollout_workers=2", "pipeline.num_shards=2", f"pipeline.num_updates={n}",
                              f"pipeline.max_staleness={eta}", "pipeline.queue_batches=1", "control.heartbeat_s=0.1",
-                             "telemetry.exporter=none", slow])
+                             "telemetry.exporter=none", "control.port=0", slow])
     snapshots, final, rows = run_and_watch(cfg, tmp_path)
     assert len(snapshots) > 10
     for st in snapshots:
