@@ -1,6 +1,7 @@
 """Shared fixtures: a real weight_control server on a free port, in a thread."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -35,3 +36,19 @@ def publisher(client):
     """`client`, registered as the run's actor: only the actor may publish weights."""
     client.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
     return client
+
+
+def _wait_for(what, timeout_s: float = 120.0, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError("condition not reached")
+
+
+@pytest.fixture
+def wait_for():
+    """wait_for(what, timeout_s=120, every_s=0.2): poll what() until it returns something truthy, and return it."""
+    return _wait_for

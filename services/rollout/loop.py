@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -135,7 +136,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
                 continue
             stats.dataplane_epoch = epoch
             log.info("data-plane epoch %d: rank %d of %d", epoch, rank, size)
-            outcome = sampler.run(epoch, TrajectorySender(dst=0), should_yield=moved_on)
+            outcome = sampler.run(TrajectorySender(dst=0), should_yield=moved_on)
             if outcome != "yield":  # the run is over (or this worker stops): END, so the actor can account
                 TrajectorySender(dst=0).send_end()
                 break
@@ -144,7 +145,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             stats.dataplane_epoch = -1
             world = heartbeat.next_world(epoch, stop)
             if world is None:
-                log.info("rescaled away: leaving the run")
+                log.info("leaving the run: rescaled away, or the run has finished")
                 break
         sampler.update_timings()
         stats.versions_used = list(lane.versions_used)
@@ -171,7 +172,7 @@ class Sampler:
         self.stats, self.stop, self.generator, self.device, self.t0 = stats, stop, generator, device, t0
         self.round = 0  # next round (non-sharded; shards keep their own)
 
-    def run(self, epoch: int, sender: TrajectorySender, should_yield) -> str:
+    def run(self, sender: TrajectorySender, should_yield: Callable[[], bool]) -> str:
         """'yield' at a safe point once should_yield(), 'final' when the run is over, 'stop' when stopped."""
         p, stats, lane, hb = self.cfg.pipeline, self.stats, self.lane, self.heartbeat
         if not lane.wait_loaded(0) or lane.final:

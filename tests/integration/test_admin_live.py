@@ -15,18 +15,8 @@ from dvla.rpc.client import ControlClient
 pytestmark = pytest.mark.slow
 
 
-def wait_for(what, timeout_s: float = 120.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError("condition not reached")
-
-
 @pytest.mark.parametrize("mode", ["sync", "swimlane"])
-def test_pause_holds_everything_still_and_resume_loses_nothing(tmp_path, mode, capsys):
+def test_pause_holds_everything_still_and_resume_loses_nothing(tmp_path, mode, capsys, wait_for):
     n = 8
     cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=15",
                              "pipeline.num_rollout_workers=2", f"pipeline.num_updates={n}", "pipeline.num_shards=2",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ from dvla.rpc.client import ControlClient
 pytestmark = pytest.mark.slow
 
 
-def wait_for(what, timeout_s: float = 120.0, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError("condition not reached")
-
-
 def worker(status, worker_id: str):
     return next((w for w in status.workers if w.worker_id == worker_id), None)
 
@@ -47,7 +36,7 @@ def admin(capsys, address: str, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["sync", "swimlane"])
-def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str, capsys):
+def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str, capsys, wait_for):
     n = 60  # long enough (~40 s) for a joiner to build its envs while the run goes on
     cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=12",
                              "pipeline.num_rollout_workers=1", f"pipeline.num_updates={n}", "pipeline.num_shards=2",
