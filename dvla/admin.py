@@ -42,20 +42,24 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         kept = ", ".join(str(v.version) for v in r.versions)
         lines.append(f"versions held: {kept} ({r.versions[-1].total_bytes / 2**20:.1f} MiB each)")
     header = f"{'WORKER':<14} {'ROLE':<8} {'STATUS':<8} {'RANK':>4} {'ADDRESS':<18} {'ALIVE':<5} {'SEEN':>6} " \
-             f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8}"
+             f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8} {'QUEUE':>5} {'STALE':>5}"
     lines += ["", header]
     for w in r.workers:  # members by rank, then leaving, standby, left
         s = w.stats
         role = codec.PB_TO_ROLE.get(w.role, "?")
         busy = s.busy_s / s.loop_s if s.loop_s > 0 else 0.0
         episodes = s.episodes_trained if role == "actor" else s.episodes_sent
+        # actor: rollout batches waiting to be trained on, and the mean version lag of its last update;
+        # rollout: observations waiting for an inference batch
+        queue = s.batches_queued if role == "actor" else s.inference_queue
+        stale = f"{s.staleness_mean:.2f}" if role == "actor" else "-"
         member = codec.MEMBERSHIP_NAMES.get(w.membership, "?")
         rank = str(w.rank) if w.rank >= 0 else "-"
         shards = str(s.num_shards) if s.num_shards else "-"
         alive = "yes" if w.alive else ("-" if member == "left" else "NO")
         lines.append(f"{w.worker_id[:14]:<14} {role:<8} {member:<8} {rank:>4} {(w.address or '-')[:18]:<18} "
                      f"{alive:<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} {shards:>6} "
-                     f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8}")
+                     f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8} {queue:>5} {stale:>5}")
     if not r.workers:
         lines.append("(no workers registered)")
     return "\n".join(lines)

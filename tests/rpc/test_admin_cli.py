@@ -26,8 +26,9 @@ def live(monkeypatch):
         c.wait_healthy(10)
         c.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
         c.register("rollout", "rollout-0", env_spec=SPEC, num_envs=16, num_shards=2)
-        c.heartbeat("rollout-0", {"policy_version": 3, "num_envs": 16, "env_steps_per_s": 512.0,
+        c.heartbeat("rollout-0", {"policy_version": 3, "num_envs": 16, "env_steps_per_s": 512.0, "inference_queue": 7,
                                   "episodes_produced": 48, "episodes_sent": 48, "busy_s": 9.0, "loop_s": 10.0})
+        c.heartbeat("actor-0", {"staleness_mean": 0.75, "batches_queued": 3})
         c.publish(0, {"w": torch.zeros(4)})
         yield srv
         c.close()
@@ -41,6 +42,9 @@ def test_status_prints_the_run_counters_and_every_worker(live, capsys):
     assert rollout.split()[1:4] == ["rollout", "member", "1"] and " 512 " in rollout and "0.90" in rollout
     assert any(line.startswith("actor-0") and line.split()[1:4] == ["actor", "member", "0"] for line in out.splitlines())
     assert "data-plane epoch 0, 1 rollout worker(s) wanted" in out
+    assert rollout.split()[-2:] == ["7", "-"]  # queue: observations waiting for inference; no staleness
+    actor = next(line for line in out.splitlines() if line.startswith("actor-0"))
+    assert actor.split()[-2:] == ["3", "0.75"]  # batches queued, mean version lag of the last update
     assert "produced 48  sent 48" in out
 
 
