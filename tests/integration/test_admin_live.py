@@ -29,16 +29,22 @@ def test_pause_holds_everything_still_and_resume_loses_nothing(tmp_path, mode, c
         assert main(["admin", "pause", "--control", address]) == 0
         assert capsys.readouterr().out.strip() == "run paused"
 
-        # a safe point: every episode produced is trained or dropped, and nothing moves
+        # A safe point: nothing moves, and every episode produced has reached the actor. Most are trained
+        # or dropped; the actor may hold part of a global batch (a rollout finished its round before it
+        # saw the pause, another had not started one), which it trains once the rounds resume.
         def quiet():
             a = client.status()
             time.sleep(1.5)  # several heartbeats
             b = client.status()
-            return b if (a.totals == b.totals and b.totals.episodes_in_flight == 0
-                         and a.latest_version == b.latest_version) else None
+            t = b.totals
+            return b if (a.totals == t and a.latest_version == b.latest_version and t.episodes_unsent == 0
+                         and t.episodes_on_wire == 0
+                         and t.episodes_in_flight == t.episodes_queued + t.episodes_in_training) else None
         held = wait_for(quiet, timeout_s=90, every_s=0)
         assert held.state == pb.PAUSED and held.latest_version < n
-        assert held.totals.episodes_produced == held.totals.episodes_trained + held.totals.episodes_dropped
+        t = held.totals
+        assert t.episodes_produced == t.episodes_trained + t.episodes_dropped + t.episodes_queued + t.episodes_in_training
+        assert t.episodes_queued + t.episodes_in_training < 2 * 4  # less than one global batch is held
         time.sleep(2.0)
         later = client.status()
         assert later.totals == held.totals and later.latest_version == held.latest_version
