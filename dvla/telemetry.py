@@ -60,34 +60,50 @@ _collections = 0  # collections so far; a worker's stats() runs once per collect
 
 
 # ------------------------------------------------------------------ exporters
-class JsonLinesExporter(SpanExporter):
-    """Appends spans as JSON lines: name, service, lane, start/end (unix ns), ids, parent, links, attributes."""
+class _JsonLinesFile:
+    """An append-only JSON-lines file that exporter threads write whole batches to."""
 
-    def __init__(self, path: Path, service: str):
-        self.path, self.service = Path(path), service
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._f = open(self.path, "a", buffering=1 << 16)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def write(self, records: Iterable[dict]) -> bool:
+        """False once closed."""
+        lines = [json.dumps(r) + "\n" for r in records]
         with self._lock:
-            for s in spans:
-                ctx = s.get_span_context()
-                self._f.write(json.dumps({
-                    "name": s.name, "service": self.service, "lane": s.name.split(".")[0],
-                    "start_ns": s.start_time, "end_ns": s.end_time, "pid": os.getpid(),
-                    "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
-                    "parent_span_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
-                    "links": [{"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
-                              for link in s.links],
-                    "attributes": dict(s.attributes or {}),
-                }) + "\n")
+            if self._f.closed:
+                return False
+            self._f.writelines(lines)
             self._f.flush()
-        return SpanExportResult.SUCCESS
+        return True
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         with self._lock:
             self._f.close()
+
+
+class JsonLinesExporter(SpanExporter):
+    """Appends spans as JSON lines: name, service, lane, start/end (unix ns), ids, parent, links, attributes."""
+
+    def __init__(self, path: Path, service: str):
+        self.file, self.service = _JsonLinesFile(path), service
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        ok = self.file.write({
+            "name": s.name, "service": self.service, "lane": s.name.split(".")[0],
+            "start_ns": s.start_time, "end_ns": s.end_time, "pid": os.getpid(),
+            "trace_id": f"{s.get_span_context().trace_id:032x}", "span_id": f"{s.get_span_context().span_id:016x}",
+            "parent_span_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
+            "links": [{"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
+                      for link in s.links],
+            "attributes": dict(s.attributes or {}),
+        } for s in spans)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.file.close()
 
 
 class JsonLinesMetricExporter(MetricExporter):
@@ -95,35 +111,22 @@ class JsonLinesMetricExporter(MetricExporter):
 
     def __init__(self, path: Path, service: str):
         super().__init__()
-        self.path, self.service = Path(path), service
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._f = open(self.path, "a", buffering=1 << 16)
+        self.file, self.service = _JsonLinesFile(path), service
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs) -> MetricExportResult:
-        lines = []
-        for resource_metrics in metrics_data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for m in scope_metrics.metrics:
-                    for p in m.data.data_points:
-                        value = p.value if hasattr(p, "value") else p.sum  # histograms: their sum
-                        lines.append(json.dumps({
-                            "name": m.name, "service": self.service, "unit": m.unit,
-                            "attributes": dict(p.attributes or {}), "value": value, "time_unix_ns": p.time_unix_nano,
-                        }) + "\n")
-        with self._lock:
-            if self._f.closed:
-                return MetricExportResult.FAILURE
-            self._f.writelines(lines)
-            self._f.flush()
-        return MetricExportResult.SUCCESS
+        ok = self.file.write({
+            "name": m.name, "service": self.service, "unit": m.unit, "attributes": dict(p.attributes or {}),
+            "value": p.value if hasattr(p, "value") else p.sum,  # histograms: their sum
+            "time_unix_ns": p.time_unix_nano,
+        } for rm in metrics_data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            for p in m.data.data_points)
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
-        with self._lock:
-            self._f.close()
+        self.file.close()
 
 
 class _Reader(PeriodicExportingMetricReader):

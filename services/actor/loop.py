@@ -295,10 +295,10 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         return stats
     finally:
         stop.set()
+        if plane is not None:
+            plane.close()
+        stats.dataplane_epoch = -1  # before the last heartbeat, as the rollouts do
         if heartbeat is not None:
             heartbeat.stop()
         metrics.close()
-        if plane is not None:
-            plane.close()
-        stats.dataplane_epoch = -1
         client.close()
