@@ -1,21 +1,12 @@
-"""Typed, frozen run configuration: one dataclass per component, presets as functions.
+"""The run configuration's sections: one frozen dataclass per component, and RunConfig that holds them.
 
-Every field has a docstring (the string literal under it); `dvla run --help-config`
-prints them. Overrides come from a YAML file and from `section.field=value` pairs,
-and every value is checked at start: a bad one raises ValueError naming the field.
+Each field's docstring (the string literal under it) is its help text: `dvla run --help-config` prints
+it. Each section's `validate()` checks its own fields and raises ValueError naming the bad one;
+`RunConfig.validate()` also checks the rules that span sections.
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
-import textwrap
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
-from pathlib import Path
-from typing import Any
-
-import yaml
+from dataclasses import dataclass, field, fields, is_dataclass
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -47,8 +38,10 @@ class EnvConfig:
     def validate(self) -> None:
         _check(self.obs_mode in ("state", "rgb"), "env.obs_mode", f"unknown '{self.obs_mode}'; use 'state' or 'rgb'")
         _check(16 <= self.image_size <= 1024, "env.image_size", "must be in [16, 1024] pixels")
-        _check(self.reward_mode in ("normalized_dense", "dense", "sparse"), "env.reward_mode", f"unknown '{self.reward_mode}'")
-        _check(self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend", f"unknown '{self.sim_backend}'")
+        _check(self.reward_mode in ("normalized_dense", "dense", "sparse"), "env.reward_mode",
+               f"unknown '{self.reward_mode}'")
+        _check(self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend",
+               f"unknown '{self.sim_backend}'")
         _check(self.max_episode_steps > 0, "env.max_episode_steps", "must be > 0")
         _check(self.num_envs > 0, "env.num_envs", "must be > 0")
 
@@ -88,16 +81,20 @@ class PolicyConfig:
 
     def validate(self) -> None:
         _check(self.name in ("mlp", "vla"), "policy.name", f"unknown '{self.name}'; choose 'mlp' or 'vla'")
-        _check(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes), "policy.hidden_sizes", "need one or more positive widths")
+        _check(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes), "policy.hidden_sizes",
+               "need one or more positive widths")
         _check(self.size in ("tiny", "small", "1b"), "policy.size", f"unknown '{self.size}'; choose tiny, small or 1b")
-        _check(self.action_head in ("discrete", "flow"), "policy.action_head", f"unknown '{self.action_head}'; choose discrete or flow")
+        _check(self.action_head in ("discrete", "flow"), "policy.action_head",
+               f"unknown '{self.action_head}'; choose discrete or flow")
         _check(self.chunk_size >= 1, "policy.chunk_size", "must be >= 1")
-        _check(self.name != "mlp" or self.chunk_size == 1, "policy.chunk_size", "the mlp policy acts one step at a time; use 1")
+        _check(self.name != "mlp" or self.chunk_size == 1, "policy.chunk_size",
+               "the mlp policy acts one step at a time; use 1")
         _check(self.num_bins >= 2, "policy.num_bins", "must be >= 2")
         _check(self.flow_steps >= 1, "policy.flow_steps", "must be >= 1")
         _check(self.flow_noise_std > 0, "policy.flow_noise_std", "must be > 0")
         _check(0 < self.init_action_std <= 10, "policy.init_action_std", "must be in (0, 10]")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), "policy.dtype", f"unknown '{self.dtype}'; choose auto, float32 or bfloat16")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "policy.dtype",
+               f"unknown '{self.dtype}'; choose auto, float32 or bfloat16")
 
 
 @dataclass(frozen=True)
@@ -143,6 +140,10 @@ class AlgoConfig:
         _check(self.update_epochs > 0, "algo.update_epochs", "must be > 0")
         _check(self.num_minibatches > 0, "algo.num_minibatches", "must be > 0")
         _check(self.max_behaviour_weight > 0, "algo.max_behaviour_weight", "must be > 0")
+
+
+# Pipeline modes in order, each adding one strategy to the one before (PipelineConfig.mode describes them).
+MODES = ("sync", "disaggregated", "train_async", "rollout_async", "streamer", "swimlane")
 
 
 @dataclass(frozen=True)
@@ -226,8 +227,6 @@ class PipelineConfig:
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
 
 
-MODES = ("sync", "disaggregated", "train_async", "rollout_async", "streamer", "swimlane")
-
 
 @dataclass(frozen=True)
 class ControlConfig:
@@ -276,7 +275,8 @@ class ControlConfig:
                "mutual TLS needs control.tls_ca (the CA client certificates are checked against)")
         _check(0 <= self.port < 65536, "control.port", "must be in [0, 65535]")
         _check(self.keep_versions >= 2, "control.keep_versions", "must be >= 2 (one serving, one arriving)")
-        _check(0 < self.chunk_bytes < self.max_message_bytes, "control.chunk_bytes", "must be > 0 and below control.max_message_bytes")
+        _check(0 < self.chunk_bytes < self.max_message_bytes, "control.chunk_bytes",
+               "must be > 0 and below control.max_message_bytes")
         _check(self.rpc_timeout_s > 0 and self.transfer_timeout_s > 0, "control.rpc_timeout_s", "deadlines must be > 0")
 
 
@@ -357,7 +357,8 @@ class RunConfig:
             _check(self.env.obs_mode == "state", "env.obs_mode", "the mlp policy reads the state vector; "
                    "use env.obs_mode=state, or policy.name=vla for camera images")
         else:
-            _check(self.env.obs_mode == "rgb", "env.obs_mode", "the vla policy reads camera images; use env.obs_mode=rgb")
+            _check(self.env.obs_mode == "rgb", "env.obs_mode",
+                   "the vla policy reads camera images; use env.obs_mode=rgb")
         shards = self.pipeline.num_shards if self.pipeline.sharded else 1
         _check(self.env.num_envs % shards == 0, "env.num_envs",
                f"{self.env.num_envs} does not split into pipeline.num_shards={shards} shards")
@@ -366,200 +367,3 @@ class RunConfig:
             _check(per_shard % self.algo.group_size == 0, "env.num_envs",
                    f"{per_shard} envs per shard is not a multiple of algo.group_size={self.algo.group_size}")
         return self
-
-
-# ---------------------------------------------------------------- presets
-def preset_pushcube() -> RunConfig:
-    """The default: PPO on PushCube-v1 state obs, 2 rollout workers x 16 envs, ~350k env steps, ~9 min on 2 cores."""
-    return RunConfig(name="pushcube")
-
-
-def preset_pushcube_grpo() -> RunConfig:
-    return RunConfig(name="pushcube-grpo", algo=AlgoConfig(name="grpo", group_size=4))
-
-
-def preset_smoke() -> RunConfig:
-    """A run of seconds, for tests and a first look."""
-    return RunConfig(
-        name="smoke",
-        env=EnvConfig(num_envs=4, max_episode_steps=20),
-        pipeline=PipelineConfig(num_rollout_workers=1, num_updates=3),
-    )
-
-
-def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
-    """The tiny VLA on PickCube-v1 from 128x128 camera images and an instruction; trains on a CPU.
-
-    End-effector deltas (4 dims) keep the action chunk short; one rollout worker with
-    two env shard processes, since CPU rendering (lavapipe) is the slowest stage here.
-    """
-    return RunConfig(
-        name=f"pickcube-vla-tiny{'' if head == 'discrete' else '-' + head}",
-        env=EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=128, control_mode="pd_ee_delta_pos",
-                      num_envs=8, max_episode_steps=50),
-        policy=PolicyConfig(name="vla", size="tiny", action_head=head, chunk_size=4),
-        # measured on 2 CPU cores: ~50 env steps/s, 60 updates in ~9 min, mean return 2.9 -> 3.7
-        algo=AlgoConfig(lr=2e-4, update_epochs=4, num_minibatches=2),
-        pipeline=PipelineConfig(mode="swimlane", num_rollout_workers=1, num_shards=2, num_updates=60),
-    )
-
-
-def preset_pickcube_vla_small() -> RunConfig:
-    """The ~100M-parameter VLA on PickCube-v1: for a GPU (bf16, physx_cuda), slow on a CPU."""
-    cfg = preset_pickcube_vla_tiny()
-    return replace(cfg, name="pickcube-vla-small", policy=replace(cfg.policy, size="small"),
-                   env=replace(cfg.env, num_envs=32))
-
-
-PRESETS = {
-    "pushcube": preset_pushcube,
-    "pushcube-grpo": preset_pushcube_grpo,
-    "smoke": preset_smoke,
-    "pickcube-vla-tiny": preset_pickcube_vla_tiny,
-    "pickcube-vla-tiny-flow": lambda: preset_pickcube_vla_tiny("flow"),
-    "pickcube-vla-small": preset_pickcube_vla_small,
-}
-
-
-# ---------------------------------------------------------------- overrides
-def _field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields (attribute docstrings)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
-                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
-            docs[a.target.id] = b.value.value
-    return docs
-
-
-def describe(cfg: Any = None, prefix: str = "") -> list[str]:
-    """One line per leaf field: dotted name, value, docstring."""
-    cfg = RunConfig() if cfg is None else cfg
-    docs = _field_docs(type(cfg))
-    lines = []
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if is_dataclass(v):
-            lines += describe(v, f"{prefix}{f.name}.")
-        else:
-            lines.append(f"  {prefix}{f.name} = {v!r}\n      {docs.get(f.name, '')}")
-    return lines
-
-
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"config field '{name}': expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"config field '{name}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads '5e-4' (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"config field '{name}': expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"config field '{name}': expected a string, got {value!r}")
-    if origin is tuple:
-        if isinstance(value, (int, float)):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config field '{name}': expected a list, got {value!r}")
-        (elem, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(name, v, elem) for v in value)
-    raise AssertionError(f"unsupported config type {tp} for {name}")
-
-
-def _apply(cfg: Any, updates: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(type(cfg))
-    known = {f.name for f in fields(cfg)}
-    changes = {}
-    for key, value in updates.items():
-        name = f"{prefix}{key}"
-        if key not in known:
-            raise ValueError(f"config field '{name}' does not exist; known: {', '.join(sorted(known))}")
-        current = getattr(cfg, key)
-        if is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"config field '{name}' is a section; give it a mapping")
-            changes[key] = _apply(current, value, f"{name}.")
-        else:
-            changes[key] = _coerce(name, value, hints[key])
-    return replace(cfg, **changes)
-
-
-def parse_override(text: str) -> dict[str, Any]:
-    """'algo.lr=1e-3' -> {'algo': {'lr': 0.001}} (value parsed as YAML)."""
-    if "=" not in text:
-        raise ValueError(f"override '{text}' is not of the form section.field=value")
-    key, raw = text.split("=", 1)
-    key = key.strip().lstrip("-")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    out: dict[str, Any] = {}
-    node = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RunConfig:
-    """Preset (default 'pushcube'), then the YAML file, then `a.b=c` overrides; validated."""
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}'; available: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset or "pushcube"]()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config file '{p}' does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file '{p}' must hold a mapping at the top level")
-        cfg = _apply(cfg, data)
-    merged: dict = {}
-    for o in overrides:
-        merged = _merge(merged, parse_override(o))
-    cfg = _apply(cfg, merged)
-    return cfg.validate()
-
-
-def to_dict(cfg: Any) -> dict:
-    d = dataclasses.asdict(cfg)
-
-    def lists(x):
-        if isinstance(x, dict):
-            return {k: lists(v) for k, v in x.items()}
-        if isinstance(x, tuple):
-            return [lists(v) for v in x]
-        return x
-    return lists(d)
-
-
-def to_yaml(cfg: RunConfig) -> str:
-    """The config as YAML, with secrets redacted (it is written into run folders)."""
-    d = to_dict(cfg)
-    if d["control"]["token"]:
-        d["control"]["token"] = "<redacted>"
-    return yaml.safe_dump(d, sort_keys=False)

@@ -1,0 +1,43 @@
+"""Typed, frozen run configuration: one dataclass per component, presets as functions.
+
+Every field has a docstring (the string literal under it); `dvla run --help-config`
+prints them. Overrides come from a YAML file and from `section.field=value` pairs,
+and every value is checked at start: a bad one raises ValueError naming the field.
+
+    sections.py  the dataclasses (EnvConfig ... RunConfig), MODES and their validation
+    presets.py   the preset functions and PRESETS, the table `--preset` chooses from
+    loading.py   load_config (preset, then YAML, then overrides), describe, to_dict, to_yaml
+
+Import from `dvla.config`; the submodules are how it is laid out, not part of its interface.
+"""
+from __future__ import annotations
+
+from dvla.config.loading import describe, load_config, parse_override, to_dict, to_yaml
+from dvla.config.presets import (
+    PRESETS,
+    preset_pickcube_vla_small,
+    preset_pickcube_vla_tiny,
+    preset_pushcube,
+    preset_pushcube_grpo,
+    preset_smoke,
+)
+from dvla.config.sections import (
+    MODES,
+    AlgoConfig,
+    CheckpointConfig,
+    ControlConfig,
+    DataPlaneConfig,
+    EnvConfig,
+    PipelineConfig,
+    PolicyConfig,
+    RunConfig,
+    TelemetryConfig,
+)
+
+__all__ = [
+    "MODES", "PRESETS",
+    "AlgoConfig", "CheckpointConfig", "ControlConfig", "DataPlaneConfig", "EnvConfig", "PipelineConfig",
+    "PolicyConfig", "RunConfig", "TelemetryConfig",
+    "describe", "load_config", "parse_override", "to_dict", "to_yaml",
+    "preset_pickcube_vla_small", "preset_pickcube_vla_tiny", "preset_pushcube", "preset_pushcube_grpo", "preset_smoke",
+]
