@@ -1,6 +1,8 @@
 """Conversions between dvla's Python types and the protobuf messages."""
 from __future__ import annotations
 
+from dvla.control.registry import Membership, Role
+from dvla.control.run import RunState
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.types import EnvSpec
 from dvla.weights import Manifest, TensorEntry
@@ -11,13 +13,16 @@ _DTYPE_TO_PB = {
     "uint8": pb.UINT8, "bool": pb.BOOL,
 }
 _PB_TO_DTYPE = {v: k for k, v in _DTYPE_TO_PB.items()}
-ROLE_TO_PB = {"actor": pb.ACTOR, "rollout": pb.ROLLOUT}
+# The control plane's enums equal and hash like their string values, so these maps also answer plain strings
+# ("actor", "member"); the *_NAMES maps give clients plain strings, "unknown" for a code they do not know.
+ROLE_TO_PB = {Role.ACTOR: pb.ACTOR, Role.ROLLOUT: pb.ROLLOUT}
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
-STATE_NAMES = {pb.STARTING: "starting", pb.RUNNING: "running", pb.FINISHED: "finished", pb.PAUSED: "paused",
-               pb.RUN_STATE_UNSPECIFIED: "unknown"}
-MEMBERSHIP_NAMES = {pb.MEMBER: "member", pb.STANDBY: "standby", pb.LEAVING: "leaving", pb.LEFT: "left",
-                    pb.MEMBERSHIP_UNSPECIFIED: "unknown"}
-MEMBERSHIP_TO_PB = {v: k for k, v in MEMBERSHIP_NAMES.items()}
+RUN_STATE_TO_PB = {RunState.STARTING: pb.STARTING, RunState.RUNNING: pb.RUNNING, RunState.FINISHED: pb.FINISHED,
+                   RunState.PAUSED: pb.PAUSED}
+STATE_NAMES = {v: k.value for k, v in RUN_STATE_TO_PB.items()} | {pb.RUN_STATE_UNSPECIFIED: "unknown"}
+MEMBERSHIP_TO_PB = {Membership.MEMBER: pb.MEMBER, Membership.STANDBY: pb.STANDBY, Membership.LEAVING: pb.LEAVING,
+                    Membership.LEFT: pb.LEFT}
+MEMBERSHIP_NAMES = {v: k.value for k, v in MEMBERSHIP_TO_PB.items()} | {pb.MEMBERSHIP_UNSPECIFIED: "unknown"}
 STATS_FIELDS = [f.name for f in pb.WorkerStats.DESCRIPTOR.fields]
 
 

@@ -5,15 +5,17 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 
 from dvla import telemetry
 from dvla.config import ControlConfig, TelemetryConfig
+from dvla.control.registry import Registry, Role
+from dvla.control.run import RunControl
+from dvla.control.store import VersionStore
 from dvla.rpc.security import TokenInterceptor, resolve_token, server_credentials
 from dvla.rpc.server import add_health, bind, make_server, set_serving
 
-from .registry import ACTOR, ROLLOUT, Registry
 from .server import SERVICE_NAMES, ControlState, add_servicers
-from .store import VersionStore
 
 log = logging.getLogger("dvla.weight_control")
 
@@ -23,7 +25,7 @@ def observe_control(state: ControlState) -> None:
 
     The store counts rejected publishes but not committed ones, so there is no publishes-committed metric.
     """
-    store, registry = state.store, state.registry
+    store, registry = state.run.store, state.run.registry
 
     def latest_version() -> int | None:
         latest = store.latest
@@ -31,7 +33,7 @@ def observe_control(state: ControlState) -> None:
 
     def workers_alive() -> list[tuple[int, dict]]:
         alive = [w.role for w in registry.workers() if registry.alive(w)]
-        return [(alive.count(role), {"role": role}) for role in (ACTOR, ROLLOUT)]
+        return [(alive.count(role), {"role": role.value}) for role in Role]
 
     # name, callback, unit, description, counter
     for name, callback, unit, description, counter in (
@@ -50,8 +52,9 @@ def observe_control(state: ControlState) -> None:
 
 async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, port: int | None = None):
     """Build and start the server; returns (server, bound_port, state)."""
-    state = ControlState(VersionStore(cfg.keep_versions, cfg.max_version_bytes),
-                         Registry(num_rollouts, cfg.heartbeat_s), cfg.chunk_bytes)
+    run = RunControl(VersionStore(cfg.keep_versions, cfg.max_version_bytes, clock_ns=time.time_ns),
+                     Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic), clock=time.monotonic)
+    state = ControlState(run, cfg.chunk_bytes)
     token = resolve_token(cfg)
     if not token:
         log.warning("no token (DVLA_TOKEN or control.token): Admin and PublishWeights are open to anyone "

@@ -1,21 +1,23 @@
-"""gRPC servicers of weight_control: decode, call the store/registry, encode,
+"""gRPC servicers of weight_control: decode, call the run's domain (dvla.control), encode,
 and map ControlError to a gRPC status. All handlers run on one asyncio loop, so
-the store and registry need no locks."""
+the domain needs no locks; this module owns the waiting (watchers, Admin.Checkpoint)."""
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
-import time
 
 import grpc
 
-from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.control.errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied
+from dvla.control.registry import Registry
+from dvla.control.run import RunControl
+from dvla.control.store import StoredVersion
+from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.proto.v1 import common_pb2 as pb
 from dvla.rpc import codec
 
-from .errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
-from .registry import ACTOR, Registry
-from .store import StoredVersion, VersionStore
+CHECKPOINT_WAIT_S = 300.0  # Admin.Checkpoint's wait when the request gives no timeout_s
 
 
 def _status(fn):
@@ -44,34 +46,24 @@ def _status(fn):
 
 
 class ControlState:
-    """What the three services share: the store, the registry, the run state."""
+    """What the three servicers share: the run's domain, and a condition that wakes waiters on every change."""
 
-    def __init__(self, store: VersionStore, registry: Registry, chunk_bytes: int):
-        self.store = store
-        self.registry = registry
+    def __init__(self, run: RunControl, chunk_bytes: int):
+        self.run = run
         self.chunk_bytes = chunk_bytes
-        self.started = time.monotonic()
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
-        self.paused = False  # Admin.Pause / Admin.Resume
-        self.checkpoint_request = 0  # Admin.Checkpoint requests so far; the actor writes one per new number
-        self.checkpoint_done = 0  # the last request the actor reported written
 
     @property
     def state(self) -> int:
-        latest = self.store.latest
-        if latest is not None and latest.final:
-            return pb.FINISHED
-        if self.paused:
-            return pb.PAUSED
-        return pb.STARTING if latest is None else pb.RUNNING
+        return codec.RUN_STATE_TO_PB[self.run.state]
 
     def version_info(self, v: StoredVersion) -> pb.VersionInfo:
         return pb.VersionInfo(version=v.version, total_bytes=v.manifest.total_bytes, sha256=v.manifest.sha256,
                               published_unix_ns=v.published_unix_ns, final=v.final, num_tensors=len(v.manifest.tensors))
 
     def event(self) -> weights_pb2.VersionEvent:
-        latest = self.store.latest
+        latest = self.run.store.latest
         if latest is None:
             return weights_pb2.VersionEvent(has_version=False, state=self.state)
         return weights_pb2.VersionEvent(has_version=True, latest=self.version_info(latest), state=self.state)
@@ -88,44 +80,44 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
 
     @_status
     async def PublishWeights(self, request_iterator, context):
-        first = None
+        store, first = self.s.run.store, None
         async for first in request_iterator:
             break
         if first is None or first.WhichOneof("body") != "header":
-            self.s.store.reject()
+            store.reject()
             raise InvalidArgument("a publish must start with a header message")
         h = first.header
         try:
-            self.s.registry.check_publisher(h.publisher_id)
+            self.s.run.registry.check_publisher(h.publisher_id)
         except PermissionDenied:
-            self.s.store.reject()
+            store.reject()
             raise
         try:
             manifest = codec.manifest_from_pb(h.manifest)
         except ValueError as e:
-            self.s.store.reject()
+            store.reject()
             raise InvalidArgument(f"version {h.version}: bad manifest: {e}") from None
-        upload = self.s.store.begin(h.version, manifest, h.final, h.publisher_id)
+        upload = store.begin(h.version, manifest, h.final, h.publisher_id)
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("body") != "data":
                     raise InvalidArgument(f"version {h.version}: a second header arrived inside the stream")
                 upload.write(msg.data.offset, msg.data.data)
         except ControlError:
-            self.s.store.reject()
+            store.reject()
             raise
-        stored = self.s.store.commit(upload)
+        stored = store.commit(upload)
         await self.s.bump()
         return self.s.version_info(stored)
 
     @_status
     async def FetchWeights(self, request, context):
         if request.latest:
-            v = self.s.store.latest
+            v = self.s.run.store.latest
             if v is None:
                 raise NotFound("no version has been published yet")
         else:
-            v = self.s.store.get(request.version)
+            v = self.s.run.store.get(request.version)
         yield weights_pb2.WeightChunk(header=weights_pb2.WeightHeader(
             version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id))
         view, step = memoryview(v.data), self.s.chunk_bytes
@@ -157,30 +149,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         role = codec.PB_TO_ROLE.get(request.role)
         if role is None:
             raise InvalidArgument(f"unknown role code {request.role}")
-        w = self.s.registry.register(role, request.worker_id, request.address, request.rendezvous_address,
-                                     codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards)
+        r = self.s.run.registry
+        w = r.register(role, request.worker_id, request.address, request.rendezvous_address,
+                       codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards)
         await self.s.bump()
-        return registry_pb2.RegisterReply(rank=w.rank, world_size=self.s.registry.world_size,
-                                          rendezvous_address=self.s.registry.rendezvous_address, epoch=self.s.registry.epoch)
+        return registry_pb2.RegisterReply(rank=w.rank, world_size=r.world_size, rendezvous_address=r.rendezvous_address,
+                                          epoch=r.epoch)
 
     @_status
     async def Heartbeat(self, request, context):
-        r = self.s.registry
-        stats = codec.stats_from_pb(request.stats)
-        w = r.heartbeat(request.worker_id, stats)
-        if w.role == ACTOR and stats["checkpoint_request_done"] and stats["checkpoint_request_done"] != self.s.checkpoint_done:
-            self.s.checkpoint_done = stats["checkpoint_request_done"]
+        r = self.s.run.registry
+        w, checkpoint_acked = self.s.run.on_heartbeat(request.worker_id, codec.stats_from_pb(request.stats))
+        if checkpoint_acked:
             await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it
-        latest = self.s.store.latest
+        latest = self.s.run.store.latest
         return registry_pb2.HeartbeatReply(
             state=self.s.state, latest_version=latest.version if latest else -1, epoch=r.epoch, rank=w.rank,
             world_size=r.world_size, membership=codec.MEMBERSHIP_TO_PB[w.membership], num_shards=w.shards_target,
-            checkpoint_request=self.s.checkpoint_request if w.role == ACTOR else 0,
+            checkpoint_request=self.s.run.checkpoint_request_for(w),
             episodes_per_update=r.episodes_per_update, rendezvous_address=r.rendezvous_address)
 
     @_status
     async def GetWorld(self, request, context):
-        r = self.s.registry
+        r = self.s.run.registry
         return registry_pb2.World(world_size=r.world_size, rendezvous_address=r.rendezvous_address, complete=r.complete,
                                   workers=worker_infos(r), epoch=r.epoch, episodes_per_update=r.episodes_per_update,
                                   target_rollouts=r.target_rollouts)
@@ -198,30 +189,18 @@ def worker_infos(r: Registry) -> list[pb.WorkerInfo]:
     return out
 
 
-def totals(r: Registry) -> admin_pb2.Totals:
-    """Sums of the workers' last reports. Each worker's own numbers are a consistent
-    snapshot; across workers they are as fresh as the last heartbeats."""
-    keys = ("env_steps_produced", "episodes_produced", "episodes_sent", "episodes_received", "episodes_trained",
-            "episodes_dropped", "episodes_queued", "episodes_in_training")
-    t = {k: sum(int(w.stats.get(k, 0)) for w in r.workers()) for k in keys}
-    return admin_pb2.Totals(
-        **t, episodes_in_flight=t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"],
-        episodes_unsent=t["episodes_produced"] - t["episodes_sent"],
-        episodes_on_wire=t["episodes_sent"] - t["episodes_received"])
-
-
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, s: ControlState):
         self.s = s
 
     async def Status(self, request, context):
-        latest = self.s.store.latest
+        run, r = self.s.run, self.s.run.registry
+        latest = run.store.latest
         return admin_pb2.StatusReply(
             state=self.s.state, has_version=latest is not None, latest_version=latest.version if latest else -1,
-            versions=[self.s.version_info(v) for v in self.s.store.versions()],
-            workers=worker_infos(self.s.registry), totals=totals(self.s.registry),
-            uptime_s=time.monotonic() - self.s.started, epoch=self.s.registry.epoch,
-            target_rollouts=self.s.registry.target_rollouts, episodes_per_update=self.s.registry.episodes_per_update)
+            versions=[self.s.version_info(v) for v in run.store.versions()], workers=worker_infos(r),
+            totals=admin_pb2.Totals(**run.totals()), uptime_s=run.uptime_s, epoch=r.epoch,
+            target_rollouts=r.target_rollouts, episodes_per_update=r.episodes_per_update)
 
     @_status
     async def Pause(self, request, context):
@@ -233,54 +212,31 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @_status
     async def Rescale(self, request, context):
-        self._check_live("rescale")
-        r = self.s.registry
-        if request.num_rollouts < 0 or request.num_shards < 0:
-            raise InvalidArgument("num_rollouts and num_shards must be >= 0 (0: unchanged)")
-        if bool(request.worker_id) != bool(request.num_shards):
-            raise InvalidArgument("give worker_id and num_shards together, to change one worker's env shards")
-        if not request.num_rollouts and not request.num_shards:
-            raise InvalidArgument("nothing to rescale: set num_rollouts, or worker_id and num_shards")
-        if request.num_shards:
-            r.rescale_shards(request.worker_id, request.num_shards)
-        leaving, admitted = r.rescale(request.num_rollouts) if request.num_rollouts else ([], 0)
+        leaving, admitted = self.s.run.rescale(request.num_rollouts, request.worker_id, request.num_shards)
         await self.s.bump()
+        r = self.s.run.registry
         return admin_pb2.RescaleReply(epoch=r.epoch, target_rollouts=r.target_rollouts, leaving=leaving,
                                       standby_admitted=admitted, episodes_per_update=r.episodes_per_update)
 
     @_status
     async def Checkpoint(self, request, context):
-        self._check_live("checkpoint")
-        actor = next((w for w in self.s.registry.workers() if w.role == ACTOR), None)
-        if actor is None:
-            raise OutOfOrder("no actor is registered: there is nothing to checkpoint")
-        if not 0 <= request.timeout_s <= 86400:  # NaN fails too
-            raise InvalidArgument(f"timeout_s must be in [0, 86400] seconds, got {request.timeout_s}")
-        self.s.checkpoint_request += 1
-        n = self.s.checkpoint_request
+        n = self.s.run.request_checkpoint(request.timeout_s)
         await self.s.bump()
         reply = admin_pb2.CheckpointReply(request=n)
         if request.wait:
-            done = lambda: actor.stats.get("checkpoint_request_done", 0) >= n  # noqa: E731
+            timeout_s = request.timeout_s or CHECKPOINT_WAIT_S
             try:
                 async with self.s.changed:
-                    await asyncio.wait_for(self.s.changed.wait_for(done), request.timeout_s or 300.0)
+                    await asyncio.wait_for(self.s.changed.wait_for(lambda: self.s.run.checkpoint_written(n)), timeout_s)
             except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"the actor did not write checkpoint request {n} within "
-                                       f"{request.timeout_s or 300.0:.0f} s (it writes one after its current update)") from None
-            reply.done, reply.version = True, int(actor.stats.get("checkpoint_version", -1))
-            reply.path = str(actor.stats.get("checkpoint_path", ""))
+                raise DeadlineExceeded(f"the actor did not write checkpoint request {n} within {timeout_s:.0f} s "
+                                       "(it writes one after its current update)") from None
+            reply.done = True
+            reply.version, reply.path = self.s.run.checkpoint_result()
         return reply
 
-    def _check_live(self, what: str) -> None:
-        if self.s.state == pb.FINISHED:
-            raise OutOfOrder(f"the run has finished: there is nothing to {what}")
-
     async def _set_paused(self, paused: bool) -> admin_pb2.RunStateReply:
-        if self.s.state == pb.FINISHED:
-            raise OutOfOrder("the run has finished: there is nothing to pause or resume")
-        if self.s.paused != paused:
-            self.s.paused = paused
+        if self.s.run.set_paused(paused):
             await self.s.bump()  # watchers and the next heartbeats see the new state
         return admin_pb2.RunStateReply(state=self.s.state)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder
+from dvla.control.registry import Membership, Registry
 from dvla.types import EnvSpec
-from services.weight_control.errors import InvalidArgument, NotFound, OutOfOrder
-from services.weight_control.registry import LEAVING, LEFT, MEMBER, STANDBY, Registry
 
 SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
 
@@ -25,7 +25,7 @@ def world(n: int, envs: int = 8, shards: int = 2) -> Registry:
     return r
 
 
-def ranks(r: Registry) -> dict[str, tuple[int, str]]:
+def ranks(r: Registry) -> dict[str, tuple[int, Membership]]:
     return {w.worker_id: (w.rank, w.membership) for w in r.workers()}
 
 
@@ -36,18 +36,18 @@ def test_the_first_world_fills_its_slots_in_epoch_0():
     assert (r.world_size, r.epoch, r.complete, r.episodes_per_update) == (3, 0, False, 0)
     r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
     assert (r.world_size, r.epoch, r.complete, r.episodes_per_update) == (3, 0, True, 16)
-    assert ranks(r) == {"actor-0": (0, MEMBER), "r0": (1, MEMBER), "r1": (2, MEMBER)}
+    assert ranks(r) == {"actor-0": (0, Membership.MEMBER), "r0": (1, Membership.MEMBER), "r1": (2, Membership.MEMBER)}
 
 
 def test_scaling_down_removes_the_highest_ranks_in_a_new_epoch_and_keeps_the_others_ranks():
     r = world(3)
     leaving, admitted = r.rescale(1)
     assert (leaving, admitted, r.epoch, r.world_size, r.episodes_per_update) == (["r1", "r2"], 0, 1, 2, 8)
-    assert ranks(r)["r0"] == (1, MEMBER) and ranks(r)["r2"] == (-1, LEAVING)
+    assert ranks(r)["r0"] == (1, Membership.MEMBER) and ranks(r)["r2"] == (-1, Membership.LEAVING)
     r.heartbeat("r2", {"dataplane_epoch": 0})  # still winding down
-    assert ranks(r)["r2"] == (-1, LEAVING)
+    assert ranks(r)["r2"] == (-1, Membership.LEAVING)
     r.heartbeat("r2", {"dataplane_epoch": -1, "episodes_produced": 24})  # left the data plane for good
-    assert ranks(r)["r2"] == (-1, LEFT)
+    assert ranks(r)["r2"] == (-1, Membership.LEFT)
     assert r.workers()[-1].stats["episodes_produced"] == 24  # a leaver's counters stay
 
 
@@ -56,15 +56,15 @@ def test_scaling_up_waits_for_the_joiner_then_starts_a_new_epoch():
     assert r.rescale(3) == ([], 0)
     assert (r.epoch, r.world_size) == (0, 3)  # nobody to admit yet: the world stays as it is
     w = r.register("rollout", "r9", env_spec=SPEC, num_envs=8, num_shards=2)
-    assert (w.rank, w.membership, r.epoch, r.world_size, r.episodes_per_update) == (3, MEMBER, 1, 4, 24)
+    assert (w.rank, w.membership, r.epoch, r.world_size, r.episodes_per_update) == (3, Membership.MEMBER, 1, 4, 24)
 
 
 def test_a_standby_worker_is_admitted_by_rescale():
     r = world(2)
     w = r.register("rollout", "r9", env_spec=SPEC, num_envs=8, num_shards=2)
-    assert (w.rank, w.membership, r.epoch) == (-1, STANDBY, 0)
+    assert (w.rank, w.membership, r.epoch) == (-1, Membership.STANDBY, 0)
     assert r.rescale(3) == ([], 1)
-    assert (w.rank, w.membership, r.epoch) == (3, MEMBER, 1)
+    assert (w.rank, w.membership, r.epoch) == (3, Membership.MEMBER, 1)
 
 
 def test_rescaling_while_the_first_world_fills_starts_a_new_epoch():
@@ -105,4 +105,4 @@ def test_a_restart_keeps_its_place_and_a_leaver_coming_back_joins_afresh():
     r.heartbeat("r1", {"dataplane_epoch": -1})
     r.rescale(2)
     w = r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
-    assert (w.rank, w.membership, r.epoch) == (2, MEMBER, 2)
+    assert (w.rank, w.membership, r.epoch) == (2, Membership.MEMBER, 2)

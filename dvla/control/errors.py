@@ -1,4 +1,5 @@
-"""Errors the control-plane parts raise; server.py maps `.code` to a gRPC status."""
+"""Errors the control-plane parts raise; the weight_control server maps `.code` to a gRPC status."""
+from __future__ import annotations
 
 
 class ControlError(Exception):

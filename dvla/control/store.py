@@ -8,7 +8,6 @@ injected.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,17 +41,19 @@ class Upload:
 
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received:
-            raise InvalidArgument(f"version {self.version}: chunk at offset {offset}, expected {self.received} (chunks must arrive in order)")
+            raise InvalidArgument(f"version {self.version}: chunk at offset {offset}, expected {self.received} "
+                                  "(chunks must arrive in order)")
         end = offset + len(data)
         if end > len(self.buf):
-            raise InvalidArgument(f"version {self.version}: chunk ends at byte {end}, past the manifest's total_bytes {len(self.buf)}")
+            raise InvalidArgument(f"version {self.version}: chunk ends at byte {end}, "
+                                  f"past the manifest's total_bytes {len(self.buf)}")
         self.buf[offset:end] = data
         self._hash.update(data)
         self.received = end
 
 
 class VersionStore:
-    def __init__(self, keep: int, max_version_bytes: int, clock_ns: Callable[[], int] = time.time_ns):
+    def __init__(self, keep: int, max_version_bytes: int, clock_ns: Callable[[], int]):
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.keep = keep
@@ -84,7 +85,8 @@ class VersionStore:
         if version == latest.version:
             raise AlreadyExists(f"version {version} was already published")
         if version < latest.version:
-            raise OutOfOrder(f"version {version} is older than the latest version {latest.version}; versions only go forward")
+            raise OutOfOrder(f"version {version} is older than the latest version {latest.version}; "
+                             "versions only go forward")
         if latest.final:
             raise OutOfOrder(f"version {latest.version} was marked final; no version may follow it")
 
@@ -93,7 +95,8 @@ class VersionStore:
             if version < 0:
                 raise InvalidArgument(f"version {version} is negative")
             if manifest.total_bytes > self.max_version_bytes:
-                raise TooLarge(f"version {version} has {manifest.total_bytes} bytes, over the limit of {self.max_version_bytes}")
+                raise TooLarge(f"version {version} has {manifest.total_bytes} bytes, "
+                               f"over the limit of {self.max_version_bytes}")
             try:
                 manifest.validate()
             except ValueError as e:
@@ -107,10 +110,12 @@ class VersionStore:
     def commit(self, up: Upload) -> StoredVersion:
         try:
             if up.received != up.manifest.total_bytes:
-                raise DataLoss(f"version {up.version}: stream ended after {up.received} of {up.manifest.total_bytes} bytes")
+                raise DataLoss(f"version {up.version}: stream ended after {up.received} "
+                               f"of {up.manifest.total_bytes} bytes")
             digest = up._hash.hexdigest()
             if digest != up.manifest.sha256:
-                raise DataLoss(f"version {up.version}: sha256 of received bytes {digest[:16]}… does not match the manifest's {up.manifest.sha256[:16]}…")
+                raise DataLoss(f"version {up.version}: sha256 of received bytes {digest[:16]}… "
+                               f"does not match the manifest's {up.manifest.sha256[:16]}…")
             self._check_order(up.version)  # another publish may have landed meanwhile
         except Exception:
             self.publishes_rejected += 1

@@ -13,31 +13,54 @@ injected.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 from dvla.types import EnvSpec
 
 from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
 
-ACTOR, ROLLOUT = "actor", "rollout"
-MEMBER, STANDBY, LEAVING, LEFT = "member", "standby", "leaving", "left"
 DEAD_AFTER_BEATS = 5
 MAX_ROLLOUTS = 1024
 MAX_SHARDS = 64
 
 
+class TextEnum(str, Enum):
+    """An enum whose members equal, hash, print and format like their string values (StrEnum before 3.11),
+    so callers and wire maps keyed by the strings keep working."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Role(TextEnum):
+    ACTOR = "actor"
+    ROLLOUT = "rollout"
+
+
+class Membership(TextEnum):
+    """A worker's place in the data-plane world; the actor is always a member."""
+
+    MEMBER = "member"  # holds a rank in the current epoch
+    STANDBY = "standby"  # registered, waits for a slot
+    LEAVING = "leaving"  # told to leave (Admin.Rescale); sends what it holds, then leaves the data plane
+    LEFT = "left"  # has left the data plane; may register again and start afresh
+
+
 @dataclass
 class Worker:
     worker_id: str
-    role: str
+    role: Role
     rank: int  # -1 unless a member (the actor: 0)
     address: str
     last_seen: float
     env_spec: EnvSpec | None = None
     stats: dict = field(default_factory=dict)
-    membership: str = MEMBER
+    membership: Membership = Membership.MEMBER
     num_envs: int = 0  # rollout: envs at registration
     num_shards: int = 0  # rollout: env shard processes at registration (0: envs in-process, fixed)
     shards_target: int = 0  # rollout: shards to run now (Admin.Rescale)
@@ -51,7 +74,7 @@ class Worker:
 
 
 class Registry:
-    def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float]):
         if num_rollouts < 1:
             raise ValueError("num_rollouts must be >= 1")
         self.target_rollouts = num_rollouts
@@ -80,7 +103,7 @@ class Registry:
 
     def _admit(self, w: Worker) -> None:
         self._members.append(w.worker_id)
-        w.membership, w.rank = MEMBER, len(self._members)
+        w.membership, w.rank = Membership.MEMBER, len(self._members)
         if self._initial:
             if len(self._members) == self.target_rollouts:
                 self._initial = False  # the world that forms is the one everyone waited for: no new epoch
@@ -109,7 +132,7 @@ class Registry:
         leaving = self._members[num_rollouts:]
         for wid in leaving:
             w = self._workers[wid]
-            w.membership, w.rank = LEAVING, -1
+            w.membership, w.rank = Membership.LEAVING, -1
         del self._members[num_rollouts:]
         if self._initial and len(self._members) == num_rollouts:
             self._initial = False
@@ -121,9 +144,9 @@ class Registry:
 
     def rescale_shards(self, worker_id: str, num_shards: int) -> Worker:
         w = self._workers.get(worker_id)
-        if w is None or w.role != ROLLOUT:
+        if w is None or w.role != Role.ROLLOUT:
             raise NotFound(f"no rollout worker '{worker_id}' is registered")
-        if w.membership not in (MEMBER, STANDBY):
+        if w.membership not in (Membership.MEMBER, Membership.STANDBY):
             raise OutOfOrder(f"rollout worker '{worker_id}' is {w.membership}")
         if w.num_shards <= 0:
             raise OutOfOrder(f"rollout worker '{worker_id}' steps its envs in-process; env shards exist from "
@@ -137,31 +160,33 @@ class Registry:
     def check_publisher(self, worker_id: str) -> None:
         """PermissionDenied unless `worker_id` is the worker registered as actor: only it may publish."""
         w = self._workers.get(worker_id) if worker_id else None
-        if w is None or w.role != ACTOR:
+        if w is None or w.role != Role.ACTOR:
             who = f"'{worker_id}'" if worker_id else "a publish without publisher_id"
             raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
 
-    def register(self, role: str, worker_id: str, address: str = "", rendezvous_address: str = "",
+    def register(self, role: Role | str, worker_id: str, address: str = "", rendezvous_address: str = "",
                  env_spec: EnvSpec | None = None, num_envs: int = 0, num_shards: int = 0) -> Worker:
         if not worker_id:
             raise InvalidArgument("worker_id is empty")
-        if role not in (ACTOR, ROLLOUT):
-            raise InvalidArgument(f"role must be actor or rollout, got '{role}'")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise InvalidArgument(f"role must be actor or rollout, got '{role}'") from None
         if num_envs < 0 or not 0 <= num_shards <= MAX_SHARDS or (num_shards and num_envs % num_shards):
             raise InvalidArgument(f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
                                   f"[0, {MAX_SHARDS}] dividing num_envs")
         now = self._clock()
         known = self._workers.get(worker_id)
-        if known is not None and known.membership != LEFT:
+        if known is not None and known.membership != Membership.LEFT:
             if known.role != role:
                 raise AlreadyExists(f"worker '{worker_id}' is registered as {known.role}, not {role}")
             known.last_seen, known.address = now, address or known.address
             known.env_spec = env_spec or known.env_spec
-            if role == ACTOR and rendezvous_address:
+            if role == Role.ACTOR and rendezvous_address:
                 self.rendezvous_address = rendezvous_address
             return known
-        if role == ACTOR:
-            if any(w.role == ACTOR for w in self._workers.values()):
+        if role == Role.ACTOR:
+            if self.actor() is not None:
                 raise AlreadyExists("an actor is already registered")
             if not rendezvous_address:
                 raise InvalidArgument("the actor must give its data-plane rendezvous_address")
@@ -171,7 +196,7 @@ class Registry:
             return w
         if env_spec is None:
             raise InvalidArgument("a rollout must give its env_spec")
-        w = Worker(worker_id, role, -1, address, now, env_spec, membership=STANDBY, num_envs=num_envs,
+        w = Worker(worker_id, role, -1, address, now, env_spec, membership=Membership.STANDBY, num_envs=num_envs,
                    num_shards=num_shards, shards_target=num_shards)
         self._workers[worker_id] = w  # a worker that left and comes back starts afresh
         if len(self._members) < self.target_rollouts:
@@ -184,8 +209,8 @@ class Registry:
             raise NotFound(f"worker '{worker_id}' is not registered")
         w.last_seen = self._clock()
         w.stats = stats
-        if w.membership == LEAVING and int(stats.get("dataplane_epoch", 0)) < 0:
-            w.membership = LEFT  # it has left the data plane for good
+        if w.membership == Membership.LEAVING and int(stats.get("dataplane_epoch", 0)) < 0:
+            w.membership = Membership.LEFT  # it has left the data plane for good
         return w
 
     def alive(self, w: Worker) -> bool:
@@ -197,19 +222,23 @@ class Registry:
     @property
     def complete(self) -> bool:
         """The actor and every member of the current world are registered."""
-        has_actor = any(w.role == ACTOR for w in self._workers.values())
+        has_actor = self.actor() is not None
         return bool(self.rendezvous_address) and has_actor and len(self._members) + 1 == self.world_size
 
     def workers(self) -> list[Worker]:
-        order = {MEMBER: 0, LEAVING: 1, STANDBY: 2, LEFT: 3}
+        order = {Membership.MEMBER: 0, Membership.LEAVING: 1, Membership.STANDBY: 2, Membership.LEFT: 3}
         return sorted(self._workers.values(), key=lambda w: (order[w.membership], w.rank, w.worker_id))
 
+    def actor(self) -> Worker | None:
+        """The worker registered as actor (there is at most one, and it never leaves)."""
+        return next((w for w in self._workers.values() if w.role == Role.ACTOR), None)
+
     def standbys(self) -> list[Worker]:
-        return [w for w in self._workers.values() if w.membership == STANDBY]
+        return [w for w in self._workers.values() if w.membership == Membership.STANDBY]
 
     def env_spec(self) -> EnvSpec | None:
         """The rollouts' common env spec; ValueError if they disagree."""
-        specs = {w.env_spec for w in self._workers.values() if w.role == ROLLOUT and w.env_spec}
+        specs = {w.env_spec for w in self._workers.values() if w.role == Role.ROLLOUT and w.env_spec}
         if len(specs) > 1:
             raise InvalidArgument(f"rollouts report different env specs: {specs}")
         return next(iter(specs), None)

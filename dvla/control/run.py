@@ -1,0 +1,144 @@
+"""The run as weight_control steers it: its state, pause and resume, checkpoint requests, rescaling, totals.
+
+RunControl owns the version store and the registry and decides what each Admin
+request does to them; it answers what the Heartbeat and Status replies report.
+The server calls it from one asyncio loop, so nothing here needs a lock. Pure:
+no I/O, and the uptime clock is injected.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .errors import InvalidArgument, OutOfOrder
+from .registry import Registry, Role, TextEnum, Worker
+from .store import VersionStore
+
+MAX_CHECKPOINT_WAIT_S = 86400.0
+
+# Summed over every worker's last report; the actor reports what it received, trained, dropped,
+# queued and holds in training, the rollouts what they produced and sent.
+_REPORTED = ("env_steps_produced", "episodes_produced", "episodes_sent", "episodes_received", "episodes_trained",
+             "episodes_dropped", "episodes_queued", "episodes_in_training")
+
+
+class RunState(TextEnum):
+    STARTING = "starting"  # no version published yet
+    RUNNING = "running"
+    PAUSED = "paused"  # Admin.Pause: workers hold at their next safe point
+    FINISHED = "finished"  # the latest version is final; nothing may follow it
+
+
+class RunControl:
+    """The store, the registry and the run-wide directives: paused, and checkpoint requests.
+
+    Checkpoints: Admin.Checkpoint bumps `checkpoint_request`; the actor sees the
+    number in its heartbeat reply, writes one checkpoint per new number and
+    reports the last one written as `checkpoint_request_done` in its stats.
+    """
+
+    def __init__(self, store: VersionStore, registry: Registry, clock: Callable[[], float]):
+        self.store = store
+        self.registry = registry
+        self._clock = clock
+        self._started = clock()
+        self.paused = False
+        self.checkpoint_request = 0  # requests so far; the actor writes one per new number
+        self.checkpoint_done = 0  # the last request the actor reported written
+
+    @property
+    def state(self) -> RunState:
+        latest = self.store.latest
+        if latest is not None and latest.final:
+            return RunState.FINISHED
+        if self.paused:
+            return RunState.PAUSED
+        return RunState.STARTING if latest is None else RunState.RUNNING
+
+    @property
+    def uptime_s(self) -> float:
+        return self._clock() - self._started
+
+    def _check_live(self, what: str) -> None:
+        if self.state == RunState.FINISHED:
+            raise OutOfOrder(f"the run has finished: there is nothing to {what}")
+
+    # ------------------------------------------------------------------ pause and resume
+    def set_paused(self, paused: bool) -> bool:
+        """Pause or resume the run; True if that changed anything (watchers need to hear of it)."""
+        self._check_live("pause or resume")
+        if self.paused == paused:
+            return False
+        self.paused = paused
+        return True
+
+    # ------------------------------------------------------------------ checkpoints
+    def request_checkpoint(self, timeout_s: float = 0.0) -> int:
+        """Ask the actor for a checkpoint; returns the request's number.
+
+        `timeout_s` is how long the caller will wait for it (0: its default); it is
+        checked here, after the run's state, so that a refused request changes nothing.
+        """
+        self._check_live("checkpoint")
+        if self.registry.actor() is None:
+            raise OutOfOrder("no actor is registered: there is nothing to checkpoint")
+        if not 0 <= timeout_s <= MAX_CHECKPOINT_WAIT_S:  # NaN fails too
+            raise InvalidArgument(f"timeout_s must be in [0, {MAX_CHECKPOINT_WAIT_S:.0f}] seconds, got {timeout_s}")
+        self.checkpoint_request += 1
+        return self.checkpoint_request
+
+    def checkpoint_request_for(self, w: Worker) -> int:
+        """The checkpoint request a worker's heartbeat reply carries: only the actor writes checkpoints."""
+        return self.checkpoint_request if w.role == Role.ACTOR else 0
+
+    def on_heartbeat(self, worker_id: str, stats: dict) -> tuple[Worker, bool]:
+        """Record a heartbeat; also True if the actor reported a checkpoint request written that was not before."""
+        w = self.registry.heartbeat(worker_id, stats)
+        done = int(stats.get("checkpoint_request_done", 0))
+        if w.role != Role.ACTOR or not done or done == self.checkpoint_done:
+            return w, False
+        self.checkpoint_done = done
+        return w, True
+
+    def checkpoint_written(self, n: int) -> bool:
+        """Whether the actor has reported checkpoint request `n` (or a later one) written."""
+        actor = self.registry.actor()
+        return actor is not None and actor.stats.get("checkpoint_request_done", 0) >= n
+
+    def checkpoint_result(self) -> tuple[int, str]:
+        """(policy version, path) of the newest checkpoint the actor reported; (-1, "") if none."""
+        actor = self.registry.actor()
+        stats = actor.stats if actor is not None else {}
+        return int(stats.get("checkpoint_version", -1)), str(stats.get("checkpoint_path", ""))
+
+    # ------------------------------------------------------------------ rescaling
+    def rescale(self, num_rollouts: int, worker_id: str = "", num_shards: int = 0) -> tuple[list[str], int]:
+        """Admin.Rescale: set the number of rollout workers (0: unchanged) and/or one worker's env shards.
+
+        Returns (workers told to leave, standbys admitted).
+        """
+        self._check_live("rescale")
+        if num_rollouts < 0 or num_shards < 0:
+            raise InvalidArgument("num_rollouts and num_shards must be >= 0 (0: unchanged)")
+        if bool(worker_id) != bool(num_shards):
+            raise InvalidArgument("give worker_id and num_shards together, to change one worker's env shards")
+        if not num_rollouts and not num_shards:
+            raise InvalidArgument("nothing to rescale: set num_rollouts, or worker_id and num_shards")
+        if num_shards:
+            self.registry.rescale_shards(worker_id, num_shards)
+        return self.registry.rescale(num_rollouts) if num_rollouts else ([], 0)
+
+    # ------------------------------------------------------------------ counting
+    def totals(self) -> dict[str, int]:
+        """Sums of the workers' last reports, keyed like admin.proto's Totals.
+
+        Each worker's own numbers are a consistent snapshot; across workers they
+        are as fresh as the last heartbeats. Workers are never forgotten, so a
+        leaver's counts stay in. produced = trained + dropped + in flight; by place,
+        in flight is unsent, on the wire, queued or in training.
+        """
+        workers = self.registry.workers()
+        t = {k: sum(int(w.stats.get(k, 0)) for w in workers) for k in _REPORTED}
+        t["episodes_in_flight"] = t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"]
+        t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"]
+        t["episodes_on_wire"] = t["episodes_sent"] - t["episodes_received"]
+        return t

@@ -1,0 +1,172 @@
+"""RunControl: the run's state, pause and resume, checkpoint requests, rescaling and totals (no server, fake clock)."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder
+from dvla.control.registry import Membership, Registry, Role
+from dvla.control.run import RunControl, RunState
+from dvla.control.store import VersionStore
+from dvla.types import EnvSpec
+from dvla.weights import Manifest, TensorEntry
+
+SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_run(num_rollouts: int = 1) -> tuple[RunControl, Clock]:
+    clock = Clock()
+    store = VersionStore(keep=2, max_version_bytes=1 << 20, clock_ns=lambda: int(clock.t * 1e9))
+    return RunControl(store, Registry(num_rollouts, heartbeat_s=1.0, clock=clock), clock=clock), clock
+
+
+def with_workers(num_rollouts: int = 1, envs: int = 8, shards: int = 2) -> RunControl:
+    run, _ = make_run(num_rollouts)
+    run.registry.register("actor", "actor-0", rendezvous_address="h:1")
+    for i in range(num_rollouts):
+        run.registry.register("rollout", f"r{i}", env_spec=SPEC, num_envs=envs, num_shards=shards)
+    return run
+
+
+def publish(run: RunControl, version: int, final: bool = False) -> None:
+    data = bytes([version % 256]) * 16
+    manifest = Manifest((TensorEntry("w", "float32", (4,), 0, 16),), 16, hashlib.sha256(data).hexdigest())
+    upload = run.store.begin(version, manifest, final, "actor-0")
+    upload.write(0, data)
+    run.store.commit(upload)
+
+
+def test_state_goes_from_starting_to_running_to_finished_and_pause_shows_in_between():
+    run = with_workers()
+    assert run.state == RunState.STARTING == "starting"
+    assert run.set_paused(True) and run.state == RunState.PAUSED
+    publish(run, 0)
+    assert run.state == RunState.PAUSED  # paused wins over running
+    assert run.set_paused(False) and run.state == RunState.RUNNING == "running"
+    publish(run, 1, final=True)
+    assert run.state == RunState.FINISHED
+
+
+def test_pause_and_resume_are_idempotent_and_refused_once_finished():
+    run = with_workers()
+    assert run.set_paused(True) is True
+    assert run.set_paused(True) is False  # nothing changed: no need to wake anyone
+    assert run.set_paused(False) is True
+    assert run.set_paused(False) is False
+    run.paused = True
+    publish(run, 0, final=True)
+    assert run.state == RunState.FINISHED  # a final version ends a paused run too
+    for paused in (True, False):
+        with pytest.raises(OutOfOrder, match="the run has finished: there is nothing to pause or resume"):
+            run.set_paused(paused)
+
+
+def test_uptime_reads_the_injected_clock():
+    run, clock = make_run()
+    clock.t = 12.5
+    assert run.uptime_s == 12.5
+
+
+def test_a_checkpoint_needs_an_actor_and_a_live_run():
+    run, _ = make_run()
+    with pytest.raises(OutOfOrder, match="no actor is registered: there is nothing to checkpoint"):
+        run.request_checkpoint()
+    run.registry.register("actor", "actor-0", rendezvous_address="h:1")
+    for bad in (-1.0, 86401.0, float("nan")):
+        with pytest.raises(InvalidArgument, match="timeout_s must be in"):
+            run.request_checkpoint(bad)
+    assert run.checkpoint_request == 0  # a refused request changes nothing
+    publish(run, 0, final=True)
+    with pytest.raises(OutOfOrder, match="the run has finished: there is nothing to checkpoint"):
+        run.request_checkpoint()
+
+
+def test_checkpoint_requests_are_numbered_and_acknowledged_by_the_actors_heartbeat():
+    run = with_workers()
+    assert (run.request_checkpoint(), run.request_checkpoint(60.0)) == (1, 2)
+    actor, rollout = run.registry.actor(), run.registry.workers()[1]
+    assert (run.checkpoint_request_for(actor), run.checkpoint_request_for(rollout)) == (2, 0)
+    assert not run.checkpoint_written(1) and run.checkpoint_result() == (-1, "")
+
+    w, acked = run.on_heartbeat("r0", {"checkpoint_request_done": 2})  # only the actor's report counts
+    assert (w.role, acked, run.checkpoint_done) == (Role.ROLLOUT, False, 0)
+    w, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 0})
+    assert (w, acked) == (actor, False)
+    w, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 1, "checkpoint_version": 7,
+                                            "checkpoint_path": "/ckpt/7"})
+    assert acked and run.checkpoint_done == 1
+    assert run.checkpoint_written(1) and not run.checkpoint_written(2)
+    assert run.checkpoint_result() == (7, "/ckpt/7")
+    _, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 1})
+    assert not acked  # the same report again wakes nobody
+    _, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 2, "checkpoint_version": 9})
+    assert acked and run.checkpoint_written(2) and run.checkpoint_result() == (9, "")
+
+
+def test_a_heartbeat_from_an_unknown_worker_is_refused():
+    run, _ = make_run()
+    with pytest.raises(NotFound):
+        run.on_heartbeat("nobody", {})
+
+
+@pytest.mark.parametrize("num_rollouts,worker_id,num_shards,message", [
+    (-1, "", 0, "must be >= 0"),
+    (0, "r0", -2, "must be >= 0"),
+    (0, "r0", 0, "give worker_id and num_shards together"),
+    (0, "", 2, "give worker_id and num_shards together"),
+    (0, "", 0, "nothing to rescale"),
+])
+def test_rescale_arguments_are_checked(num_rollouts, worker_id, num_shards, message):
+    run = with_workers()
+    with pytest.raises(InvalidArgument, match=message):
+        run.rescale(num_rollouts, worker_id, num_shards)
+    assert run.registry.epoch == 0 and run.registry.target_rollouts == 1
+
+
+def test_rescale_changes_the_world_or_one_workers_shards():
+    run = with_workers(num_rollouts=2)
+    assert run.rescale(0, "r1", 1) == ([], 0)
+    assert run.registry.episodes_per_update == 8 + 4
+    assert run.rescale(1) == (["r1"], 0)
+    assert [w.membership for w in run.registry.workers()] == [Membership.MEMBER, Membership.MEMBER, "leaving"]
+    publish(run, 0, final=True)
+    with pytest.raises(OutOfOrder, match="the run has finished: there is nothing to rescale"):
+        run.rescale(2)
+
+
+def test_totals_sum_every_workers_last_report_and_count_what_is_in_flight():
+    run = with_workers(num_rollouts=2)
+    assert set(run.totals().values()) == {0}
+    run.on_heartbeat("r0", {"episodes_produced": 10, "episodes_sent": 9, "env_steps_produced": 500})
+    run.on_heartbeat("r1", {"episodes_produced": 6, "episodes_sent": 6})
+    run.on_heartbeat("actor-0", {"episodes_received": 12, "episodes_trained": 8, "episodes_dropped": 1,
+                                 "episodes_queued": 2, "episodes_in_training": 1})
+    t = run.totals()
+    assert t == {"env_steps_produced": 500, "episodes_produced": 16, "episodes_sent": 15, "episodes_received": 12,
+                 "episodes_trained": 8, "episodes_dropped": 1, "episodes_queued": 2, "episodes_in_training": 1,
+                 "episodes_in_flight": 16 - 8 - 1, "episodes_unsent": 16 - 15, "episodes_on_wire": 15 - 12}
+    assert all(type(v) is int for v in t.values())
+    # produced = trained + dropped + in flight, and in flight by place adds up here
+    assert t["episodes_produced"] == t["episodes_trained"] + t["episodes_dropped"] + t["episodes_in_flight"]
+    assert t["episodes_in_flight"] == (t["episodes_unsent"] + t["episodes_on_wire"] + t["episodes_queued"]
+                                       + t["episodes_in_training"])
+    run.on_heartbeat("r0", {"episodes_produced": 11, "episodes_sent": 11})  # a newer report replaces the last
+    assert run.totals()["episodes_produced"] == 17
+
+
+def test_roles_memberships_and_states_equal_their_strings():
+    assert Role.ACTOR == "actor" and hash(Role.ACTOR) == hash("actor") and f"{Role.ROLLOUT:<8}|" == "rollout |"
+    assert str(Membership.STANDBY) == "standby" and {"standby": 1}[Membership.STANDBY] == 1
+    assert [s.value for s in RunState] == ["starting", "running", "paused", "finished"]
+    run = with_workers()
+    assert run.registry.actor().role is Role.ACTOR  # strings given to register become the enum
+    with pytest.raises(InvalidArgument, match="role must be actor or rollout, got 'learner'"):
+        run.registry.register("learner", "x")
