@@ -62,7 +62,15 @@ class VLAPolicy(Policy):
                                                                     "mismatched_keys") and v}
         if problems:
             raise ValueError(f"vla checkpoint '{directory}' does not match the model: {problems}")
-        return cls(model.cast_trunk(resolve_dtype(dtype)))
+        # transformers (5.x) leaves the tensors as views into the mapped file, at offsets that are not
+        # 64-byte aligned: CPU kernels then sum in another order (values differed by 1 ulp), and the
+        # tensors would change if the file did. Each gets memory of its own.
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                t.data = t.data.clone()
+        # transformers hands the model back in eval mode; a policy starts in train mode like a freshly
+        # built one (the caller chooses .eval()), so a save/load round trip computes exactly the same
+        return cls(model.cast_trunk(resolve_dtype(dtype))).train()
 
     # Input checks ---------------------------------------------------------------------------------------------
 
