@@ -149,17 +149,17 @@ def plot(rows: list[dict], path: Path) -> None:
 def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     """Actor update time with a background publish of every version vs with none, side by side.
 
-    Same learner, same synthetic global batch, a real weight_control server in this
-    process; the publish lane streams version k while update k+1 runs, as in swimlane.
+    Same learner, same synthetic global batch; the publish lane, on its own thread as in
+    swimlane, packs, checksums and stores version k in an in-process weight store while
+    update k+1 runs (dvla/inproc.py: the same lane as over gRPC, without the sockets).
     """
     import torch
 
+    from dvla.algo.learner import Learner, Samples
+    from dvla.inproc import LocalWeights
+    from dvla.lanes.publish import OffThread, PublishLane
     from dvla.policy import build_policy
-    from dvla.rpc.client import ControlClient
     from dvla.types import EnvSpec
-    from services.actor.lanes import PublishLane
-    from services.actor.learner import Learner, Samples
-    from services.weight_control.app import BackgroundServer
 
     rgb = cfg.env.obs_mode == "rgb"
     d, a = (29, 4) if rgb else (43, 8)  # PickCube with ee control / PushCube with joint control
@@ -177,22 +177,19 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     s = Samples(obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g),
                 torch.randn(n, generator=g))
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
-    with BackgroundServer(cfg.control) as srv:
-        client = ControlClient(srv.address, cfg.control)
-        client.register("actor", "bench", rendezvous_address="127.0.0.1:1")  # only the actor may publish
-        lane = PublishLane(client, "bench", background=True)
-        times = {"off": [], "on": []}
-        version = 0
-        for _ in range(updates):  # interleaved, so drift in machine speed hits both alike
-            for mode in ("off", "on"):
-                t = time.perf_counter()
-                learner.update(s)
-                times[mode].append(time.perf_counter() - t)
-                if mode == "on":
-                    lane.submit(version, policy.export_weights())
-                    version += 1
-        lane.flush()
-        client.close()
+    lane = PublishLane(LocalWeights(keep=cfg.control.keep_versions), "bench")
+    publisher = OffThread(lane.submit)
+    times = {"off": [], "on": []}
+    version = 0
+    for _ in range(updates):  # interleaved, so drift in machine speed hits both alike
+        for mode in ("off", "on"):
+            t = time.perf_counter()
+            learner.update(s)
+            times[mode].append(time.perf_counter() - t)
+            if mode == "on":
+                publisher.submit(version, policy.export_weights())
+                version += 1
+    publisher.flush()
     off, on = sorted(times["off"])[updates // 2], sorted(times["on"])[updates // 2]  # medians
     return {"update_s_publish_off": off, "update_s_publish_on": on, "ratio": on / off,
             "version_mb": nbytes / 2**20, "publish_s": sum(lane.publish_s) / max(len(lane.publish_s), 1)}

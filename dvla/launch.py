@@ -15,13 +15,8 @@ from pathlib import Path
 from dvla.checkpoint import config_text
 from dvla.config import RunConfig
 from dvla.metrics import read_metrics
+from dvla.net import free_port
 from dvla.proto.v1 import common_pb2 as pb
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

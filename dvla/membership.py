@@ -8,7 +8,8 @@ import threading
 import time
 from typing import Callable
 
-from dvla.rpc.client import ControlClient, Directives, Registration, RpcFailed
+from dvla.ports import Directives
+from dvla.rpc.client import ControlClient, Registration, RpcFailed
 from dvla.types import EnvSpec
 
 log = logging.getLogger("dvla.membership")
@@ -53,7 +54,9 @@ class RunFinished(Exception):
 
 
 class Heartbeat:
-    """A daemon thread reporting `stats()` every period; failures are logged, never fatal."""
+    """A daemon thread reporting `stats()` every period; failures are logged, never fatal.
+
+    It is the Control port of a service: `directives` as of the last reply, `beat()` to report now."""
 
     def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float):
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
@@ -97,21 +100,6 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.stop_event.wait(self.period_s):
             self.beat()
-
-    def next_world(self, after_epoch: int, stop: threading.Event,
-                   give_up: Callable[[], bool] = lambda: False) -> tuple[int, int, int] | None:
-        """(epoch, rank, world size) of the next data-plane epoch this worker is a member of, beating
-        until weight_control announces it; None if this worker is to leave, the run has finished,
-        `stop` is set or give_up()."""
-        while not stop.is_set() and not give_up():
-            d = self.directives
-            if d.membership in ("leaving", "left") or d.state == "finished":
-                return None
-            if d.epoch > after_epoch and d.rank >= 0:
-                return d.epoch, d.rank, d.world_size
-            time.sleep(0.05)
-            self.beat()
-        return None
 
     def stop(self) -> None:
         """Stop the thread and send one last report, so final counters reach the status API."""

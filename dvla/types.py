@@ -36,6 +36,15 @@ class EnvSpec:
         return n if self.image_shape else 0
 
 
+@dataclass(frozen=True)
+class World:
+    """One data-plane epoch as this process sees it: its rank among `size` ranks (rank 0 is the actor)."""
+
+    epoch: int
+    rank: int
+    size: int
+
+
 @dataclass
 class TrajectoryBatch:
     """B finished episodes from one rollout worker, padded to T decisions.
@@ -62,7 +71,7 @@ class TrajectoryBatch:
     final_images: torch.Tensor | None = None  # [B, I] uint8, image after the last real step
     chunk_steps: torch.Tensor | None = None  # [B, T] int64, env steps each decision ran (default: 1 each)
     worker_rank: int = 0
-    epoch: int = 0  # rollout epoch that produced this batch
+    round: int = 0  # the rollout round that produced this batch (not a data-plane epoch)
     trace_context: tuple[int, int, int] | None = None
     """(trace_id, span_id, trace_flags) of the rollout span that produced this batch, so the actor's
     spans on it join the same trace (dvla.telemetry); None when not traced."""
@@ -116,7 +125,7 @@ class TrajectoryBatch:
     def select(self, keep: torch.Tensor) -> "TrajectoryBatch":
         """The episodes where keep [B] bool is True."""
         return TrajectoryBatch(**{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
-                               worker_rank=self.worker_rank, epoch=self.epoch, trace_context=self.trace_context)
+                               worker_rank=self.worker_rank, round=self.round, trace_context=self.trace_context)
 
     @staticmethod
     def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
@@ -135,5 +144,5 @@ class TrajectoryBatch:
                 parts.append(x)
             out[name] = torch.cat(parts, dim=0)
         contexts = {b.trace_context for b in batches}  # one trace context only if all batches share it
-        return TrajectoryBatch(**out, worker_rank=-1, epoch=max(b.epoch for b in batches),
+        return TrajectoryBatch(**out, worker_rank=-1, round=max(b.round for b in batches),
                                trace_context=contexts.pop() if len(contexts) == 1 else None)

@@ -10,12 +10,10 @@ from dvla.dataplane.transport import (
     check_header,
     decode_payload,
     encode_batch,
-    free_port,
-    init_dataplane,
-    shutdown_dataplane,
 )
+from dvla.dataplane.world import DataPlane
 
 __all__ = [
-    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "WIRE_VERSION", "Header", "TrajectoryReceiver", "TrajectorySender", "check_header",
-    "decode_payload", "encode_batch", "free_port", "init_dataplane", "shutdown_dataplane",
+    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "WIRE_VERSION", "DataPlane", "Header", "TrajectoryReceiver",
+    "TrajectorySender", "check_header", "decode_payload", "encode_batch",
 ]

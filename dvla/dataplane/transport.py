@@ -2,7 +2,8 @@
 
 Wire format (never pickled), per message, from one sender to one receiver:
 
-    header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, epoch,
+    header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, round
+                         (for EPOCH_END: the data-plane epoch it ends),
                          has trace context (1 or 0), payload bytes, I (image
                          bytes per decision, 0 without a camera), trace_id high
                          64 bits, trace_id low 64 bits, span_id, trace_flags
@@ -25,12 +26,10 @@ daemon thread waits on each posted header and raises a flag.
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,7 +41,7 @@ MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
 WIRE_VERSION = 3  # 2: images, final_images and chunk_steps; 3: trace context
 KIND_TRAJECTORIES = 1
 KIND_END = 2  # this sender will send no more: the run is over
-KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header epoch = that epoch
+KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header round word = that epoch
 DEFAULT_MAX_ELEMENTS = 1 << 30  # largest accepted B*T*max(D, A, I): 4 GiB of float32 obs, 1 GiB of images
 
 # Shape (in header letters) and dtype of every field, in wire order.
@@ -73,13 +72,6 @@ _MAX_POLL_S = 2e-3  # ... up to this, so an idle receiver costs little CPU
 
 
 # ------------------------------------------------------------------ process group
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (another process may still take it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def resolve_backend(backend: str) -> str:
     """'auto' -> 'nccl' with CUDA, else 'gloo'."""
     if backend == "auto":
@@ -89,34 +81,6 @@ def resolve_backend(backend: str) -> str:
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"unknown data-plane backend '{backend}'; use 'auto', 'gloo' or 'nccl'")
     return backend
-
-
-def init_dataplane(rendezvous: str, rank: int, world_size: int, backend: str = "auto",
-                   timeout_s: float = 600.0) -> None:
-    """Join the data-plane process group; rank 0 hosts the rendezvous store at `host:port`.
-
-    With NCCL, set this process's CUDA device (torch.cuda.set_device) first:
-    messages travel on the current device.
-    """
-    host, sep, port = rendezvous.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"data-plane rendezvous '{rendezvous}' is not of the form host:port")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    dist.init_process_group(
-        backend=resolve_backend(backend),
-        init_method=f"tcp://{host}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
-    )
-
-
-def shutdown_dataplane() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def comm_device() -> torch.device:
@@ -136,7 +100,7 @@ class Header:
     A: int
     I: int
     worker_rank: int
-    epoch: int
+    round: int  # the rollout round of a TRAJECTORIES message; the epoch an EPOCH_END ends
     payload_bytes: int
     trace_context: TraceContext | None = None
 
@@ -186,14 +150,14 @@ def _parse_trace(has_trace: int, words: list[int]) -> TraceContext | None:
 
 
 def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
-                   epoch: int = 0, payload_bytes: int = 0, I: int = 0,
+                   round_: int = 0, payload_bytes: int = 0, I: int = 0,
                    trace_context: TraceContext | None = None) -> torch.Tensor:
-    return torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, epoch, int(trace_context is not None),
+    return torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, round_, int(trace_context is not None),
                          payload_bytes, I, *_trace_words(trace_context)], dtype=torch.int64)
 
 
 def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.Tensor:
-    return _header_tensor(kind, worker_rank=worker_rank, epoch=epoch)
+    return _header_tensor(kind, worker_rank=worker_rank, round_=epoch)
 
 
 def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +176,7 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pad = _padded_nbytes(shape, dtype) - raw.numel()
         parts += [raw, raw.new_zeros(pad)] if pad else [raw]
     payload = torch.cat(parts)
-    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.epoch, payload.numel(), I,
+    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.round, payload.numel(), I,
                             batch.trace_context)
     check_header(header)
     return header, payload
@@ -222,19 +186,19 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     """Parse and validate a received header; ValueError says what is wrong with it."""
     if header.dtype != torch.int64 or tuple(header.shape) != (HEADER_LEN,):
         raise ValueError(f"data-plane header must be int64[{HEADER_LEN}], got {header.dtype} {list(header.shape)}")
-    (magic, version, kind, B, T, D, A, worker_rank, epoch, has_trace, nbytes, I, *trace_words) = header.tolist()
+    (magic, version, kind, B, T, D, A, worker_rank, round_, has_trace, nbytes, I, *trace_words) = header.tolist()
     if magic != MAGIC:
         raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
                          "not a dvla message, or the stream lost its place")
     if version != WIRE_VERSION:
         raise ValueError(f"data-plane wire version {version} is not supported (this side speaks {WIRE_VERSION})")
     trace_context = _parse_trace(has_trace, trace_words)
-    if worker_rank < 0 or epoch < 0:
-        raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or epoch {epoch}")
+    if worker_rank < 0 or round_ < 0:
+        raise ValueError(f"data-plane header has negative worker_rank {worker_rank} or round {round_}")
     if kind in (KIND_END, KIND_EPOCH_END):
         if (B, T, D, A, I, nbytes) != (0, 0, 0, 0, 0, 0) or trace_context is not None:
             raise ValueError("data-plane END header must carry no sizes, no payload and no trace context")
-        return Header(kind, 0, 0, 0, 0, 0, worker_rank, epoch, 0)
+        return Header(kind, 0, 0, 0, 0, 0, worker_rank, round_, 0)
     if kind != KIND_TRAJECTORIES:
         raise ValueError(f"data-plane header has unknown message kind {kind}")
     if min(B, T, D, A) < 1 or I < 0 or B * T * max(D, A, I) > max_elements:
@@ -243,7 +207,7 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     expected = payload_nbytes(B, T, D, A, I)
     if nbytes != expected:
         raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
-    return Header(kind, B, T, D, A, I, worker_rank, epoch, nbytes, trace_context)
+    return Header(kind, B, T, D, A, I, worker_rank, round_, nbytes, trace_context)
 
 
 def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
@@ -254,7 +218,7 @@ def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
         nbytes = math.prod(shape) * dtype.itemsize
         fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
         offset += _padded_nbytes(shape, dtype)
-    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, epoch=header.epoch,
+    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, round=header.round,
                            trace_context=header.trace_context)
 
 
@@ -334,6 +298,10 @@ class TrajectoryReceiver:
     def open_sources(self) -> list[int]:
         """Sources that have not sent END (nor a header we could not parse)."""
         return sorted(self._posted)
+
+    def run_ended(self) -> bool:
+        """Every source sent END (not EPOCH_END): no more will come in this run."""
+        return not self._posted and all(k == KIND_END for k in self.ended.values())
 
     def recv(self, timeout_s: float | None = None) -> tuple[int, TrajectoryBatch | None]:
         """(source rank, batch), or (source rank, None) when that source sent END (or EPOCH_END: see .ended).

@@ -16,23 +16,21 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from dvla.dataplane.transport import resolve_backend
+from dvla.dataplane.transport import TrajectoryReceiver, TrajectorySender, resolve_backend
+from dvla.net import split_address
+from dvla.types import World
 
 _GO, _ABORT = b"go", b"abort"
 
 
-def split_address(rendezvous: str) -> tuple[str, int]:
-    host, sep, port = rendezvous.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"data-plane rendezvous '{rendezvous}' is not of the form host:port")
-    return host.strip("[]"), int(port)
-
-
 class DataPlane:
-    """This process's membership of the data plane across epochs."""
+    """This process's membership of the data plane across epochs (the Plane port, over torch.distributed).
+
+    With NCCL, set this process's CUDA device (torch.cuda.set_device) first: messages travel on it.
+    """
 
     def __init__(self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0):
-        host, port = split_address(rendezvous)
+        host, port = split_address(rendezvous, "data-plane rendezvous")
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
         # The host's store lives as long as the run; clients connect once. A worker only learns the
@@ -42,10 +40,10 @@ class DataPlane:
         self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=store_timeout)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
 
-    def form(self, epoch: int, rank: int, world_size: int, abort: Callable[[], bool] = lambda: False,
-             poll_s: float = 0.02) -> bool:
-        """Join epoch `epoch` as `rank` of `world_size`. False if the epoch was cancelled (by abort() here
-        or on another rank); True once the group is formed."""
+    def form(self, world: World, abort: Callable[[], bool] = lambda: False, poll_s: float = 0.02) -> bool:
+        """Join epoch `world.epoch` as `world.rank` of `world.size`. False if the epoch was cancelled (by
+        abort() here or on another rank); True once the group is formed."""
+        epoch, rank, world_size = world.epoch, world.rank, world.size
         if dist.is_initialized():
             raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
         if not 0 <= rank < world_size:
@@ -73,6 +71,12 @@ class DataPlane:
         if dist.is_initialized():
             dist.destroy_process_group()
         self.epoch = -1
+
+    def sink(self) -> TrajectorySender:
+        return TrajectorySender(dst=0)
+
+    def source(self, ranks: list[int]) -> TrajectoryReceiver:
+        return TrajectoryReceiver(ranks)
 
     def close(self) -> None:
         self.leave()

@@ -19,6 +19,7 @@ from dvla.config import ControlConfig
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.rpc import codec
 from dvla.rpc.security import secure_channel
+from dvla.ports import Directives, VersionEvent
 from dvla.types import EnvSpec
 from dvla.weights import Manifest, pack, unpack
 
@@ -28,28 +29,6 @@ class RpcFailed(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-@dataclass(frozen=True)
-class VersionEvent:
-    version: int  # -1 when none is published yet
-    final: bool
-    state: str  # starting | running | finished
-
-
-@dataclass(frozen=True)
-class Directives:
-    """What weight_control tells a worker in each heartbeat reply."""
-    state: str = "unknown"  # starting | running | paused | finished
-    latest_version: int = -1
-    epoch: int = 0  # the data-plane epoch to be in; a newer one means: reach a safe point and re-form
-    rank: int = -1  # rank in that epoch; -1: not a member (standby, or leaving)
-    world_size: int = 0
-    membership: str = "unknown"  # member | standby | leaving | left
-    num_shards: int = 0  # rollout: env shards to run (0: no instruction)
-    checkpoint_request: int = 0  # actor: newest Admin.Checkpoint request number
-    episodes_per_update: int = 0  # actor: one round of every member's active envs (0: unknown)
-    rendezvous_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dvla.dataplane.transport import free_port
+from dvla.net import free_port
 
 
 def probe(*args: str) -> subprocess.CompletedProcess:

@@ -18,12 +18,11 @@ from dvla.dataplane import (
     check_header,
     decode_payload,
     encode_batch,
-    free_port,
-    init_dataplane,
-    shutdown_dataplane,
 )
+from dvla.dataplane.world import DataPlane
 from dvla.dataplane.transport import KIND_END, MAGIC, end_header
-from dvla.types import TrajectoryBatch
+from dvla.net import free_port
+from dvla.types import TrajectoryBatch, World
 
 WORLD_SIZE = 3
 SENDERS = [1, 2]
@@ -65,7 +64,7 @@ def make_batch(rank: int, index: int) -> TrajectoryBatch:
         final_images=torch.randint(0, 256, (B, 3 * 5 * 5 * (index % 2)), generator=g, dtype=torch.uint8),
         chunk_steps=torch.randint(0, 5, (B, T), generator=g),
         worker_rank=rank,
-        epoch=index,
+        round=index,
         trace_context=trace_context(rank, index),
     )
 
@@ -100,9 +99,9 @@ def _receive(results: mp.Queue, go) -> None:
         if batch is None:
             ends.append(src)
             continue
-        exact = batch.worker_rank == src and same_bits(batch, make_batch(src, batch.epoch))
-        got.append((src, batch.epoch, digests(batch), exact))
-        contexts.append((src, batch.epoch, batch.trace_context))
+        exact = batch.worker_rank == src and same_bits(batch, make_batch(src, batch.round))
+        got.append((src, batch.round, digests(batch), exact))
+        contexts.append((src, batch.round, batch.trace_context))
     try:
         rx.recv(timeout_s=1)
         closed_raises = False
@@ -126,12 +125,13 @@ def _send(rank: int, results: mp.Queue, go) -> None:
 
 def _worker(rank: int, port: int, results: mp.Queue, go) -> None:
     try:
-        init_dataplane(f"127.0.0.1:{port}", rank, WORLD_SIZE, backend="gloo", timeout_s=20)
+        plane = DataPlane(f"127.0.0.1:{port}", is_host=rank == 0, backend="gloo", timeout_s=20)
+        assert plane.form(World(0, rank, WORLD_SIZE))
         if rank == 0:
             _receive(results, go)
         else:
             _send(rank, results, go)
-        shutdown_dataplane()
+        plane.close()
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))
         raise
@@ -204,7 +204,7 @@ def test_encode_decode_round_trip_in_process():
     batch = make_batch(1, 4)
     header, payload = encode_batch(batch)
     out = decode_payload(check_header(header), payload)
-    assert same_bits(out, batch) and (out.worker_rank, out.epoch) == (1, 4)
+    assert same_bits(out, batch) and (out.worker_rank, out.round) == (1, 4)
     assert out.trace_context == batch.trace_context == trace_context(1, 4)
 
 

@@ -12,7 +12,9 @@ import traceback
 
 import torch
 
-from dvla.dataplane import TrajectoryReceiver, TrajectorySender, free_port
+from dvla.dataplane import TrajectoryReceiver, TrajectorySender
+from dvla.net import free_port
+from dvla.types import World
 from dvla.dataplane.transport import KIND_END, KIND_EPOCH_END
 from dvla.dataplane.world import DataPlane
 from dvla.types import TrajectoryBatch
@@ -26,7 +28,7 @@ def batch(rank: int, index: int) -> TrajectoryBatch:
         versions=torch.zeros(B, T, dtype=torch.int64), lengths=torch.full((B,), T), terminated=torch.zeros(B, dtype=torch.bool),
         success=torch.zeros(B, dtype=torch.bool), final_obs=torch.zeros(B, D), group_ids=torch.arange(B),
         images=torch.zeros(B, T, 0, dtype=torch.uint8), final_images=torch.zeros(B, 0, dtype=torch.uint8),
-        chunk_steps=torch.ones(B, T, dtype=torch.int64), worker_rank=rank, epoch=index)
+        chunk_steps=torch.ones(B, T, dtype=torch.int64), worker_rank=rank, round=index)
 
 
 def receive_all(sources: list[int]) -> tuple[list[float], dict[int, int]]:
@@ -42,15 +44,15 @@ def receive_all(sources: list[int]) -> tuple[list[float], dict[int, int]]:
 def host(address: str, out) -> None:
     try:
         dp = DataPlane(address, is_host=True, backend="gloo", timeout_s=60)
-        assert dp.form(0, 0, 3)
+        assert dp.form(World(0, 0, 3))
         out.put(("e0", receive_all([1, 2])))
         dp.leave()
-        assert dp.form(1, 0, 2)
+        assert dp.form(World(1, 0, 2))
         out.put(("e1", receive_all([1])))
         dp.leave()
         t = time.monotonic()
-        out.put(("e2", dp.form(2, 0, 3), time.monotonic() - t))  # rank 2 never comes; rank 1 cancels
-        assert dp.form(3, 0, 2)
+        out.put(("e2", dp.form(World(2, 0, 3)), time.monotonic() - t))  # rank 2 never comes; rank 1 cancels
+        assert dp.form(World(3, 0, 2))
         out.put(("e3", receive_all([1])))
         dp.close()
     except BaseException:
@@ -60,7 +62,7 @@ def host(address: str, out) -> None:
 def sender(address: str, rank: int, out) -> None:
     try:
         dp = DataPlane(address, is_host=False, backend="gloo", timeout_s=60)
-        assert dp.form(0, rank, 3)
+        assert dp.form(World(0, rank, 3))
         tx = TrajectorySender()
         for i in range(2):
             tx.send(batch(rank, i))
@@ -68,13 +70,13 @@ def sender(address: str, rank: int, out) -> None:
         dp.leave()
         if rank == 2:
             return  # scaled away
-        assert dp.form(1, rank, 2)
+        assert dp.form(World(1, rank, 2))
         TrajectorySender().send(batch(rank, 10))
         TrajectorySender().send_end(epoch_end=1)
         dp.leave()
         time.sleep(0.3)
-        out.put(("cancel", dp.form(2, rank, 3, abort=lambda: True)))
-        assert dp.form(3, rank, 2)
+        out.put(("cancel", dp.form(World(2, rank, 3), abort=lambda: True)))
+        assert dp.form(World(3, rank, 2))
         TrajectorySender().send(batch(rank, 30))
         TrajectorySender().send_end()
         dp.close()

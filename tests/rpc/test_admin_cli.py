@@ -9,7 +9,7 @@ import torch
 
 from dvla.cli import main
 from dvla.config import ControlConfig
-from dvla.dataplane.transport import free_port
+from dvla.net import free_port
 from dvla.rpc.client import ControlClient
 from dvla.types import EnvSpec
 from services.weight_control.app import BackgroundServer

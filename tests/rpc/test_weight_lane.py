@@ -9,7 +9,7 @@ import torch
 from dvla.config import PolicyConfig
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
-from services.rollout.weights import WeightLane
+from dvla.lanes.weights import WeightLane
 
 SPEC = EnvSpec("Fake-v0", 6, 3, (-1.0,) * 3, (1.0,) * 3, 10)
 
@@ -35,7 +35,7 @@ def test_inference_only_ever_sees_whole_versions(client):
         ref.load_weights(weights_of(v))
         expected[v] = ref.act(obs, deterministic=True).actions
     stop = threading.Event()
-    lane = WeightLane(client, make_policy, stop).start()
+    lane = WeightLane(client, make_policy, stop).start_thread()
 
     def publish():
         for v in range(num_versions):
@@ -61,7 +61,7 @@ def test_inference_only_ever_sees_whole_versions(client):
 
 def test_wait_loaded_blocks_until_the_version_arrives(client):
     stop = threading.Event()
-    lane = WeightLane(client, make_policy, stop).start()
+    lane = WeightLane(client, make_policy, stop).start_thread()
     client.publish(0, weights_of(0))
     assert lane.wait_loaded(0, timeout_s=10) and lane.version == 0
     t = threading.Timer(0.3, lambda: client.publish(1, weights_of(1)))
@@ -73,7 +73,7 @@ def test_wait_loaded_blocks_until_the_version_arrives(client):
 
 def test_inline_lane_fetches_in_wait_loaded(client):
     stop = threading.Event()
-    lane = WeightLane(client, make_policy, stop, background=False).start()
+    lane = WeightLane(client, make_policy, stop)  # no thread: it follows inline
     client.publish(0, weights_of(0))
     client.publish(1, weights_of(1))
     assert lane.wait_loaded(0) and lane.version == 1  # the newest, fetched inline

@@ -1,13 +1,45 @@
-"""collect_episodes against a small fake env batch with known episode ends."""
+"""The sampling lane, one round of an in-process shard, against a small fake env batch with known episode ends."""
 from __future__ import annotations
+
+import threading
 
 import torch
 
+from dvla.algo.batching import DynamicBatcher
 from dvla.config import PolicyConfig
 from dvla.envs import StepResult
+from dvla.inproc import SetControl
+from dvla.lanes.sampling import Outcome, Sampler
+from dvla.lanes.shards import ShardPool
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
-from services.rollout.sampler import collect_episodes
+
+
+class OneRound:
+    """A sink that keeps the first round and stops the lane."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop, self.batches = stop, []
+
+    def send(self, batch):
+        self.batches.append(batch)
+        self.stop.set()
+
+    def send_end(self, epoch_end=None):
+        pass
+
+
+def collect_episodes(envs, slot, seeds, group_ids, generator, device):
+    """One round of `envs` through the sampling lane (the round's seeds and group ids as given)."""
+    stop = threading.Event()
+    sink = OneRound(stop)
+    sampler = Sampler(ShardPool.local(envs), slot, SetControl(), lambda r, s, k: (seeds, group_ids),
+                      max_staleness=0, batcher=DynamicBatcher(envs.num_envs, 0.0), device=device,
+                      generator=generator, stop=stop)
+    assert sampler.run(sink, rank=1, should_yield=lambda: False) == Outcome.STOP
+    (batch,) = sink.batches
+    assert batch.worker_rank == 1 and sampler.counts.episodes_sent == envs.num_envs
+    return batch
 
 
 class CountingEnvs:
@@ -37,12 +69,19 @@ class CountingEnvs:
 
 
 class Slot:
+    """A weight lane holding version 7 whose version 8 arrives between two inference batches."""
+
+    background, final = False, False
+
     def __init__(self, policy):
         self.policy, self.version, self.calls = policy, 7, 0
 
+    def wait_loaded(self, min_version, timeout_s=None, interrupt=None):
+        return True
+
     def current(self):
         self.calls += 1
-        if self.calls == 4:  # a new version arrives between two inference batches (call 1 sizes the recorder)
+        if self.calls == 4:  # call 1 admits the round and sizes the recorder
             self.version = 8
         return self.policy, self.version
 

@@ -1,6 +1,6 @@
 import torch
 
-from dvla.algo.staleness import lag_stats, stale_episodes
+from dvla.algo.staleness import admits, lag_stats, min_version, stale_episodes
 from dvla.types import TrajectoryBatch
 
 
@@ -33,3 +33,24 @@ def test_lag_stats_and_select():
     assert abs(stats["staleness_mean"] - 3 / 5) < 1e-6
     kept = b.select(torch.tensor([False, True]))
     assert kept.num_episodes == 1 and kept.versions.tolist() == [[5, 5, 5]]
+
+
+def test_an_admitted_round_is_never_dropped_as_stale():
+    """Admission and the drop rule are one bound: every round admitted with version v, trained by
+    an actor at a version no newer than the round, keeps all its episodes."""
+    for max_staleness in range(4):
+        for round_ in range(8):
+            for start in range(min_version(round_, max_staleness), round_ + 2):
+                assert admits(start, round_, max_staleness)
+                for actor in range(start, round_ + 1):  # the actor trains round r at version <= r
+                    # a round's steps run with versions from `start` up to the actor's newest
+                    b = batch([[start, actor]], lengths=[2], groups=[0])
+                    assert not stale_episodes(b, actor, max_staleness, whole_groups=True).any()
+            if round_ - max_staleness > 0:
+                assert not admits(round_ - max_staleness - 1, round_, max_staleness)
+
+
+def test_a_round_started_below_the_bound_would_be_dropped():
+    b = batch([[2, 2]], lengths=[2], groups=[0])
+    assert not admits(2, round_=4, max_staleness=1)
+    assert stale_episodes(b, 4, 1, whole_groups=False).tolist() == [True]

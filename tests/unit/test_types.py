@@ -6,7 +6,7 @@ from dvla.types import TrajectoryBatch
 D, A = 3, 2
 
 
-def make_batch(lengths: list[int], num_steps: int, seed: int, epoch: int = 0) -> TrajectoryBatch:
+def make_batch(lengths: list[int], num_steps: int, seed: int, round_: int = 0) -> TrajectoryBatch:
     g = torch.Generator().manual_seed(seed)
     num_episodes = len(lengths)
     lengths_t = torch.tensor(lengths, dtype=torch.int64)
@@ -29,7 +29,7 @@ def make_batch(lengths: list[int], num_steps: int, seed: int, epoch: int = 0) ->
         final_obs=rand(num_episodes, D),
         group_ids=torch.arange(num_episodes, dtype=torch.int64) + 10 * seed,
         worker_rank=seed,
-        epoch=epoch,
+        round=round_,
     )
 
 
@@ -41,11 +41,11 @@ def test_step_mask_and_returns():
 
 
 def test_concat_pads_shorter_batch():
-    short, long = make_batch([2, 3], num_steps=3, seed=1, epoch=4), make_batch([5, 1, 4], num_steps=5, seed=2, epoch=7)
+    short, long = make_batch([2, 3], num_steps=3, seed=1, round_=4), make_batch([5, 1, 4], num_steps=5, seed=2, round_=7)
     out = TrajectoryBatch.concat([short, long])
 
     assert out.num_episodes == 5 and out.obs.shape == (5, 5, D) and out.actions.shape == (5, 5, A)
-    assert out.epoch == 7 and out.worker_rank == -1
+    assert out.round == 7 and out.worker_rank == -1
     for name in TrajectoryBatch.TENSOR_FIELDS:
         joined, a, b = getattr(out, name), getattr(short, name), getattr(long, name)
         assert joined.dtype == a.dtype, name

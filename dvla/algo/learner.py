@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from dvla.algo.advantages import gae, grpo_advantages
+from dvla.algo.algorithms import algorithm
 from dvla.algo.losses import behaviour_weights, clipped_surrogate, value_loss
 from dvla.config import AlgoConfig
 from dvla.policy import Policy
@@ -44,6 +45,7 @@ class Samples:
 class Learner:
     def __init__(self, policy: Policy, cfg: AlgoConfig, device: torch.device, seed: int = 0):
         self.policy, self.cfg, self.device = policy, cfg, device
+        self.algo = algorithm(cfg.name)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
         self._accumulated_steps = 0
@@ -52,7 +54,7 @@ class Learner:
     def advantages(self, b: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, T] advantages and value targets (targets are zeros for GRPO)."""
         mask = b.step_mask()
-        if self.cfg.name == "grpo":
+        if self.algo.groups:
             adv_ep = grpo_advantages(b.returns(), b.group_ids)  # [B]
             adv = adv_ep[:, None].expand_as(b.rewards) * mask
             return adv, torch.zeros_like(adv)
@@ -96,13 +98,13 @@ class Learner:
         cfg = self.cfg
         out = self.policy.evaluate(s.obs[idx], s.actions[idx], s.images[idx])
         adv = s.advantages[idx]
-        if normalize and cfg.normalize_advantages and cfg.name == "ppo" and len(idx) > 1:
+        if normalize and cfg.normalize_advantages and self.algo.critic and len(idx) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         pg_loss, stats = clipped_surrogate(out.log_probs, s.prox_log_probs[idx], adv, cfg.clip_eps, weights=s.weights[idx])
         entropy = out.entropy.mean()
         loss = pg_loss - cfg.ent_coef * entropy
         v_loss = torch.zeros(())
-        if cfg.name == "ppo":
+        if self.algo.critic:
             v_loss = value_loss(out.values, s.targets[idx])
             loss = loss + cfg.vf_coef * v_loss
         stats = {"loss/policy": pg_loss, "loss/value": v_loss, "loss/entropy": entropy, **{f"loss/{k}": v for k, v in stats.items()}}

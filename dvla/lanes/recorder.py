@@ -1,34 +1,22 @@
-"""The sampling lane's unit of work: one rollout epoch of whole episodes.
+"""The sampling lane's bookkeeping for one round of one env shard: every env runs one whole episode.
 
 Every env is reset with a given seed (GRPO groups share a seed, so they share
 an initial state), then stepped until its episode ends; finished envs are no
 longer stepped. Each decision records the behaviour log-prob and the version of
 the policy that chose it, and its action chunk of C env steps runs before the
-next decision (C = 1 for the MLP). `EpisodeRecorder` holds that bookkeeping for a group
-of envs; `collect_episodes` drives one env batch in this process, and the
-sharded sampler (shards.py) drives one recorder per env shard process.
+next decision (C = 1 for the MLP). No I/O.
 """
 from __future__ import annotations
 
-import time
-from typing import Protocol
-
 import torch
 
-from dvla import telemetry
-from dvla.envs import StepResult, step_chunk
-from dvla.policy import ActOutput, Policy
+from dvla.envs import StepResult
+from dvla.policy import ActOutput
 from dvla.types import EnvSpec, TrajectoryBatch
 
 
-class PolicySlot(Protocol):
-    """The inference copy in use: (policy, version) read together, between two batches."""
-
-    def current(self) -> tuple[Policy, int]: ...
-
-
 class EpisodeRecorder:
-    """Buffers of one epoch of N envs, each running one episode of at most t_max decisions.
+    """Buffers of one round of N envs, each running one episode of at most t_max decisions.
 
     A decision records the observation (state and image) it was made on, the
     policy's sample, log-prob, value and version; its chunk's env steps then add
@@ -110,22 +98,3 @@ class EpisodeRecorder:
             group_ids=self.group_ids.clone(), images=cut(self.images), final_images=self.final_images.clone(),
             chunk_steps=cut(self.chunk_steps),
         )
-
-
-def collect_episodes(envs, slot: PolicySlot, seeds: list[int], group_ids: list[int],
-                     generator: torch.Generator, device: torch.device, step_delay_s: float = 0.0) -> TrajectoryBatch:
-    policy, _ = slot.current()
-    rec = EpisodeRecorder(envs.num_envs, envs.spec, policy.sample_dim, policy.chunk_size)
-    rec.begin(*envs.reset(seeds), group_ids)
-    while not rec.done:
-        policy, version = slot.current()
-        with telemetry.span("inference.batch", version=version, batch_size=envs.num_envs):
-            out = policy.act(rec.current_obs.to(device), rec.current_images.to(device), generator=generator)
-        rec.record_action(out, version)
-        with telemetry.span("sampling.env_step", num_envs=int(rec.active.sum()), chunk=policy.chunk_size):
-            res = step_chunk(envs, out.chunk.cpu(), rec.active.clone())
-        if step_delay_s:  # testing: a deliberately slow rollout
-            time.sleep(step_delay_s)
-        rec.record_step(res)
-    return rec.finish()
-

@@ -1,0 +1,101 @@
+"""The actor's receive lane: trajectories from the data plane into a bounded queue.
+
+    consumes  TrajectoryBatches from every rollout rank of the epoch formed (TrajectorySource)
+    produces  the same batches, on `queue` (bounded: queue_batches), then END (None) once
+    waits for a batch on the data plane, or room in the queue: while the queue is full it
+              stops receiving, so rollouts block in send (backpressure, never silent loss)
+    thread    its own ("receive-lane")
+    owns      the queue; counts each batch into the episode ledger (shared with training) on arrival
+
+Across data-plane epochs: once every rank of the epoch has sent EPOCH_END (all
+they produced has arrived), the lane moves to the next epoch through the
+EpochCycle while training goes on from the queue. END goes on the queue when
+every rank sent END, or when there is no next epoch.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from dvla import telemetry
+from dvla.counters import EpisodeLedger
+from dvla.lanes.epochs import EpochCycle
+from dvla.ports import TrajectorySource
+from dvla.types import TrajectoryBatch, World
+
+log = logging.getLogger("dvla.lanes.receive")
+END = None  # put on the queue once the data plane has nothing more to give
+
+
+class ReceiveLane:
+    def __init__(self, epochs: EpochCycle, world: World, capacity: int, ledger: EpisodeLedger,
+                 stop: threading.Event):
+        """world: the epoch already formed (rank 0)."""
+        self.epochs, self.world, self.ledger, self.stop = epochs, world, ledger, stop
+        self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
+        self.blocked_s = 0.0  # time spent waiting for room in the queue
+        self.epochs_formed = 1
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
+
+    @property
+    def epoch(self) -> int:
+        return self.world.epoch
+
+    def start(self) -> "ReceiveLane":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                source = self.epochs.plane.source(list(range(1, self.world.size)))
+                self._receive(source)
+                if self.stop.is_set() or source.run_ended():
+                    return
+                world = self.epochs.advance(self.world)
+                if world is None:
+                    return
+                log.info("data-plane epoch %d formed: %d rollout(s)", world.epoch, world.size - 1)
+                self.world = world
+                self.epochs_formed += 1
+        except BaseException as e:
+            log.exception("receive lane failed")
+            self.error = e
+        finally:
+            self.queue.put(END)
+
+    def _receive(self, source: TrajectorySource) -> None:
+        while source.open_sources and not self.stop.is_set():
+            try:
+                src, b = source.recv(timeout_s=0.5)
+            except TimeoutError:
+                continue
+            if b is None:
+                continue
+            t = time.monotonic()
+            self.ledger.receive(b.num_episodes)
+            # the span covers the wait for room in the queue: long spans are backpressure
+            with telemetry.span("receive.enqueue", parent=b.trace_context, worker=src, episodes=b.num_episodes,
+                                round=b.round):
+                self._put(b)
+            self.blocked_s += time.monotonic() - t
+
+    def _put(self, b: TrajectoryBatch) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(b, timeout=0.5)
+                return
+            except queue.Full:
+                pass
+
+    def take(self, timeout_s: float | None = None) -> TrajectoryBatch | None:
+        """Next batch, or END (None) once the data plane has nothing more; queue.Empty after timeout_s."""
+        b = self.queue.get(timeout=timeout_s)
+        if b is not None:
+            self.ledger.take(b.num_episodes)
+        elif self.error is not None:
+            raise RuntimeError(f"receive lane failed: {self.error}") from self.error
+        return b

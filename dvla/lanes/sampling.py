@@ -1,0 +1,166 @@
+"""The rollout's sampling lane: rounds of whole episodes from a pool of env shards, into the data plane.
+
+    consumes  env shards (ShardPool), the inference copy in use (WeightLane), the directives
+    produces  one TrajectoryBatch per shard round, sent to the actor (TrajectorySink)
+    waits for a shard to finish its reset or chunk, a batch of observations to fill
+              (DynamicBatcher: B_max or T_max), or admission control: round r starts only
+              once the policy in use has version >= r - max_staleness
+    thread    the rollout's main thread (inference runs here too; shard processes step envs)
+    owns      the shards' recorders and round numbers, and the production counters
+
+While shard i steps its physics, the others' observations go through inference.
+Rounds are numbered like the versions they are meant for: a worker that joins
+late (or a resumed run) starts at the version in use, not at round 0. No round
+starts while the run is paused or a new data-plane epoch asks for a safe point;
+rounds under way finish and are sent, so no episode is ever cut.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
+
+import torch
+
+from dvla import telemetry
+from dvla.algo.batching import DynamicBatcher
+from dvla.algo.staleness import min_version
+from dvla.lanes.inference import infer
+from dvla.lanes.recorder import EpisodeRecorder
+from dvla.lanes.shards import Shard, ShardPool, ShardState
+from dvla.lanes.weights import WeightLane
+from dvla.ports import Control, TrajectorySink
+from dvla.types import TrajectoryBatch
+
+
+class Outcome(Enum):
+    YIELD = "yield"  # a safe point was asked for, and every round under way is sent
+    FINAL = "final"  # the actor's final version is in use: the run is over
+    STOP = "stop"  # this worker is stopping
+
+
+@dataclass
+class SamplingCounts:
+    env_steps_produced: int = 0
+    episodes_produced: int = 0
+    episodes_sent: int = 0
+    send_s: float = 0.0
+    inference_batches: int = 0
+
+
+Seeds = Callable[[int, int, int], tuple[list[int], list[int]]]  # (round, shard, num envs) -> seeds, group ids
+
+
+class Sampler:
+    def __init__(self, pool: ShardPool, lane: WeightLane, control: Control, seeds: Seeds, *, max_staleness: int,
+                 batcher: DynamicBatcher, device: torch.device, generator: torch.Generator | None,
+                 stop: threading.Event, step_delay_s: float = 0.0):
+        self.pool, self.lane, self.control, self.seeds = pool, lane, control, seeds
+        self.max_staleness, self.batcher, self.device, self.generator = max_staleness, batcher, device, generator
+        self.stop, self.step_delay_s = stop, step_delay_s
+        self.counts = SamplingCounts()
+
+    def run(self, sink: TrajectorySink, rank: int, should_yield: Callable[[], bool]) -> Outcome:
+        """Rounds into `sink` (as data-plane `rank`) until the run is over, this worker stops, or
+        should_yield() asks for a safe point."""
+        if not self.lane.wait_loaded(0) or self.lane.final:  # v0 at least: only fetched weights run
+            return Outcome.STOP if self.stop.is_set() else Outcome.FINAL
+        self.pool.start_rounds_at(self.lane.version)
+        while not self.stop.is_set():
+            if self.lane.final:
+                return Outcome.FINAL  # unfinished rounds are abandoned: never counted as produced
+            self.pool.rescale(self.control.directives.num_shards)
+            self.pool.retire_idle()
+            leaving = should_yield()
+            if leaving and self.pool.quiet and not len(self.batcher):
+                return Outcome.YIELD
+            if not (leaving or self.control.directives.paused):
+                outcome = self._admit(should_yield)
+                if outcome is not None:
+                    return outcome
+            for s in self.pool.wait_ready(self.batcher.time_left(time.monotonic())):
+                self._advance(s, sink, rank)
+            self._infer_if_ready()
+        return Outcome.STOP
+
+    def _admit(self, should_yield: Callable[[], bool]) -> Outcome | None:
+        """Start a round on every idle shard admission control lets through."""
+        idle = [s for s in self.pool.shards if s.state == ShardState.IDLE and not s.retiring]
+        if not idle:
+            return None
+        policy, version = self.lane.current()
+        for s in idle:
+            need = min_version(s.round, self.max_staleness)
+            if version < need and not self.lane.background:
+                t = time.monotonic()
+                ok = self.lane.wait_loaded(need, interrupt=should_yield)  # a rescale must not wait on it
+                self.pool.parked_s += time.monotonic() - t
+                if not ok:
+                    if self.stop.is_set():
+                        return Outcome.STOP
+                    if should_yield():
+                        return None  # the next pass holds every shard and yields once all are quiet
+                    return Outcome.FINAL
+                policy, version = self.lane.current()
+            if version >= need:
+                self._start_round(s, policy)
+        return None
+
+    def _start_round(self, s: Shard, policy) -> None:
+        if s.recorder is None:
+            if self.pool.chunk_size is not None and policy.chunk_size != self.pool.chunk_size:
+                raise ValueError(f"the policy acts in chunks of {policy.chunk_size}, the env shards were built "
+                                 f"for {self.pool.chunk_size} (policy.chunk_size)")
+            s.recorder = EpisodeRecorder(s.num_envs, self.pool.spec, policy.sample_dim, policy.chunk_size)
+        # one trace per shard round: the actor's training spans link back to it
+        s.span = telemetry.start_span("sampling.round", shard=s.index, round=s.round)
+        seeds, s.group_ids = self.seeds(s.round, s.index, s.num_envs)
+        s.start_reset(seeds)
+
+    def _advance(self, s: Shard, sink: TrajectorySink, rank: int) -> None:
+        """A shard's reset, chunk or start has finished: record it, then send or queue for inference."""
+        if s.state == ShardState.STARTING:
+            self.pool.join(s)
+            return
+        s.complete()
+        if s.state == ShardState.RESETTING:
+            s.recorder.begin(*s.reset_obs(), s.group_ids)
+        else:
+            if self.step_delay_s:  # testing: a deliberately slow rollout
+                time.sleep(self.step_delay_s)
+            s.recorder.record_step(s.result())
+        if s.recorder.done:
+            batch = s.recorder.finish()
+            batch.trace_context = telemetry.context_of(s.span)
+            self._send(batch, s.round, sink, rank)
+            s.span.end()
+            s.round += 1
+            s.state = ShardState.IDLE
+        else:
+            self.batcher.add(s.index, int(s.recorder.active.sum()), time.monotonic())
+            s.state = ShardState.INFERENCE
+
+    def _infer_if_ready(self) -> None:
+        no_more_coming = len(self.batcher) and not any(
+            s.state in (ShardState.RESETTING, ShardState.STEPPING) for s in self.pool.shards)
+        if no_more_coming or self.batcher.ready(time.monotonic()):
+            by_index = {s.index: s for s in self.pool.shards}
+            infer([by_index[i] for i in self.batcher.take(time.monotonic())], self.lane, self.device, self.generator)
+            self.counts.inference_batches += 1
+
+    def _send(self, batch: TrajectoryBatch, round_: int, sink: TrajectorySink, rank: int) -> None:
+        batch.worker_rank, batch.round = rank, round_
+        c = self.counts
+        c.env_steps_produced += batch.num_steps
+        c.episodes_produced += batch.num_episodes
+        # A batch counts as sent (on the wire) once handed to the data plane, and that is reported
+        # before it can reach the actor: otherwise Admin.Status could sum the actor's fresh
+        # "received" with this worker's older report, and in flight or on the wire would go negative.
+        c.episodes_sent += batch.num_episodes
+        self.control.beat()
+        t = time.monotonic()
+        with telemetry.span("sampling.send", episodes=batch.num_episodes, round=round_):
+            sink.send(batch)
+        c.send_s += time.monotonic() - t

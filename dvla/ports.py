@@ -1,0 +1,143 @@
+"""The seams every lane depends on, and nothing else of the outside world.
+
+    weights       WeightSource (a rollout fetches versions)   WeightSink (the actor publishes them)
+    trajectories  TrajectorySink (a rollout sends rounds)     TrajectorySource (the actor receives them)
+    data plane    Plane: form / leave a data-plane epoch, and the sink or source of the epoch formed
+    directives    Control: what weight_control last told this worker (pause, epoch, shards, checkpoints)
+
+The services wire real implementations: the gRPC client (dvla/rpc/client.py)
+for weights, torch.distributed (dvla/dataplane/) for trajectories, the
+heartbeat (dvla/membership.py) for directives. dvla/inproc.py wires in-memory
+ones (a version store called directly, queues, a directive one can set), so the
+same lanes run in one process for fast tests. A lane never imports grpc, a
+process group or a service.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+from dvla.types import TrajectoryBatch, World
+
+
+@dataclass(frozen=True)
+class VersionEvent:
+    """The newest version weight_control holds, and the run's state."""
+
+    version: int  # -1 when none is published yet
+    final: bool
+    state: str  # starting | running | paused | finished
+
+
+@dataclass(frozen=True)
+class Directives:
+    """What weight_control tells a worker in each heartbeat reply."""
+
+    state: str = "unknown"  # starting | running | paused | finished
+    latest_version: int = -1
+    epoch: int = 0  # the data-plane epoch to be in; a newer one means: reach a safe point and re-form
+    rank: int = -1  # rank in that epoch; -1: not a member (standby, or leaving)
+    world_size: int = 0
+    membership: str = "unknown"  # member | standby | leaving | left
+    num_shards: int = 0  # rollout: env shards to run (0: no instruction)
+    checkpoint_request: int = 0  # actor: newest Admin.Checkpoint request number
+    episodes_per_update: int = 0  # actor: one round of every member's active envs (0: unknown)
+    rendezvous_address: str = ""
+
+    @property
+    def paused(self) -> bool:
+        """Start no new episodes (Admin.Pause)."""
+        return self.state == "paused"
+
+    @property
+    def out_of_the_run(self) -> bool:
+        """This worker takes no part in any later epoch: rescaled away, or the run has finished."""
+        return self.membership in ("leaving", "left") or self.state == "finished"
+
+    def world(self) -> World | None:
+        """The epoch this worker is to be in, if it holds a rank there."""
+        return World(self.epoch, self.rank, self.world_size) if self.rank >= 0 else None
+
+
+class WeightSource(Protocol):
+    """Where a rollout's policy versions come from."""
+
+    def latest(self) -> VersionEvent: ...
+
+    def watch(self, after_version: int, stop: threading.Event | None = None) -> Iterator[VersionEvent]:
+        """Version or state changes newer than after_version (the current one first), until stop is set."""
+        ...
+
+    def fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        """(version, final, tensors) of `version`, or of the newest one (None); checksum verified."""
+        ...
+
+
+class WeightSink(Protocol):
+    """Where the actor's policy versions go."""
+
+    def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False,
+                publisher_id: str = "") -> int:
+        """Store one version (the bytes sent); versions only go forward, and none follows a final one."""
+        ...
+
+
+class TrajectorySink(Protocol):
+    """A rollout's end of the data plane in one epoch: towards the actor."""
+
+    def send(self, batch: TrajectoryBatch) -> None:
+        """Returns once the batch has left; blocks while the actor has no room (backpressure)."""
+        ...
+
+    def send_end(self, epoch_end: int | None = None) -> None:
+        """END: no more for the run; with epoch_end=e, only for data-plane epoch e."""
+        ...
+
+
+class TrajectorySource(Protocol):
+    """The actor's end of the data plane in one epoch: from every rollout rank."""
+
+    @property
+    def open_sources(self) -> list[int]:
+        """Ranks that have not sent END or EPOCH_END yet."""
+        ...
+
+    def recv(self, timeout_s: float | None = None) -> tuple[int, TrajectoryBatch | None]:
+        """(rank, batch), or (rank, None) when that rank ended; TimeoutError after timeout_s."""
+        ...
+
+    def run_ended(self) -> bool:
+        """Every rank ended with END (the run is over), not with EPOCH_END."""
+        ...
+
+
+class Plane(Protocol):
+    """This process's membership of the data plane, one epoch at a time."""
+
+    def form(self, world: World, abort: Callable[[], bool] = lambda: False) -> bool:
+        """Join `world`; False when the epoch was cancelled (abort() here, or on another rank)."""
+        ...
+
+    def leave(self) -> None: ...
+
+    def sink(self) -> TrajectorySink:
+        """Towards rank 0 (the actor), in the epoch formed."""
+        ...
+
+    def source(self, ranks: list[int]) -> TrajectorySource:
+        """From `ranks`, in the epoch formed."""
+        ...
+
+
+class Control(Protocol):
+    """The run's directives as weight_control last said them."""
+
+    @property
+    def directives(self) -> Directives: ...
+
+    def beat(self) -> None:
+        """Report now and read fresh directives, instead of waiting for the next period."""
+        ...
