@@ -15,6 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from dvla.proto.v1 import admin_pb2
 from dvla.rpc import codec
+from dvla.types import Membership, RunState
 
 
 def _duration(seconds: float) -> str:
@@ -24,7 +25,7 @@ def _duration(seconds: float) -> str:
 
 def format_status(r: admin_pb2.StatusReply) -> str:
     """Human-readable Status: the run, its counters, then one line per worker."""
-    state = codec.STATE_NAMES.get(r.state, "unknown")
+    state = codec.STATE_NAMES.get(r.state, RunState.UNKNOWN)
     version = f"version {r.latest_version}" + (" (final)" if r.versions and r.versions[-1].final else "") \
         if r.has_version else "no version yet"
     t = r.totals
@@ -56,7 +57,7 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         member = codec.MEMBERSHIP_NAMES.get(w.membership, "?")
         rank = str(w.rank) if w.rank >= 0 else "-"
         shards = str(s.num_shards) if s.num_shards else "-"
-        alive = "yes" if w.alive else ("-" if member == "left" else "NO")
+        alive = "yes" if w.alive else ("-" if member == Membership.LEFT else "NO")
         lines.append(f"{w.worker_id[:14]:<14} {role:<8} {member:<8} {rank:>4} {(w.address or '-')[:18]:<18} "
                      f"{alive:<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} {shards:>6} "
                      f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8} {queue:>5} {stale:>5}")

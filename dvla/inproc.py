@@ -5,22 +5,37 @@
     LocalHub       the data plane between threads: per-epoch rendezvous, and a bounded queue
                    towards rank 0 (a full queue blocks the sender: backpressure, as dist.send)
     SetControl     directives a test sets by hand; counts the beats it is asked for
+    run_local      a whole run wired over them: rollouts on threads, the actor in the caller's thread
 
 No sockets, no process groups, no gRPC.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
+from dvla.algo.batching import DynamicBatcher
+from dvla.algo.learner import Learner
+from dvla.config import AlgoConfig, PolicyConfig
 from dvla.control.errors import NotFound
 from dvla.control.store import VersionStore
+from dvla.counters import EpisodeLedger
+from dvla.lanes.epochs import EpochCycle
+from dvla.lanes.publish import OffThread, PublishLane
+from dvla.lanes.receive import ReceiveLane
+from dvla.lanes.sampling import Sampler
+from dvla.lanes.shards import ShardPool
+from dvla.lanes.training import Progress, Trainer
+from dvla.lanes.weights import WeightLane
+from dvla.policy import build_policy
 from dvla.ports import Directives, VersionEvent
-from dvla.types import TrajectoryBatch, World
+from dvla.types import Acks, Membership, RunState, TrajectoryBatch, World
 from dvla.weights import pack, unpack
 
 _END, _EPOCH_END = "end", "epoch_end"
@@ -37,8 +52,8 @@ class LocalWeights:
     def _event(self) -> VersionEvent:
         v = self.store.latest
         if v is None:
-            return VersionEvent(-1, False, "starting")
-        return VersionEvent(v.version, v.final, "finished" if v.final else "running")
+            return VersionEvent(-1, False, RunState.STARTING)
+        return VersionEvent(v.version, v.final, RunState.FINISHED if v.final else RunState.RUNNING)
 
     def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False,
                 publisher_id: str = "") -> int:
@@ -177,12 +192,94 @@ class LocalSource:
 
 
 class SetControl:
-    """Directives set by hand (`control.directives = replace(control.directives, state="paused")`)."""
+    """Directives set by hand (`control.directives = replace(control.directives, state=RunState.PAUSED)`)."""
 
     def __init__(self, directives: Directives | None = None):
-        self.directives = directives or Directives(state="running", epoch=0, rank=0, world_size=2,
-                                                   membership="member")
+        self.directives = directives or Directives(state=RunState.RUNNING, epoch=0, rank=0, world_size=2,
+                                                   membership=Membership.MEMBER)
         self.beats = 0
+        self.acks = Acks()
 
     def beat(self) -> None:
         self.beats += 1
+
+    def acknowledge(self, **done) -> None:
+        self.acks = dataclasses.replace(self.acks, **done)
+        self.beat()
+
+
+@dataclass
+class LocalRun:
+    """What a run in one process did."""
+
+    versions: list[int]  # published, in order
+    records: list[dict]  # one per update
+    ledger: dict[str, int]  # the actor's episode ledger at the end
+    produced: int  # episodes the rollouts produced
+    sent: int
+
+
+def run_local(policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, make_envs: Callable[[], object], *,
+              num_rollouts: int = 1, num_updates: int = 3, max_staleness: int = 0, streamer: bool = False,
+              background_weights: bool = False, queue_batches: int = 4, seed: int = 0,
+              timeout_s: float = 120.0) -> LocalRun:
+    """A whole run with every lane in this process, over the in-memory ports: each rollout's sampling
+    lane on a thread of its own, the actor's training lane in the caller's. The same lanes as
+    services/*/loop.py wire over gRPC and torch.distributed."""
+    weights, hub, stop, finished = LocalWeights(), LocalHub(capacity=1), threading.Event(), threading.Event()
+    size, cpu = num_rollouts + 1, torch.device("cpu")
+    envs = [make_envs() for _ in range(num_rollouts)]
+    spec, per_update = envs[0].spec, sum(e.num_envs for e in envs)
+
+    def control(rank: int) -> SetControl:
+        return SetControl(Directives(state=RunState.RUNNING, epoch=0, rank=rank, world_size=size,
+                                     membership=Membership.MEMBER,
+                                     episodes_per_update=per_update))
+
+    samplers, threads = [], []
+    for rank in range(1, size):
+        lane = WeightLane(weights, lambda: build_policy(policy_cfg, spec).eval(), stop)
+        if background_weights:
+            lane.start_thread()
+        sampler = Sampler(ShardPool.local(envs[rank - 1]), lane, control(rank),
+                          lambda r, s, k, rank=rank: ([hash((seed, rank, r, i)) % (1 << 31) for i in range(k)],
+                                                      list(range(k))),
+                          max_staleness=max_staleness, batcher=DynamicBatcher(envs[rank - 1].num_envs, 0.0),
+                          device=cpu, generator=torch.Generator().manual_seed(seed + rank), stop=stop)
+        cycle = EpochCycle(hub.plane(), sampler.control, stop, give_up=lambda lane=lane: lane.final)
+        threads.append(threading.Thread(target=sampler.run_epochs, args=(cycle, World(0, rank, size)),
+                                        name=f"rollout-{rank}", daemon=True))
+        samplers.append(sampler)
+    for t in threads:
+        t.start()
+    try:
+        torch.manual_seed(seed)
+        policy = build_policy(policy_cfg, spec)
+        learner = Learner(policy, algo_cfg, cpu, seed=seed)
+        cycle = EpochCycle(hub.plane(), control(0), stop, give_up=finished.is_set)
+        ledger, progress = EpisodeLedger(), Progress(version=0)
+        inbox = ReceiveLane(cycle, cycle.enter(World(0, 0, size)), queue_batches, ledger, stop).start()
+        trainer = Trainer(learner, inbox, ledger, progress, max_staleness=max_staleness, streamer=streamer,
+                          episodes_per_update=lambda: per_update)
+        lane = PublishLane(weights, "actor")
+        publisher = OffThread(lane.submit) if background_weights else lane
+        publisher.submit(0, policy.export_weights())
+        records = []
+        while progress.updates < num_updates:
+            batch = trainer.next_global_batch()
+            if batch is None:
+                raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
+            records.append(trainer.update(batch))
+            publisher.submit(progress.updates, policy.export_weights(), final=progress.updates == num_updates)
+            progress.version = progress.updates
+        finished.set()
+        publisher.flush()
+        trainer.drain()
+        for t in threads:
+            t.join(timeout_s)
+            if t.is_alive():
+                raise TimeoutError(f"{t.name} did not finish within {timeout_s:.0f} s")
+        return LocalRun(lane.published, records, ledger.snapshot(),
+                        sum(s.counts.episodes_produced for s in samplers), sum(s.counts.episodes_sent for s in samplers))
+    finally:
+        stop.set()

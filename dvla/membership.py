@@ -6,11 +6,12 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
 from dvla.ports import Directives
 from dvla.rpc.client import ControlClient, Registration, RpcFailed
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec, RunState, SenderCounts
 
 log = logging.getLogger("dvla.membership")
 
@@ -21,7 +22,7 @@ def default_worker_id(role: str) -> str:
 
 def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec | None = None,
          rendezvous_address: str = "", num_envs: int = 0, num_shards: int = 0, timeout_s: float = 300.0,
-         stop: threading.Event | None = None) -> Registration:
+         stop: threading.Event | None = None, worker_key: int = 0) -> Registration:
     """Register, then wait until the actor's rendezvous address is known and this worker holds a rank.
 
     A worker beyond the run's number of rollouts waits on standby, for ever
@@ -31,13 +32,13 @@ def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec 
     delay, said = 0.05, False
     while True:
         reg = client.register(role, worker_id, rendezvous_address=rendezvous_address, env_spec=env_spec,
-                              num_envs=num_envs, num_shards=num_shards)
+                              num_envs=num_envs, num_shards=num_shards, worker_key=worker_key)
         if reg.rendezvous_address and reg.rank >= 0:
             return reg
         if stop is not None and stop.is_set():
             raise TimeoutError("stopped while waiting to join the run")
         if reg.rank < 0:
-            if client.latest().state == "finished":
+            if client.latest().state == RunState.FINISHED:
                 raise RunFinished("the run finished while this worker waited on standby")
             if not said:
                 log.info("on standby: the run has all the rollouts it asked for; "
@@ -56,12 +57,18 @@ class RunFinished(Exception):
 class Heartbeat:
     """A daemon thread reporting `stats()` every period; failures are logged, never fatal.
 
-    It is the Control port of a service: `directives` as of the last reply, `beat()` to report now."""
+    It is the Control port of a service: `directives` as of the last reply, `beat()` to report now,
+    `acknowledge()` to tell weight_control of something done. The stats are telemetry; what
+    weight_control acts on travels as typed Acks beside them. The actor also reports `senders()`:
+    each rollout's counters as its latest batch carried them."""
 
-    def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float):
+    def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float,
+                 senders: Callable[[], list[SenderCounts]] = list):
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
+        self.senders = senders
         self.stop_event = threading.Event()
         self.directives = Directives()  # from the last reply
+        self.acks = Acks()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -76,7 +83,7 @@ class Heartbeat:
     @property
     def paused(self) -> bool:
         """The run is paused (Admin.Pause), as of the last beat: start no new episodes."""
-        return self.directives.state == "paused"
+        return self.directives.paused
 
     @property
     def checkpoint_request(self) -> int:
@@ -85,13 +92,20 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Report now. Thread-safe: reports reach the server in the order their stats were read, so
-        an older snapshot never overwrites a newer one (the loop also beats right before sending)."""
+        an older snapshot never overwrites a newer one."""
         with self._lock:
+            self._beat()
+
+    def acknowledge(self, **done) -> None:
+        """Record what was done (fields of Acks) and report it at once."""
+        with self._lock:
+            self.acks = replace(self.acks, **done)
             self._beat()
 
     def _beat(self) -> None:
         try:
-            self.directives = self.client.heartbeat(self.worker_id, self.stats())
+            stats = self.stats()
+            self.directives = self.client.heartbeat(self.worker_id, stats, self.acks, self.senders())
         except RpcFailed as e:
             log.warning("heartbeat failed: %s", e)
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)

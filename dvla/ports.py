@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from dvla.types import TrajectoryBatch, World
+from dvla.types import Membership, RunState, TrajectoryBatch, World
 
 
 @dataclass(frozen=True)
@@ -29,19 +29,19 @@ class VersionEvent:
 
     version: int  # -1 when none is published yet
     final: bool
-    state: str  # starting | running | paused | finished
+    state: RunState
 
 
 @dataclass(frozen=True)
 class Directives:
     """What weight_control tells a worker in each heartbeat reply."""
 
-    state: str = "unknown"  # starting | running | paused | finished
+    state: RunState = RunState.UNKNOWN
     latest_version: int = -1
     epoch: int = 0  # the data-plane epoch to be in; a newer one means: reach a safe point and re-form
     rank: int = -1  # rank in that epoch; -1: not a member (standby, or leaving)
     world_size: int = 0
-    membership: str = "unknown"  # member | standby | leaving | left
+    membership: Membership = Membership.UNKNOWN
     num_shards: int = 0  # rollout: env shards to run (0: no instruction)
     checkpoint_request: int = 0  # actor: newest Admin.Checkpoint request number
     episodes_per_update: int = 0  # actor: one round of every member's active envs (0: unknown)
@@ -50,12 +50,12 @@ class Directives:
     @property
     def paused(self) -> bool:
         """Start no new episodes (Admin.Pause)."""
-        return self.state == "paused"
+        return self.state == RunState.PAUSED
 
     @property
     def out_of_the_run(self) -> bool:
         """This worker takes no part in any later epoch: rescaled away, or the run has finished."""
-        return self.membership in ("leaving", "left") or self.state == "finished"
+        return self.membership in (Membership.LEAVING, Membership.LEFT) or self.state == RunState.FINISHED
 
     def world(self) -> World | None:
         """The epoch this worker is to be in, if it holds a rank there."""
@@ -140,4 +140,8 @@ class Control(Protocol):
 
     def beat(self) -> None:
         """Report now and read fresh directives, instead of waiting for the next period."""
+        ...
+
+    def acknowledge(self, **done) -> None:
+        """Tell weight_control of something done (fields of dvla.types.Acks), now."""
         ...

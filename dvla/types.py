@@ -7,9 +7,44 @@ up to C env steps. Tensors here are CPU tensors unless a caller moves them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from enum import Enum
 
 import torch
+
+
+class TextEnum(str, Enum):
+    """An enum whose members equal, hash, print and format like their string values (StrEnum before 3.11),
+    so callers and wire maps keyed by the strings keep working."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Role(TextEnum):
+    ACTOR = "actor"
+    ROLLOUT = "rollout"
+
+
+class Membership(TextEnum):
+    """A worker's place in the data-plane world; the actor is always a member."""
+
+    MEMBER = "member"  # holds a rank in the current epoch
+    STANDBY = "standby"  # registered, waits for a slot
+    LEAVING = "leaving"  # told to leave (Admin.Rescale); sends what it holds, then leaves the data plane
+    LEFT = "left"  # has left the data plane; may register again and start afresh
+    UNKNOWN = "unknown"  # a client's word for a membership it has not heard (or cannot read)
+
+
+class RunState(TextEnum):
+    STARTING = "starting"  # no version published yet
+    RUNNING = "running"
+    PAUSED = "paused"  # Admin.Pause: workers hold at their next safe point
+    FINISHED = "finished"  # the latest version is final; nothing may follow it
+    UNKNOWN = "unknown"  # a client's word for a state it has not heard (or cannot read)
 
 
 @dataclass(frozen=True)
@@ -34,6 +69,26 @@ class EnvSpec:
         for d in self.image_shape:
             n *= d
         return n if self.image_shape else 0
+
+
+@dataclass(frozen=True)
+class Acks:
+    """What a worker has done that weight_control acts on; its stats beside them are telemetry only."""
+
+    checkpoint_request_done: int = 0  # actor: the newest Admin.Checkpoint request written
+    checkpoint_version: int = -1  # actor: the version of the newest checkpoint (-1: none)
+    checkpoint_path: str = ""
+    left_dataplane: bool = False  # this worker has left the data plane for good
+
+
+@dataclass(frozen=True)
+class SenderCounts:
+    """A rollout's counters at the moment it sent a batch, carried to the actor in the batch's header."""
+
+    worker_key: int  # the rollout's own number (registered with weight_control), 1 .. 2**63 - 1
+    episodes_produced: int
+    episodes_sent: int
+    env_steps_produced: int
 
 
 @dataclass(frozen=True)
@@ -75,6 +130,8 @@ class TrajectoryBatch:
     trace_context: tuple[int, int, int] | None = None
     """(trace_id, span_id, trace_flags) of the rollout span that produced this batch, so the actor's
     spans on it join the same trace (dvla.telemetry); None when not traced."""
+    sender: SenderCounts | None = None
+    """The sending rollout's counters as it sent this batch (this batch included); None if not kept."""
 
     TENSOR_FIELDS = (
         "obs", "actions", "log_probs", "values", "rewards", "dones", "versions",
@@ -125,7 +182,8 @@ class TrajectoryBatch:
     def select(self, keep: torch.Tensor) -> "TrajectoryBatch":
         """The episodes where keep [B] bool is True."""
         return TrajectoryBatch(**{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
-                               worker_rank=self.worker_rank, round=self.round, trace_context=self.trace_context)
+                               worker_rank=self.worker_rank, round=self.round, trace_context=self.trace_context,
+                               sender=self.sender)
 
     @staticmethod
     def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":

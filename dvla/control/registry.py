@@ -14,41 +14,15 @@ injected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable
 
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec, Membership, Role
 
 from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
 
 DEAD_AFTER_BEATS = 5
 MAX_ROLLOUTS = 1024
 MAX_SHARDS = 64
-
-
-class TextEnum(str, Enum):
-    """An enum whose members equal, hash, print and format like their string values (StrEnum before 3.11),
-    so callers and wire maps keyed by the strings keep working."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-
-class Role(TextEnum):
-    ACTOR = "actor"
-    ROLLOUT = "rollout"
-
-
-class Membership(TextEnum):
-    """A worker's place in the data-plane world; the actor is always a member."""
-
-    MEMBER = "member"  # holds a rank in the current epoch
-    STANDBY = "standby"  # registered, waits for a slot
-    LEAVING = "leaving"  # told to leave (Admin.Rescale); sends what it holds, then leaves the data plane
-    LEFT = "left"  # has left the data plane; may register again and start afresh
 
 
 @dataclass
@@ -59,11 +33,13 @@ class Worker:
     address: str
     last_seen: float
     env_spec: EnvSpec | None = None
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # telemetry only: shown, summed, never acted on
+    acks: Acks = field(default_factory=Acks)
     membership: Membership = Membership.MEMBER
     num_envs: int = 0  # rollout: envs at registration
     num_shards: int = 0  # rollout: env shard processes at registration (0: envs in-process, fixed)
     shards_target: int = 0  # rollout: shards to run now (Admin.Rescale)
+    worker_key: int = 0  # rollout: the number its trajectory headers carry (0: none)
 
     @property
     def active_envs(self) -> int:
@@ -165,7 +141,8 @@ class Registry:
             raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
 
     def register(self, role: Role | str, worker_id: str, address: str = "", rendezvous_address: str = "",
-                 env_spec: EnvSpec | None = None, num_envs: int = 0, num_shards: int = 0) -> Worker:
+                 env_spec: EnvSpec | None = None, num_envs: int = 0, num_shards: int = 0,
+                 worker_key: int = 0) -> Worker:
         if not worker_id:
             raise InvalidArgument("worker_id is empty")
         try:
@@ -182,6 +159,7 @@ class Registry:
                 raise AlreadyExists(f"worker '{worker_id}' is registered as {known.role}, not {role}")
             known.last_seen, known.address = now, address or known.address
             known.env_spec = env_spec or known.env_spec
+            known.worker_key = worker_key or known.worker_key
             if role == Role.ACTOR and rendezvous_address:
                 self.rendezvous_address = rendezvous_address
             return known
@@ -197,19 +175,20 @@ class Registry:
         if env_spec is None:
             raise InvalidArgument("a rollout must give its env_spec")
         w = Worker(worker_id, role, -1, address, now, env_spec, membership=Membership.STANDBY, num_envs=num_envs,
-                   num_shards=num_shards, shards_target=num_shards)
+                   num_shards=num_shards, shards_target=num_shards, worker_key=worker_key)
         self._workers[worker_id] = w  # a worker that left and comes back starts afresh
         if len(self._members) < self.target_rollouts:
             self._admit(w)
         return w
 
-    def heartbeat(self, worker_id: str, stats: dict) -> Worker:
+    def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None) -> Worker:
         w = self._workers.get(worker_id)
         if w is None:
             raise NotFound(f"worker '{worker_id}' is not registered")
         w.last_seen = self._clock()
         w.stats = stats
-        if w.membership == Membership.LEAVING and int(stats.get("dataplane_epoch", 0)) < 0:
+        w.acks = acks or Acks()
+        if w.membership == Membership.LEAVING and w.acks.left_dataplane:
             w.membership = Membership.LEFT  # it has left the data plane for good
         return w
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from dvla.types import Acks, Role, RunState, SenderCounts
+
 from .errors import InvalidArgument, OutOfOrder
-from .registry import Registry, Role, TextEnum, Worker
+from .registry import Registry, Worker
 from .store import VersionStore
 
 MAX_CHECKPOINT_WAIT_S = 86400.0
@@ -21,19 +23,17 @@ _REPORTED = ("env_steps_produced", "episodes_produced", "episodes_sent", "episod
              "episodes_dropped", "episodes_queued", "episodes_in_training")
 
 
-class RunState(TextEnum):
-    STARTING = "starting"  # no version published yet
-    RUNNING = "running"
-    PAUSED = "paused"  # Admin.Pause: workers hold at their next safe point
-    FINISHED = "finished"  # the latest version is final; nothing may follow it
-
-
 class RunControl:
     """The store, the registry and the run-wide directives: paused, and checkpoint requests.
 
     Checkpoints: Admin.Checkpoint bumps `checkpoint_request`; the actor sees the
     number in its heartbeat reply, writes one checkpoint per new number and
-    reports the last one written as `checkpoint_request_done` in its stats.
+    acknowledges the last one written (Acks.checkpoint_request_done).
+
+    Counting: the actor's heartbeat carries each rollout's counters as the last
+    batch it received from that rollout said them (SenderCounts). A rollout's
+    episodes count as produced and sent at least that far, so the totals never
+    show more received than sent, though rollouts report only every heartbeat.
     """
 
     def __init__(self, store: VersionStore, registry: Registry, clock: Callable[[], float]):
@@ -44,6 +44,7 @@ class RunControl:
         self.paused = False
         self.checkpoint_request = 0  # requests so far; the actor writes one per new number
         self.checkpoint_done = 0  # the last request the actor reported written
+        self._senders: dict[int, SenderCounts] = {}  # worker key -> counters the actor last saw
 
     @property
     def state(self) -> RunState:
@@ -90,10 +91,16 @@ class RunControl:
         """The checkpoint request a worker's heartbeat reply carries: only the actor writes checkpoints."""
         return self.checkpoint_request if w.role == Role.ACTOR else 0
 
-    def on_heartbeat(self, worker_id: str, stats: dict) -> tuple[Worker, bool]:
-        """Record a heartbeat; also True if the actor reported a checkpoint request written that was not before."""
-        w = self.registry.heartbeat(worker_id, stats)
-        done = int(stats.get("checkpoint_request_done", 0))
+    def on_heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None,
+                     senders: list[SenderCounts] = ()) -> tuple[Worker, bool]:
+        """Record a heartbeat; also True if the actor acknowledged a checkpoint request it had not before."""
+        w = self.registry.heartbeat(worker_id, stats, acks)
+        if w.role == Role.ACTOR:
+            for c in senders:
+                held = self._senders.get(c.worker_key)
+                if held is None or c.episodes_sent >= held.episodes_sent:
+                    self._senders[c.worker_key] = c
+        done = w.acks.checkpoint_request_done
         if w.role != Role.ACTOR or not done or done == self.checkpoint_done:
             return w, False
         self.checkpoint_done = done
@@ -102,13 +109,13 @@ class RunControl:
     def checkpoint_written(self, n: int) -> bool:
         """Whether the actor has reported checkpoint request `n` (or a later one) written."""
         actor = self.registry.actor()
-        return actor is not None and actor.stats.get("checkpoint_request_done", 0) >= n
+        return actor is not None and actor.acks.checkpoint_request_done >= n
 
     def checkpoint_result(self) -> tuple[int, str]:
         """(policy version, path) of the newest checkpoint the actor reported; (-1, "") if none."""
         actor = self.registry.actor()
-        stats = actor.stats if actor is not None else {}
-        return int(stats.get("checkpoint_version", -1)), str(stats.get("checkpoint_path", ""))
+        acks = actor.acks if actor is not None else Acks()
+        return acks.checkpoint_version, acks.checkpoint_path
 
     # ------------------------------------------------------------------ rescaling
     def rescale(self, num_rollouts: int, worker_id: str = "", num_shards: int = 0) -> tuple[list[str], int]:
@@ -136,8 +143,11 @@ class RunControl:
         leaver's counts stay in. produced = trained + dropped + in flight; by place,
         in flight is unsent, on the wire, queued or in training.
         """
-        workers = self.registry.workers()
-        t = {k: sum(int(w.stats.get(k, 0)) for w in workers) for k in _REPORTED}
+        t = {k: 0 for k in _REPORTED}
+        for w in self.registry.workers():
+            seen = self._senders.get(w.worker_key) if w.worker_key else None
+            for k in _REPORTED:
+                t[k] += max(int(w.stats.get(k, 0)), getattr(seen, k, 0))
         t["episodes_in_flight"] = t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"]
         t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"]
         t["episodes_on_wire"] = t["episodes_sent"] - t["episodes_received"]

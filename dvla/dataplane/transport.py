@@ -2,19 +2,24 @@
 
 Wire format (never pickled), per message, from one sender to one receiver:
 
-    header   int64[16]   magic, version, kind, B, T, D, A, worker_rank, round
+    header   int64[20]   magic, version, kind, B, T, D, A, worker_rank, round
                          (for EPOCH_END: the data-plane epoch it ends),
                          has trace context (1 or 0), payload bytes, I (image
                          bytes per decision, 0 without a camera), trace_id high
                          64 bits, trace_id low 64 bits, span_id, trace_flags
                          (the 4 trace words are 0 without a trace context, and
                          always on END / EPOCH_END; unsigned 64-bit words are
-                         stored as their two's-complement int64)
+                         stored as their two's-complement int64), then the
+                         sender's counters as it sends this batch (worker key,
+                         episodes produced, episodes sent, env steps produced;
+                         all 0 when it keeps none)
     payload  uint8[n]    only for TRAJECTORIES: every TrajectoryBatch.TENSOR_FIELDS
                          tensor in that order, raw bytes (bool as 1 byte), each
                          padded to 8 bytes so the receiver can view it in place
 
 One payload send instead of twelve keeps per-message latency at two sends. The
+counters let weight_control count a rollout's episodes as sent at least as far
+as the actor has received them, without a heartbeat before every send. The
 trace context is TrajectoryBatch.trace_context: the rollout span that made the
 batch, so the actor's spans on it join that trace (dvla.telemetry).
 
@@ -34,11 +39,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dvla.types import TrajectoryBatch
+from dvla.types import SenderCounts, TrajectoryBatch
 
-HEADER_LEN = 16
+HEADER_LEN = 20
 MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
-WIRE_VERSION = 3  # 2: images, final_images and chunk_steps; 3: trace context
+WIRE_VERSION = 4  # 2: images, final_images and chunk_steps; 3: trace context; 4: the sender's counters
 KIND_TRAJECTORIES = 1
 KIND_END = 2  # this sender will send no more: the run is over
 KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header round word = that epoch
@@ -103,6 +108,7 @@ class Header:
     round: int  # the rollout round of a TRAJECTORIES message; the epoch an EPOCH_END ends
     payload_bytes: int
     trace_context: TraceContext | None = None
+    sender: SenderCounts | None = None
 
 
 def _field_shapes(B: int, T: int, D: int, A: int, I: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -151,9 +157,11 @@ def _parse_trace(has_trace: int, words: list[int]) -> TraceContext | None:
 
 def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
                    round_: int = 0, payload_bytes: int = 0, I: int = 0,
-                   trace_context: TraceContext | None = None) -> torch.Tensor:
+                   trace_context: TraceContext | None = None, sender: SenderCounts | None = None) -> torch.Tensor:
+    counts = [0, 0, 0, 0] if sender is None else [_as_int64(sender.worker_key), sender.episodes_produced,
+                                                  sender.episodes_sent, sender.env_steps_produced]
     return torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, round_, int(trace_context is not None),
-                         payload_bytes, I, *_trace_words(trace_context)], dtype=torch.int64)
+                         payload_bytes, I, *_trace_words(trace_context), *counts], dtype=torch.int64)
 
 
 def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.Tensor:
@@ -161,7 +169,7 @@ def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.
 
 
 def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(header int64[16], payload uint8[n]) for one batch; raises ValueError on a malformed batch."""
+    """(header int64[20], payload uint8[n]) for one batch; raises ValueError on a malformed batch."""
     if batch.obs.dim() != 3 or batch.actions.dim() != 3:
         raise ValueError(f"TrajectoryBatch.obs and .actions must be [B, T, D] and [B, T, A], "
                          f"got {list(batch.obs.shape)} and {list(batch.actions.shape)}")
@@ -177,7 +185,7 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         parts += [raw, raw.new_zeros(pad)] if pad else [raw]
     payload = torch.cat(parts)
     header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.round, payload.numel(), I,
-                            batch.trace_context)
+                            batch.trace_context, batch.sender)
     check_header(header)
     return header, payload
 
@@ -186,7 +194,8 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     """Parse and validate a received header; ValueError says what is wrong with it."""
     if header.dtype != torch.int64 or tuple(header.shape) != (HEADER_LEN,):
         raise ValueError(f"data-plane header must be int64[{HEADER_LEN}], got {header.dtype} {list(header.shape)}")
-    (magic, version, kind, B, T, D, A, worker_rank, round_, has_trace, nbytes, I, *trace_words) = header.tolist()
+    (magic, version, kind, B, T, D, A, worker_rank, round_, has_trace, nbytes, I, *rest) = header.tolist()
+    trace_words, (key, produced, sent, steps) = rest[:4], rest[4:]
     if magic != MAGIC:
         raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
                          "not a dvla message, or the stream lost its place")
@@ -207,7 +216,11 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     expected = payload_nbytes(B, T, D, A, I)
     if nbytes != expected:
         raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
-    return Header(kind, B, T, D, A, I, worker_rank, round_, nbytes, trace_context)
+    if min(produced, sent, steps) < 0 or sent > produced:
+        raise ValueError(f"data-plane header carries counters produced={produced} sent={sent} steps={steps}: "
+                         "negative, or more sent than produced")
+    sender = SenderCounts(key % _U64, produced, sent, steps) if key else None
+    return Header(kind, B, T, D, A, I, worker_rank, round_, nbytes, trace_context, sender)
 
 
 def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
@@ -219,7 +232,7 @@ def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
         fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
         offset += _padded_nbytes(shape, dtype)
     return TrajectoryBatch(**fields, worker_rank=header.worker_rank, round=header.round,
-                           trace_context=header.trace_context)
+                           trace_context=header.trace_context, sender=header.sender)
 
 
 # ------------------------------------------------------------------ send / receive

@@ -6,8 +6,8 @@ from dvla.envs.maniskill import (
     StepResult,
     env_spec,
     instruction_for,
-    step_chunk,
     make_env_batch,
+    step_chunk,
 )
 
 __all__ = ["CpuEnvBatch", "EnvBatch", "GpuEnvBatch", "StepResult", "env_spec", "instruction_for", "make_env_batch", "step_chunk"]

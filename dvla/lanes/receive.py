@@ -5,7 +5,8 @@
     waits for a batch on the data plane, or room in the queue: while the queue is full it
               stops receiving, so rollouts block in send (backpressure, never silent loss)
     thread    its own ("receive-lane")
-    owns      the queue; counts each batch into the episode ledger (shared with training) on arrival
+    owns      the queue; counts each batch into the episode ledger (shared with training) on arrival,
+              and keeps each rollout's counters as its newest batch carried them (for the heartbeat)
 
 Across data-plane epochs: once every rank of the epoch has sent EPOCH_END (all
 they produced has arrived), the lane moves to the next epoch through the
@@ -23,7 +24,7 @@ from dvla import telemetry
 from dvla.counters import EpisodeLedger
 from dvla.lanes.epochs import EpochCycle
 from dvla.ports import TrajectorySource
-from dvla.types import TrajectoryBatch, World
+from dvla.types import SenderCounts, TrajectoryBatch, World
 
 log = logging.getLogger("dvla.lanes.receive")
 END = None  # put on the queue once the data plane has nothing more to give
@@ -36,6 +37,7 @@ class ReceiveLane:
         self.epochs, self.world, self.ledger, self.stop = epochs, world, ledger, stop
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
         self.blocked_s = 0.0  # time spent waiting for room in the queue
+        self._senders: dict[int, SenderCounts] = {}  # worker key -> the newest counters a batch carried
         self.epochs_formed = 1
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
@@ -76,6 +78,8 @@ class ReceiveLane:
             if b is None:
                 continue
             t = time.monotonic()
+            if b.sender is not None:  # before the ledger: a report never counts a batch received but not sent
+                self._senders[b.sender.worker_key] = b.sender
             self.ledger.receive(b.num_episodes)
             # the span covers the wait for room in the queue: long spans are backpressure
             with telemetry.span("receive.enqueue", parent=b.trace_context, worker=src, episodes=b.num_episodes,
@@ -90,6 +94,10 @@ class ReceiveLane:
                 return
             except queue.Full:
                 pass
+
+    def senders(self) -> list[SenderCounts]:
+        """Each rollout's counters as its newest batch here carried them (read after the ledger's snapshot)."""
+        return list(self._senders.values())
 
     def take(self, timeout_s: float | None = None) -> TrajectoryBatch | None:
         """Next batch, or END (None) once the data plane has nothing more; queue.Empty after timeout_s."""

@@ -16,6 +16,7 @@ rounds under way finish and are sent, so no episode is ever cut.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ import torch
 from dvla import telemetry
 from dvla.algo.batching import DynamicBatcher
 from dvla.algo.staleness import min_version
+from dvla.lanes.epochs import EpochCycle
 from dvla.lanes.inference import infer
 from dvla.lanes.recorder import EpisodeRecorder
 from dvla.lanes.shards import Shard, ShardPool, ShardState
 from dvla.lanes.weights import WeightLane
 from dvla.ports import Control, TrajectorySink
-from dvla.types import TrajectoryBatch
+from dvla.types import SenderCounts, TrajectoryBatch, World
+
+log = logging.getLogger("dvla.lanes.sampling")
 
 
 class Outcome(Enum):
@@ -56,11 +60,31 @@ Seeds = Callable[[int, int, int], tuple[list[int], list[int]]]  # (round, shard,
 class Sampler:
     def __init__(self, pool: ShardPool, lane: WeightLane, control: Control, seeds: Seeds, *, max_staleness: int,
                  batcher: DynamicBatcher, device: torch.device, generator: torch.Generator | None,
-                 stop: threading.Event, step_delay_s: float = 0.0):
+                 stop: threading.Event, step_delay_s: float = 0.0, worker_key: int = 0):
+        """worker_key: this worker's number, carried with its counters in every batch (0: none)."""
         self.pool, self.lane, self.control, self.seeds = pool, lane, control, seeds
         self.max_staleness, self.batcher, self.device, self.generator = max_staleness, batcher, device, generator
-        self.stop, self.step_delay_s = stop, step_delay_s
+        self.stop, self.step_delay_s, self.worker_key = stop, step_delay_s, worker_key
         self.counts = SamplingCounts()
+
+    def run_epochs(self, cycle: EpochCycle, first: World, on_epoch: Callable[[int], None] = lambda e: None) -> None:
+        """Sample in every data-plane epoch this worker belongs to, from `first` on; END once the run is over.
+
+        At a new epoch, the rounds under way are sent, then EPOCH_END, and the cycle re-forms (or this
+        worker leaves). on_epoch(e) is told the epoch joined, and -1 between two epochs."""
+        world = cycle.enter(first)
+        while world is not None:
+            on_epoch(world.epoch)
+            log.info("data-plane epoch %d: rank %d of %d", world.epoch, world.rank, world.size)
+            sink = cycle.plane.sink()
+            outcome = self.run(sink, world.rank, should_yield=lambda w=world: cycle.moved_on(w))
+            if outcome != Outcome.YIELD:  # the run is over (or this worker stops): END, so the actor can account
+                sink.send_end()
+                return
+            sink.send_end(epoch_end=world.epoch)  # everything this worker produced is sent
+            on_epoch(-1)
+            world = cycle.advance(world)
+        log.info("leaving the run: rescaled away, or the run has finished")
 
     def run(self, sink: TrajectorySink, rank: int, should_yield: Callable[[], bool]) -> Outcome:
         """Rounds into `sink` (as data-plane `rank`) until the run is over, this worker stops, or
@@ -155,11 +179,12 @@ class Sampler:
         c = self.counts
         c.env_steps_produced += batch.num_steps
         c.episodes_produced += batch.num_episodes
-        # A batch counts as sent (on the wire) once handed to the data plane, and that is reported
-        # before it can reach the actor: otherwise Admin.Status could sum the actor's fresh
-        # "received" with this worker's older report, and in flight or on the wire would go negative.
+        # A batch counts as sent (on the wire) once handed to the data plane. The counters travel with
+        # it, and the actor reports them: weight_control never sees it received before it was sent,
+        # without a heartbeat on the sampling path.
         c.episodes_sent += batch.num_episodes
-        self.control.beat()
+        if self.worker_key:
+            batch.sender = SenderCounts(self.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced)
         t = time.monotonic()
         with telemetry.span("sampling.send", episodes=batch.num_episodes, round=round_):
             sink.send(batch)

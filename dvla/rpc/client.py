@@ -5,22 +5,22 @@ the loops never import grpc.
 """
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dvla.config import ControlConfig
-from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, common_pb2 as pb, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.ports import Directives, VersionEvent
+from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
+from dvla.proto.v1 import common_pb2 as pb
 from dvla.rpc import codec
 from dvla.rpc.security import secure_channel
-from dvla.ports import Directives, VersionEvent
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec, Membership, RunState, SenderCounts
 from dvla.weights import Manifest, pack, unpack
 
 
@@ -52,7 +52,7 @@ def _wrap(fn):
 
 def _event(ev: weights_pb2.VersionEvent) -> VersionEvent:
     v = ev.latest.version if ev.has_version else -1
-    return VersionEvent(v, ev.has_version and ev.latest.final, codec.STATE_NAMES.get(ev.state, "unknown"))
+    return VersionEvent(v, ev.has_version and ev.latest.final, codec.STATE_NAMES.get(ev.state, RunState.UNKNOWN))
 
 
 class ControlClient:
@@ -86,10 +86,11 @@ class ControlClient:
     # ------------------------------------------------------------ registry
     @_wrap
     def register(self, role: str, worker_id: str, rendezvous_address: str = "", env_spec: EnvSpec | None = None,
-                 num_envs: int = 0, num_shards: int = 0) -> Registration:
+                 num_envs: int = 0, num_shards: int = 0, worker_key: int = 0) -> Registration:
         """Rank -1 in the reply: on standby, no slot in the world yet."""
         req = registry_pb2.RegisterRequest(role=codec.ROLE_TO_PB[role], worker_id=worker_id, address=socket.gethostname(),
-                                           rendezvous_address=rendezvous_address, num_envs=num_envs, num_shards=num_shards)
+                                           rendezvous_address=rendezvous_address, num_envs=num_envs, num_shards=num_shards,
+                                           worker_key=worker_key)
         if env_spec is not None:
             req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
         r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
@@ -98,11 +99,15 @@ class ControlClient:
         return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
 
     @_wrap
-    def heartbeat(self, worker_id: str, stats: dict) -> Directives:
-        r = self.registry.Heartbeat(registry_pb2.HeartbeatRequest(worker_id=worker_id, stats=codec.stats_to_pb(stats)),
-                                    timeout=self.cfg.rpc_timeout_s)
-        return Directives(codec.STATE_NAMES.get(r.state, "unknown"), r.latest_version, r.epoch, r.rank, r.world_size,
-                          codec.MEMBERSHIP_NAMES.get(r.membership, "unknown"), r.num_shards, r.checkpoint_request,
+    def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None,
+                  senders: list[SenderCounts] = ()) -> Directives:
+        """Report telemetry (stats), acknowledgements and, from the actor, what each rollout had sent."""
+        req = registry_pb2.HeartbeatRequest(worker_id=worker_id, stats=codec.stats_to_pb(stats),
+                                            acks=codec.acks_to_pb(acks or Acks()),
+                                            senders=[codec.sender_to_pb(c) for c in senders])
+        r = self.registry.Heartbeat(req, timeout=self.cfg.rpc_timeout_s)
+        return Directives(codec.STATE_NAMES.get(r.state, RunState.UNKNOWN), r.latest_version, r.epoch, r.rank, r.world_size,
+                          codec.MEMBERSHIP_NAMES.get(r.membership, Membership.UNKNOWN), r.num_shards, r.checkpoint_request,
                           r.episodes_per_update, r.rendezvous_address)
 
     @_wrap
@@ -196,12 +201,12 @@ class ControlClient:
     def pause(self) -> str:
         """Ask rollouts to stop at their next safe point; returns the run state."""
         r = self.admin.Pause(admin_pb2.PauseRequest(), timeout=self.cfg.rpc_timeout_s)
-        return codec.STATE_NAMES.get(r.state, "unknown")
+        return codec.STATE_NAMES.get(r.state, RunState.UNKNOWN)
 
     @_wrap
     def resume(self) -> str:
         r = self.admin.Resume(admin_pb2.ResumeRequest(), timeout=self.cfg.rpc_timeout_s)
-        return codec.STATE_NAMES.get(r.state, "unknown")
+        return codec.STATE_NAMES.get(r.state, RunState.UNKNOWN)
 
     @_wrap
     def rescale(self, num_rollouts: int = 0, worker_id: str = "", num_shards: int = 0) -> admin_pb2.RescaleReply:

@@ -1,10 +1,9 @@
 """Conversions between dvla's Python types and the protobuf messages."""
 from __future__ import annotations
 
-from dvla.control.registry import Membership, Role
-from dvla.control.run import RunState
 from dvla.proto.v1 import common_pb2 as pb
-from dvla.types import EnvSpec
+from dvla.proto.v1 import registry_pb2
+from dvla.types import Acks, EnvSpec, Membership, Role, RunState, SenderCounts
 from dvla.weights import Manifest, TensorEntry
 
 _DTYPE_TO_PB = {
@@ -14,15 +13,15 @@ _DTYPE_TO_PB = {
 }
 _PB_TO_DTYPE = {v: k for k, v in _DTYPE_TO_PB.items()}
 # The control plane's enums equal and hash like their string values, so these maps also answer plain strings
-# ("actor", "member"); the *_NAMES maps give clients plain strings, "unknown" for a code they do not know.
+# ("actor", "member"); the *_NAMES maps give clients the enums, UNKNOWN for a code they do not know.
 ROLE_TO_PB = {Role.ACTOR: pb.ACTOR, Role.ROLLOUT: pb.ROLLOUT}
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
 RUN_STATE_TO_PB = {RunState.STARTING: pb.STARTING, RunState.RUNNING: pb.RUNNING, RunState.FINISHED: pb.FINISHED,
                    RunState.PAUSED: pb.PAUSED}
-STATE_NAMES = {v: k.value for k, v in RUN_STATE_TO_PB.items()} | {pb.RUN_STATE_UNSPECIFIED: "unknown"}
+STATE_NAMES = {v: k for k, v in RUN_STATE_TO_PB.items()} | {pb.RUN_STATE_UNSPECIFIED: RunState.UNKNOWN}
 MEMBERSHIP_TO_PB = {Membership.MEMBER: pb.MEMBER, Membership.STANDBY: pb.STANDBY, Membership.LEAVING: pb.LEAVING,
                     Membership.LEFT: pb.LEFT}
-MEMBERSHIP_NAMES = {v: k.value for k, v in MEMBERSHIP_TO_PB.items()} | {pb.MEMBERSHIP_UNSPECIFIED: "unknown"}
+MEMBERSHIP_NAMES = {v: k for k, v in MEMBERSHIP_TO_PB.items()} | {pb.MEMBERSHIP_UNSPECIFIED: Membership.UNKNOWN}
 STATS_FIELDS = [f.name for f in pb.WorkerStats.DESCRIPTOR.fields]
 
 
@@ -74,3 +73,28 @@ def stats_to_pb(stats: dict) -> pb.WorkerStats:
 
 def stats_from_pb(s: pb.WorkerStats) -> dict:
     return {name: getattr(s, name) for name in STATS_FIELDS}
+
+
+def acks_to_pb(a: Acks) -> registry_pb2.Acks:
+    return registry_pb2.Acks(checkpoint_request_done=a.checkpoint_request_done,
+                             checkpoint_version=a.checkpoint_version, checkpoint_path=a.checkpoint_path,
+                             left_dataplane=a.left_dataplane)
+
+
+def acks_from_pb(a: registry_pb2.Acks) -> Acks:
+    if a.checkpoint_request_done > (1 << 62) or a.checkpoint_version < -1:
+        raise ValueError(f"acks: checkpoint request {a.checkpoint_request_done} or version "
+                         f"{a.checkpoint_version} out of range")
+    return Acks(a.checkpoint_request_done, a.checkpoint_version, a.checkpoint_path, a.left_dataplane)
+
+
+def sender_to_pb(c: SenderCounts) -> registry_pb2.SenderCounts:
+    return registry_pb2.SenderCounts(worker_key=c.worker_key, episodes_produced=c.episodes_produced,
+                                     episodes_sent=c.episodes_sent, env_steps_produced=c.env_steps_produced)
+
+
+def sender_from_pb(c: registry_pb2.SenderCounts) -> SenderCounts:
+    if not 0 < c.worker_key < (1 << 63) or c.episodes_sent > c.episodes_produced:
+        raise ValueError(f"sender counts: worker_key {c.worker_key} outside [1, 2**63), or more sent "
+                         f"({c.episodes_sent}) than produced ({c.episodes_produced})")
+    return SenderCounts(c.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced)

@@ -21,8 +21,8 @@ OUT_PKG = "dvla/proto/v1"
 
 
 def generate(out_root: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency only
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     protos = sorted(PROTO_ROOT.glob(f"{OUT_PKG}/*.proto"))
     if not protos:

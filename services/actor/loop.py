@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         rendezvous = f"{cfg.dataplane.host}:{cfg.dataplane.port or free_port(cfg.dataplane.host)}"
         plane = DataPlane(rendezvous, is_host=True, backend=cfg.dataplane.backend, timeout_s=cfg.dataplane.timeout_s)
         reg = join(client, "actor", worker_id, rendezvous_address=rendezvous, stop=stop)
-        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s).start()
+        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders).start()
         telemetry.observe_worker("actor", worker_id, report)
         log.info("rank 0 of %d; waiting for %d rollout(s) at %s", reg.world_size, reg.world_size - 1, rendezvous)
         finished = threading.Event()  # the final version is published: no data-plane epoch is formed after it
@@ -96,10 +97,10 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
             restore(ckpt, policy, learner)
             log.info("resumed from %s: v%d, %d updates, %d env steps trained", resumed_from, ckpt.version,
                      ckpt.updates, ckpt.env_steps_trained)
-        checkpoints = CheckpointDuty(run_dir, cfg, resumed_from, report, heartbeat.beat, ckpt.wall_s if ckpt else 0.0)
+        checkpoints = CheckpointDuty(run_dir, cfg, resumed_from, report, heartbeat, ckpt.wall_s if ckpt else 0.0)
         checkpoints.attach(policy, learner)
         ckpt = None  # the tensors are in the policy and optimizer now
-        inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
+        inbox = report.inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
         trainer = Trainer(learner, inbox, ledger, progress, max_staleness=p.staleness, streamer=p.streamer,
                           episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
@@ -141,6 +142,7 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
             plane.close()
         report.dataplane_epoch = -1  # before the last heartbeat, as the rollouts do
         if heartbeat is not None:
+            heartbeat.acks = replace(heartbeat.acks, left_dataplane=True)
             heartbeat.stop()
         metrics.close()
         client.close()

@@ -9,6 +9,7 @@ from dvla.checkpoint import CHECKPOINTS, Checkpointer
 from dvla.config import RunConfig
 from dvla.counters import EpisodeLedger
 from dvla.lanes.training import Progress
+from dvla.ports import Control
 
 log = logging.getLogger("dvla.actor")
 
@@ -23,6 +24,10 @@ class ActorReport:
         self.dataplane_epoch = -1
         self.staleness_mean, self.staleness_max = 0.0, 0
         self.batches_queued = 0
+        self.inbox = None  # the receive lane, once it runs: it keeps what each rollout had sent
+
+    def senders(self) -> list:
+        return self.inbox.senders() if self.inbox is not None else []
 
     def after_update(self, record: dict, start_steps: int, t0: float, publish_s: list[float], epoch: int,
                      queued: int) -> None:
@@ -52,10 +57,10 @@ class ActorReport:
 class CheckpointDuty:
     """Writes checkpoints when due (periodic, Admin.Checkpoint, the end) and acknowledges requests."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, resumed_from: str, report: ActorReport, beat,
+    def __init__(self, run_dir: Path, cfg: RunConfig, resumed_from: str, report: ActorReport, control: Control,
                  prior_wall_s: float):
         self.checkpointer = Checkpointer(run_dir / CHECKPOINTS, cfg, resumed_from=resumed_from)
-        self.report, self.beat, self.prior_wall_s = report, beat, prior_wall_s
+        self.report, self.control, self.prior_wall_s = report, control, prior_wall_s
         self.policy = self.learner = None
         self.t0 = time.monotonic()
 
@@ -71,7 +76,9 @@ class CheckpointDuty:
                        counters=r.ledger.snapshot(), request=request, wall_s=self.prior_wall_s + t - self.t0,
                        final=final)
         r.checkpoint_request_done, r.checkpoint_version, r.checkpoint_path = ck.request_done, ck.last_version, str(path)
-        self.beat()  # the status API (and a waiting Admin.Checkpoint) learns of it now
+        # Admin.Checkpoint waits for this acknowledgement, and learns of it now
+        self.control.acknowledge(checkpoint_request_done=ck.request_done, checkpoint_version=ck.last_version,
+                                 checkpoint_path=str(path))
         log.info("checkpoint v%d written to %s%s", p.version, path, f" (request {request})" if asked else "")
         return time.monotonic() - t
 

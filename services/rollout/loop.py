@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
+from dataclasses import replace
 
 import torch
 
@@ -35,14 +37,14 @@ from dvla.config import RunConfig
 from dvla.dataplane import DataPlane
 from dvla.envs import make_env_batch
 from dvla.lanes.epochs import EpochCycle
-from dvla.lanes.sampling import Outcome, Sampler
+from dvla.lanes.sampling import Sampler
 from dvla.lanes.shards import ShardPool
 from dvla.lanes.weights import WeightLane
 from dvla.membership import Heartbeat, RunFinished, join
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 from dvla.service_main import resolve_device
-from dvla.types import World
+from dvla.types import RunState, World
 
 log = logging.getLogger("dvla.rollout")
 
@@ -72,11 +74,12 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     report = Report(pool, sharded=p.sharded)
     telemetry.observe_worker("rollout", worker_id, report)
     heartbeat = plane = None
+    worker_key = secrets.randbits(63) or 1  # this process's own: a restart under the same id counts afresh
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
         try:
             reg = join(client, "rollout", worker_id, env_spec=pool.spec, num_envs=cfg.env.num_envs,
-                       num_shards=p.num_shards if p.sharded else 0, stop=stop)
+                       num_shards=p.num_shards if p.sharded else 0, stop=stop, worker_key=worker_key)
         except RunFinished as e:
             log.info("%s", e)
             return report()
@@ -92,10 +95,10 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
                           max_staleness=p.staleness, batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs,
                                                                              p.batch_timeout_s),
                           device=device, generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank),
-                          stop=stop, step_delay_s=p.slow_rollout_s)
+                          stop=stop, step_delay_s=p.slow_rollout_s, worker_key=worker_key)
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
-        run_epochs(cycle, sampler, World(reg.epoch, reg.rank, reg.world_size), report)
+        sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size), on_epoch=report.in_epoch)
         log.info("done: %d episodes, %d env steps, versions %s", sampler.counts.episodes_sent,
                  sampler.counts.env_steps_produced, lane.versions_used)
         return report()
@@ -103,8 +106,9 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         stop.set()  # ends the weight lane's watch
         if plane is not None:
             plane.close()
-        report.dataplane_epoch = -1  # the last heartbeat tells weight_control this worker has left
+        report.dataplane_epoch = -1
         if heartbeat is not None:
+            heartbeat.acks = replace(heartbeat.acks, left_dataplane=True)  # the last heartbeat says so
             heartbeat.stop()
         pool.close()
         client.close()
@@ -116,27 +120,10 @@ def connect(rendezvous: str, cfg: RunConfig, heartbeat: Heartbeat) -> DataPlane 
         return DataPlane(rendezvous, is_host=False, backend=cfg.dataplane.backend, timeout_s=cfg.dataplane.timeout_s)
     except Exception:  # torch's DistNetworkError and kin: the actor's rendezvous store is not there
         heartbeat.beat()
-        if heartbeat.state in ("finished", "unknown"):  # a late joiner: the run (or weight_control) is over
+        if heartbeat.state in (RunState.FINISHED, RunState.UNKNOWN):  # a late joiner: the run (or weight_control) is over
             log.info("the run ended before this worker could join it")
             return None
         raise
-
-
-def run_epochs(cycle: EpochCycle, sampler: Sampler, first: World, report: "Report") -> None:
-    """Sample in every data-plane epoch this worker belongs to; END once the run is over."""
-    world = cycle.enter(first)
-    while world is not None:
-        report.dataplane_epoch = world.epoch
-        log.info("data-plane epoch %d: rank %d of %d", world.epoch, world.rank, world.size)
-        sink = cycle.plane.sink()
-        outcome = sampler.run(sink, world.rank, should_yield=lambda w=world: cycle.moved_on(w))
-        if outcome != Outcome.YIELD:  # the run is over (or this worker stops): END, so the actor can account
-            sink.send_end()
-            return
-        sink.send_end(epoch_end=world.epoch)  # everything this worker produced is sent
-        report.dataplane_epoch = -1
-        world = cycle.advance(world)
-    log.info("leaving the run: rescaled away, or the run has finished")
 
 
 class Report:
@@ -148,6 +135,9 @@ class Report:
         self.lane: WeightLane | None = None
         self.dataplane_epoch = -1
         self.t0 = time.monotonic()
+
+    def in_epoch(self, epoch: int) -> None:
+        self.dataplane_epoch = epoch
 
     def attach(self, sampler: Sampler, lane: WeightLane) -> None:
         self.sampler, self.lane, self.t0 = sampler, lane, time.monotonic()

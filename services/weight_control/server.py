@@ -151,7 +151,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             raise InvalidArgument(f"unknown role code {request.role}")
         r = self.s.run.registry
         w = r.register(role, request.worker_id, request.address, request.rendezvous_address,
-                       codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards)
+                       codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards,
+                       request.worker_key)
         await self.s.bump()
         return registry_pb2.RegisterReply(rank=w.rank, world_size=r.world_size, rendezvous_address=r.rendezvous_address,
                                           epoch=r.epoch)
@@ -159,7 +160,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     @_status
     async def Heartbeat(self, request, context):
         r = self.s.run.registry
-        w, checkpoint_acked = self.s.run.on_heartbeat(request.worker_id, codec.stats_from_pb(request.stats))
+        w, checkpoint_acked = self.s.run.on_heartbeat(request.worker_id, codec.stats_from_pb(request.stats),
+                                                      codec.acks_from_pb(request.acks),
+                                                      [codec.sender_from_pb(c) for c in request.senders])
         if checkpoint_acked:
             await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it
         latest = self.s.run.store.latest

@@ -19,8 +19,8 @@ from dvla.dataplane import (
     decode_payload,
     encode_batch,
 )
-from dvla.dataplane.world import DataPlane
 from dvla.dataplane.transport import KIND_END, MAGIC, end_header
+from dvla.dataplane.world import DataPlane
 from dvla.net import free_port
 from dvla.types import TrajectoryBatch, World
 

@@ -13,11 +13,10 @@ import traceback
 import torch
 
 from dvla.dataplane import TrajectoryReceiver, TrajectorySender
-from dvla.net import free_port
-from dvla.types import World
 from dvla.dataplane.transport import KIND_END, KIND_EPOCH_END
 from dvla.dataplane.world import DataPlane
-from dvla.types import TrajectoryBatch
+from dvla.net import free_port
+from dvla.types import TrajectoryBatch, World
 
 
 def batch(rank: int, index: int) -> TrajectoryBatch:

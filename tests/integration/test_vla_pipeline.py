@@ -6,12 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training import run_services  # tests/integration is on sys.path (rootdir import mode)
 
 from dvla.config import load_config
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
-
-from test_training import run_services  # tests/integration is on sys.path (rootdir import mode)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")]
 

@@ -11,7 +11,7 @@ from dvla.cli import main
 from dvla.config import ControlConfig
 from dvla.net import free_port
 from dvla.rpc.client import ControlClient
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec
 from services.weight_control.app import BackgroundServer
 
 SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
@@ -107,8 +107,8 @@ def test_checkpoint_waits_until_the_actor_reports_it_written(live, capsys):
         for _ in range(100):
             d = c.heartbeat("actor-0", {})
             if d.checkpoint_request:
-                c.heartbeat("actor-0", {"checkpoint_request_done": d.checkpoint_request, "checkpoint_version": 7,
-                                        "checkpoint_path": "/runs/x/checkpoints/v000007"})
+                c.heartbeat("actor-0", {}, Acks(checkpoint_request_done=d.checkpoint_request, checkpoint_version=7,
+                                                checkpoint_path="/runs/x/checkpoints/v000007"))
                 return
             threading.Event().wait(0.05)
     t = threading.Thread(target=actor)

@@ -11,7 +11,8 @@ from dataclasses import replace
 import grpc
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dvla.config import ControlConfig
 from dvla.proto.v1 import weights_pb2

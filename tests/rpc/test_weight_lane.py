@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from dvla.config import PolicyConfig
+from dvla.lanes.weights import WeightLane
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
-from dvla.lanes.weights import WeightLane
 
 SPEC = EnvSpec("Fake-v0", 6, 3, (-1.0,) * 3, (1.0,) * 3, 10)
 

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from dvla import checkpoint as ck
+from dvla.algo.learner import Learner
 from dvla.cli import main
 from dvla.config import AlgoConfig, PolicyConfig, load_config
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
-from dvla.algo.learner import Learner
 
 SPEC = EnvSpec(task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3,
                max_episode_steps=10)

@@ -13,7 +13,7 @@ from dvla.algo.learner import Learner
 from dvla.config import AlgoConfig, PolicyConfig
 from dvla.counters import EpisodeLedger
 from dvla.envs import StepResult
-from dvla.inproc import LocalHub, LocalWeights, SetControl
+from dvla.inproc import LocalHub, LocalWeights, SetControl, run_local
 from dvla.lanes.epochs import EpochCycle
 from dvla.lanes.publish import OffThread, PublishLane
 from dvla.lanes.receive import ReceiveLane
@@ -278,3 +278,34 @@ def test_a_cancelled_epoch_moves_on_to_the_next_one():
     t.join(5)
     control.directives = dataclasses.replace(control.directives, membership="leaving")
     assert cycle.advance(World(1, 0, 2)) is None
+
+
+# ---------------------------------------------------------------- the whole pipeline in one process
+@pytest.mark.parametrize("mode", ["lockstep", "swimlane"])
+def test_a_run_in_one_process_trains_every_version_and_loses_nothing(mode):
+    swimlane = mode == "swimlane"
+    run = run_local(PolicyConfig(hidden_sizes=(8,)), AlgoConfig(update_epochs=1, num_minibatches=1),
+                    lambda: FakeEnvs(num_envs=4, length=3), num_rollouts=2, num_updates=4,
+                    max_staleness=1 if swimlane else 0, streamer=swimlane, background_weights=swimlane,
+                    timeout_s=30)
+    assert run.versions[0] == 0 and run.versions[-1] == 4 and run.versions == sorted(set(run.versions))
+    assert len(run.records) == 4 and all(r["train/samples"] > 0 for r in run.records)
+    led = run.ledger
+    assert run.produced == run.sent == led["received"] and EpisodeLedger.balanced(led)
+    assert led["trained"] == 4 * 8 and led["trained"] + led["dropped"] == run.produced  # nothing lost
+    if not swimlane:
+        assert led["dropped"] == 0 and all(r["staleness_max"] == 0 for r in run.records)
+
+
+def test_the_sampling_lane_sends_its_counters_with_each_batch_and_no_heartbeat():
+    weights, control, stop = LocalWeights(), SetControl(), threading.Event()
+    weights.publish(0, make_policy().export_weights())
+    lane = WeightLane(weights, make_policy, stop)
+    s = Sampler(ShardPool.local(FakeEnvs()), lane, control, lambda r, sh, k: (list(range(k)), list(range(k))),
+                max_staleness=1000, batcher=DynamicBatcher(4, 0.0), device=torch.device("cpu"), generator=None,
+                stop=stop, worker_key=42)
+    sink = ListSink(lambda b: len(sink.batches) == 3 and stop.set())
+    s.run(sink, rank=1, should_yield=lambda: False)
+    assert [(b.sender.worker_key, b.sender.episodes_sent, b.sender.env_steps_produced) for b in sink.batches] == \
+        [(42, 4, 12), (42, 8, 24), (42, 12, 36)]
+    assert control.beats == 0  # the control plane is off the sampling path

@@ -5,7 +5,7 @@ import pytest
 
 from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder
 from dvla.control.registry import Membership, Registry
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec
 
 SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
 
@@ -44,9 +44,9 @@ def test_scaling_down_removes_the_highest_ranks_in_a_new_epoch_and_keeps_the_oth
     leaving, admitted = r.rescale(1)
     assert (leaving, admitted, r.epoch, r.world_size, r.episodes_per_update) == (["r1", "r2"], 0, 1, 2, 8)
     assert ranks(r)["r0"] == (1, Membership.MEMBER) and ranks(r)["r2"] == (-1, Membership.LEAVING)
-    r.heartbeat("r2", {"dataplane_epoch": 0})  # still winding down
+    r.heartbeat("r2", {"dataplane_epoch": 0}, Acks())  # still winding down
     assert ranks(r)["r2"] == (-1, Membership.LEAVING)
-    r.heartbeat("r2", {"dataplane_epoch": -1, "episodes_produced": 24})  # left the data plane for good
+    r.heartbeat("r2", {"dataplane_epoch": -1, "episodes_produced": 24}, Acks(left_dataplane=True))  # for good
     assert ranks(r)["r2"] == (-1, Membership.LEFT)
     assert r.workers()[-1].stats["episodes_produced"] == 24  # a leaver's counters stay
 
@@ -102,7 +102,7 @@ def test_a_restart_keeps_its_place_and_a_leaver_coming_back_joins_afresh():
     r = world(2)
     assert r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2).rank == 2
     r.rescale(1)
-    r.heartbeat("r1", {"dataplane_epoch": -1})
+    r.heartbeat("r1", {"dataplane_epoch": -1}, Acks(left_dataplane=True))
     r.rescale(2)
     w = r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
     assert (w.rank, w.membership, r.epoch) == (2, Membership.MEMBER, 2)

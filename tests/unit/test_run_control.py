@@ -9,7 +9,7 @@ from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder
 from dvla.control.registry import Membership, Registry, Role
 from dvla.control.run import RunControl, RunState
 from dvla.control.store import VersionStore
-from dvla.types import EnvSpec
+from dvla.types import Acks, EnvSpec, SenderCounts
 from dvla.weights import Manifest, TensorEntry
 
 SPEC = EnvSpec("PushCube-v1", 35, 4, (-1.0,) * 4, (1.0,) * 4, 50)
@@ -96,18 +96,18 @@ def test_checkpoint_requests_are_numbered_and_acknowledged_by_the_actors_heartbe
     assert (run.checkpoint_request_for(actor), run.checkpoint_request_for(rollout)) == (2, 0)
     assert not run.checkpoint_written(1) and run.checkpoint_result() == (-1, "")
 
-    w, acked = run.on_heartbeat("r0", {"checkpoint_request_done": 2})  # only the actor's report counts
+    w, acked = run.on_heartbeat("r0", {}, Acks(checkpoint_request_done=2))  # only the actor's report counts
     assert (w.role, acked, run.checkpoint_done) == (Role.ROLLOUT, False, 0)
-    w, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 0})
+    w, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=0))
     assert (w, acked) == (actor, False)
-    w, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 1, "checkpoint_version": 7,
-                                            "checkpoint_path": "/ckpt/7"})
+    w, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=1, checkpoint_version=7,
+                                            checkpoint_path="/ckpt/7"))
     assert acked and run.checkpoint_done == 1
     assert run.checkpoint_written(1) and not run.checkpoint_written(2)
     assert run.checkpoint_result() == (7, "/ckpt/7")
-    _, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 1})
+    _, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=1))
     assert not acked  # the same report again wakes nobody
-    _, acked = run.on_heartbeat("actor-0", {"checkpoint_request_done": 2, "checkpoint_version": 9})
+    _, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=2, checkpoint_version=9))
     assert acked and run.checkpoint_written(2) and run.checkpoint_result() == (9, "")
 
 
@@ -165,8 +165,30 @@ def test_totals_sum_every_workers_last_report_and_count_what_is_in_flight():
 def test_roles_memberships_and_states_equal_their_strings():
     assert Role.ACTOR == "actor" and hash(Role.ACTOR) == hash("actor") and f"{Role.ROLLOUT:<8}|" == "rollout |"
     assert str(Membership.STANDBY) == "standby" and {"standby": 1}[Membership.STANDBY] == 1
-    assert [s.value for s in RunState] == ["starting", "running", "paused", "finished"]
+    assert [s.value for s in RunState] == ["starting", "running", "paused", "finished", "unknown"]
     run = with_workers()
     assert run.registry.actor().role is Role.ACTOR  # strings given to register become the enum
     with pytest.raises(InvalidArgument, match="role must be actor or rollout, got 'learner'"):
         run.registry.register("learner", "x")
+
+
+def test_what_the_actor_received_counts_as_sent_though_the_rollout_has_not_reported_it():
+    """Rollouts report only every heartbeat; the counters each batch carried to the actor fill the gap,
+    so the totals never show more received than sent, nor a negative in flight."""
+    run, _ = make_run(1)
+    run.registry.register("actor", "actor-0", rendezvous_address="h:1")
+    run.registry.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=77)
+    run.on_heartbeat("r0", {"episodes_produced": 8, "episodes_sent": 8, "env_steps_produced": 400})
+    # the rollout sent two more batches since; the actor has received (and reports) both
+    run.on_heartbeat("actor-0", {"episodes_received": 24, "episodes_trained": 16},
+                     senders=[SenderCounts(77, episodes_produced=24, episodes_sent=24, env_steps_produced=1200),
+                              SenderCounts(12345, episodes_produced=99, episodes_sent=99, env_steps_produced=9)])
+    t = run.totals()
+    assert (t["episodes_produced"], t["episodes_sent"], t["env_steps_produced"]) == (24, 24, 1200)
+    assert t["episodes_on_wire"] == 0 and t["episodes_in_flight"] == 8  # unknown keys count for nobody
+    # an older view never replaces a newer one; the rollout's own newer report wins where it is ahead
+    run.on_heartbeat("actor-0", {"episodes_received": 24, "episodes_trained": 16},
+                     senders=[SenderCounts(77, 16, 16, 800)])
+    run.on_heartbeat("r0", {"episodes_produced": 32, "episodes_sent": 32, "env_steps_produced": 1600})
+    t = run.totals()
+    assert (t["episodes_produced"], t["episodes_sent"], t["episodes_on_wire"]) == (32, 32, 8)

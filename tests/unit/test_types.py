@@ -1,4 +1,5 @@
 """TrajectoryBatch: padding, masks and concat."""
+import pytest
 import torch
 
 from dvla.types import TrajectoryBatch
@@ -58,3 +59,20 @@ def test_concat_pads_shorter_batch():
 
     assert torch.equal(out.step_mask(), torch.arange(5)[None, :] < out.lengths[:, None])
     torch.testing.assert_close(out.returns(), torch.cat([short.returns(), long.returns()]))
+
+
+def test_the_header_carries_the_senders_counters_and_refuses_impossible_ones():
+    from dvla.dataplane.transport import check_header, decode_payload, encode_batch
+    from dvla.types import SenderCounts
+
+    b = make_batch([2, 3], num_steps=3, seed=1, round_=5)
+    b.sender = SenderCounts((1 << 63) - 1, episodes_produced=10, episodes_sent=8, env_steps_produced=321)
+    header, payload = encode_batch(b)
+    h = check_header(header)
+    assert h.sender == b.sender and decode_payload(h, payload).sender == b.sender
+    b.sender = None
+    assert check_header(encode_batch(b)[0]).sender is None
+    bad = header.clone()
+    bad[18] = 11  # more sent than produced
+    with pytest.raises(ValueError, match="more sent than produced"):
+        check_header(bad)

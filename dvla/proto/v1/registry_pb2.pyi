@@ -30,6 +30,7 @@ class RegisterRequest(_message.Message):
     ENV_SPEC_FIELD_NUMBER: _builtins.int
     NUM_ENVS_FIELD_NUMBER: _builtins.int
     NUM_SHARDS_FIELD_NUMBER: _builtins.int
+    WORKER_KEY_FIELD_NUMBER: _builtins.int
     role: _common_pb2.Role.ValueType
     worker_id: _builtins.str
     address: _builtins.str
@@ -40,6 +41,8 @@ class RegisterRequest(_message.Message):
     """rollout: envs per env shard times shards (all envs in-process: the total)"""
     num_shards: _builtins.int
     """rollout: env shard processes (0: envs in-process, not rescalable)"""
+    worker_key: _builtins.int
+    """rollout: a number of this process's own, carried in every trajectory header"""
     @_builtins.property
     def env_spec(self) -> _common_pb2.EnvSpec:
         """rollout only"""
@@ -54,10 +57,11 @@ class RegisterRequest(_message.Message):
         env_spec: _common_pb2.EnvSpec | None = ...,
         num_envs: _builtins.int = ...,
         num_shards: _builtins.int = ...,
+        worker_key: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["env_spec", b"env_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "num_envs", b"num_envs", "num_shards", b"num_shards", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "num_envs", b"num_envs", "num_shards", b"num_shards", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -100,22 +104,103 @@ class HeartbeatRequest(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     @_builtins.property
-    def stats(self) -> _common_pb2.WorkerStats: ...
+    def stats(self) -> _common_pb2.WorkerStats:
+        """telemetry: shown by Admin.Status and the metrics, never acted on"""
+
+    @_builtins.property
+    def acks(self) -> Global___Acks:
+        """what this worker has done that weight_control waits for"""
+
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderCounts]:
+        """actor: each rollout's counters as of the last batch received from it"""
+
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         stats: _common_pb2.WorkerStats | None = ...,
+        acks: Global___Acks | None = ...,
+        senders: _abc.Iterable[Global___SenderCounts] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "senders", b"senders", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class Acks(_message.Message):
+    """What a worker has done that weight_control acts on (typed, beside the stats)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_REQUEST_DONE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_VERSION_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_PATH_FIELD_NUMBER: _builtins.int
+    LEFT_DATAPLANE_FIELD_NUMBER: _builtins.int
+    checkpoint_request_done: _builtins.int
+    """actor: the newest Admin.Checkpoint request written"""
+    checkpoint_version: _builtins.int
+    """actor: the version of the newest checkpoint (-1: none)"""
+    checkpoint_path: _builtins.str
+    """actor: its folder"""
+    left_dataplane: _builtins.bool
+    """this worker has left the data plane for good"""
+    def __init__(
+        self,
+        *,
+        checkpoint_request_done: _builtins.int = ...,
+        checkpoint_version: _builtins.int = ...,
+        checkpoint_path: _builtins.str = ...,
+        left_dataplane: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_path", b"checkpoint_path", "checkpoint_request_done", b"checkpoint_request_done", "checkpoint_version", b"checkpoint_version", "left_dataplane", b"left_dataplane"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Acks: _TypeAlias = Acks  # noqa: Y015
+
+@_typing.final
+class SenderCounts(_message.Message):
+    """A rollout's counters as its last trajectory header carried them to the actor. weight_control
+    counts a rollout's episodes as at least these, so Admin.Status never shows more received than sent
+    without a heartbeat before every send.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_KEY_FIELD_NUMBER: _builtins.int
+    EPISODES_PRODUCED_FIELD_NUMBER: _builtins.int
+    EPISODES_SENT_FIELD_NUMBER: _builtins.int
+    ENV_STEPS_PRODUCED_FIELD_NUMBER: _builtins.int
+    worker_key: _builtins.int
+    episodes_produced: _builtins.int
+    episodes_sent: _builtins.int
+    env_steps_produced: _builtins.int
+    def __init__(
+        self,
+        *,
+        worker_key: _builtins.int = ...,
+        episodes_produced: _builtins.int = ...,
+        episodes_sent: _builtins.int = ...,
+        env_steps_produced: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_produced", b"episodes_produced", "episodes_sent", b"episodes_sent", "worker_key", b"worker_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SenderCounts: _TypeAlias = SenderCounts  # noqa: Y015
 
 @_typing.final
 class HeartbeatReply(_message.Message):
