@@ -7,6 +7,7 @@ PickCube instruction). Training: `evaluate` + backward on a batch of 32, as one
 PPO minibatch. Samples/s after one warm-up call, median of a few timed calls.
 Writes a markdown table to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,16 @@ from dvla.config import PolicyConfig
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
 
-SPEC = EnvSpec("PickCube-v1", 29, 4, (-1.0,) * 4, (1.0,) * 4, 50, (128, 128, 3),
-               "pick up the cube and move it to the goal position")
+SPEC = EnvSpec(
+    "PickCube-v1",
+    29,
+    4,
+    (-1.0,) * 4,
+    (1.0,) * 4,
+    50,
+    (128, 128, 3),
+    "pick up the cube and move it to the goal position",
+)
 
 
 def timed(fn, repeats: int) -> float:
@@ -49,9 +58,15 @@ def measure(size: str, head: str, act_batch: int, train_batch: int, repeats: int
         out = policy.evaluate(obs[:train_batch], samples, images[:train_batch])
         (-(out.log_probs.mean()) + out.values.square().mean()).backward()
         policy.zero_grad(set_to_none=True)
+
     train_s = timed(train_step, repeats)
-    return {"size": size, "head": head, "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
-            "act_sps": act_batch / act_s, "train_sps": train_batch / train_s}
+    return {
+        "size": size,
+        "head": head,
+        "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
+        "act_sps": act_batch / act_s,
+        "train_sps": train_batch / train_s,
+    }
 
 
 def main() -> None:
@@ -60,15 +75,19 @@ def main() -> None:
     ap.add_argument("--heads", default="discrete,flow")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}\n"
+    )
     print("| preset | head | parameters (M) | inference (samples/s, batch 16) | training (samples/s, batch 32) |")
     print("|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for head in args.heads.split(","):
             r = measure(size, head, 16, 32, args.repeats)
-            print(f"| vla-{r['size']} | {r['head']} | {r['params_m']:.2f} | {r['act_sps']:.1f} | {r['train_sps']:.1f} |",
-                  flush=True)
+            print(
+                f"| vla-{r['size']} | {r['head']} | {r['params_m']:.2f} | {r['act_sps']:.1f} | {r['train_sps']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

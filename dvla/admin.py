@@ -7,6 +7,7 @@ The token (DVLA_TOKEN) and TLS settings come from the same configuration the
 services read (--config, --preset, overrides, DVLA_* variables). Formatting
 is pure: `format_status` turns a StatusReply into the text an operator reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ def _duration(seconds: float) -> str:
 def format_status(r: admin_pb2.StatusReply) -> str:
     """Human-readable Status: the run, its counters, then one line per worker."""
     state = codec.STATE_NAMES.get(r.state, RunState.UNKNOWN)
-    version = f"version {r.latest_version}" + (" (final)" if r.versions and r.versions[-1].final else "") \
-        if r.has_version else "no version yet"
+    version = (
+        f"version {r.latest_version}" + (" (final)" if r.versions and r.versions[-1].final else "")
+        if r.has_version
+        else "no version yet"
+    )
     t = r.totals
     lines = [
         f"run {state}, {version}, up {_duration(r.uptime_s)}",
@@ -42,8 +46,10 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     if r.versions:
         kept = ", ".join(str(v.version) for v in r.versions)
         lines.append(f"versions held: {kept} ({r.versions[-1].total_bytes / 2**20:.1f} MiB each)")
-    header = f"{'WORKER':<14} {'ROLE':<8} {'STATUS':<8} {'RANK':>4} {'ADDRESS':<18} {'ALIVE':<5} {'SEEN':>6} " \
-             f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8} {'QUEUE':>5} {'STALE':>5}"
+    header = (
+        f"{'WORKER':<14} {'ROLE':<8} {'STATUS':<8} {'RANK':>4} {'ADDRESS':<18} {'ALIVE':<5} {'SEEN':>6} "
+        f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8} {'QUEUE':>5} {'STALE':>5}"
+    )
     lines += ["", header]
     for w in r.workers:  # members by rank, then leaving, standby, left
         s = w.stats
@@ -58,17 +64,21 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         rank = str(w.rank) if w.rank >= 0 else "-"
         shards = str(s.num_shards) if s.num_shards else "-"
         alive = "yes" if w.alive else ("-" if member == Membership.LEFT else "NO")
-        lines.append(f"{w.worker_id[:14]:<14} {role:<8} {member:<8} {rank:>4} {(w.address or '-')[:18]:<18} "
-                     f"{alive:<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} {shards:>6} "
-                     f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8} {queue:>5} {stale:>5}")
+        lines.append(
+            f"{w.worker_id[:14]:<14} {role:<8} {member:<8} {rank:>4} {(w.address or '-')[:18]:<18} "
+            f"{alive:<5} {w.last_seen_s_ago:>5.1f}s {s.policy_version:>7} {shards:>6} "
+            f"{s.num_envs:>4} {s.env_steps_per_s:>8.0f} {busy:>5.2f} {episodes:>8} {queue:>5} {stale:>5}"
+        )
     if not r.workers:
         lines.append("(no workers registered)")
     return "\n".join(lines)
 
 
 def format_rescale(r: admin_pb2.RescaleReply) -> str:
-    lines = [f"rescaled: {r.target_rollouts} rollout worker(s) wanted, data-plane epoch {r.epoch}, "
-             f"{r.episodes_per_update} episodes per update"]
+    lines = [
+        f"rescaled: {r.target_rollouts} rollout worker(s) wanted, data-plane epoch {r.epoch}, "
+        f"{r.episodes_per_update} episodes per update"
+    ]
     if r.leaving:
         lines.append(f"leaving (they finish and send what they hold, then exit): {', '.join(r.leaving)}")
     if r.standby_admitted:
@@ -83,5 +93,6 @@ def format_checkpoint(r: admin_pb2.CheckpointReply) -> str:
 
 
 def as_json(r) -> str:
-    return json.dumps(MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
-                      indent=2)
+    return json.dumps(
+        MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True), indent=2
+    )

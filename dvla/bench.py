@@ -12,6 +12,7 @@ each other down; the bound says how fast a run could be if the two stages
 overlapped perfectly. (Without a sync run, each mode's own busy times are
 used.) Writes runs/bench-<time>/ with bench.md, bench.csv and bench.png.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,21 +30,33 @@ from dvla.metrics import read_metrics
 # rollouts have one core, and two shard processes on one core only add IPC
 # (measured: rollout_async 283 env steps/s with 2 shards vs 412 with 1).
 BALANCED = [
-    "policy.hidden_sizes=[1024, 1024, 1024]", "env.num_envs=16", "pipeline.num_rollout_workers=1",
-    "pipeline.num_updates=15", "pipeline.num_shards=1", "pipeline.max_staleness=1",
+    "policy.hidden_sizes=[1024, 1024, 1024]",
+    "env.num_envs=16",
+    "pipeline.num_rollout_workers=1",
+    "pipeline.num_updates=15",
+    "pipeline.num_shards=1",
+    "pipeline.max_staleness=1",
 ]
 
 # With --preset: the preset's own model and envs, over fewer updates.
 PRESET_BENCH = ["pipeline.num_updates=6", "pipeline.max_staleness=1"]
 
 COLUMNS = [
-    ("mode", "mode", "{}"), ("throughput", "env steps/s", "{:.0f}"), ("step_time_s", "step time (s)", "{:.2f}"),
-    ("rollout_time_s", "rollout time (s)", "{:.2f}"), ("actor_time_s", "actor time (s)", "{:.2f}"),
-    ("busy_sampling", "sampling busy", "{:.2f}"), ("busy_training", "training busy", "{:.2f}"),
-    ("busy_weights_in", "weight-recv busy", "{:.2f}"), ("busy_publish", "publish busy", "{:.2f}"),
-    ("staleness_mean", "staleness mean", "{:.2f}"), ("staleness_max", "staleness max", "{:.0f}"),
-    ("episodes_dropped", "dropped", "{:.0f}"), ("swap_p99_ms", "swap p99 (ms)", "{:.3f}"),
-    ("bound", "bound (steps/s)", "{:.0f}"), ("efficiency", "efficiency", "{:.2f}"),
+    ("mode", "mode", "{}"),
+    ("throughput", "env steps/s", "{:.0f}"),
+    ("step_time_s", "step time (s)", "{:.2f}"),
+    ("rollout_time_s", "rollout time (s)", "{:.2f}"),
+    ("actor_time_s", "actor time (s)", "{:.2f}"),
+    ("busy_sampling", "sampling busy", "{:.2f}"),
+    ("busy_training", "training busy", "{:.2f}"),
+    ("busy_weights_in", "weight-recv busy", "{:.2f}"),
+    ("busy_publish", "publish busy", "{:.2f}"),
+    ("staleness_mean", "staleness mean", "{:.2f}"),
+    ("staleness_max", "staleness max", "{:.0f}"),
+    ("episodes_dropped", "dropped", "{:.0f}"),
+    ("swap_p99_ms", "swap p99 (ms)", "{:.3f}"),
+    ("bound", "bound (steps/s)", "{:.0f}"),
+    ("efficiency", "efficiency", "{:.2f}"),
     ("speedup", "x sync", "{:.2f}"),
 ]
 
@@ -57,6 +70,7 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
         if rc != 0:
             raise RuntimeError(f"mode {cfg.pipeline.mode} failed (exit {rc}); logs in {run_dir / 'logs'}")
         from dvla.rpc.client import ControlClient
+
         client = ControlClient(address, cfg.control)
         status = client.status()
         client.close()
@@ -71,8 +85,11 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
     actor_alone = actor.busy_s
     throughput = steps / wall
     return {
-        "mode": cfg.pipeline.mode, "throughput": throughput, "step_time_s": wall / updates,
-        "rollout_time_s": rollout_alone / updates, "actor_time_s": actor_alone / updates,
+        "mode": cfg.pipeline.mode,
+        "throughput": throughput,
+        "step_time_s": wall / updates,
+        "rollout_time_s": rollout_alone / updates,
+        "actor_time_s": actor_alone / updates,
         "busy_sampling": sum(r.busy_s / max(r.loop_s, 1e-9) for r in rollouts) / len(rollouts),
         "busy_training": actor.busy_s / max(actor.loop_s, 1e-9),
         "busy_weights_in": sum(r.weights_s / max(r.loop_s, 1e-9) for r in rollouts) / len(rollouts),
@@ -81,7 +98,9 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
         "staleness_max": max(r["staleness_max"] for r in rows),
         "episodes_dropped": status.totals.episodes_dropped,
         "swap_p99_ms": max(r.swap_pause_p99_ms for r in rollouts),
-        "env_steps": steps, "updates": updates, "wall_s": wall,
+        "env_steps": steps,
+        "updates": updates,
+        "wall_s": wall,
     }
 
 
@@ -110,15 +129,18 @@ def write_outputs(rows: list[dict], out: Path, note: str) -> None:
     ceiling = ""
     if base:
         sync = rows[0]
-        ceiling = (f"\nThe most any mode could gain over sync here: bound / sync throughput = "
-                   f"{sync['bound'] / sync['throughput']:.2f}x (perfect overlap of the stages as measured alone, "
-                   f"with no slow-down from sharing the machine).\n")
+        ceiling = (
+            f"\nThe most any mode could gain over sync here: bound / sync throughput = "
+            f"{sync['bound'] / sync['throughput']:.2f}x (perfect overlap of the stages as measured alone, "
+            f"with no slow-down from sharing the machine).\n"
+        )
     (out / "bench.md").write_text(f"{note}\n\n" + "\n".join(lines) + "\n" + ceiling)
     plot(rows, out / "bench.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -134,8 +156,14 @@ def plot(rows: list[dict], path: Path) -> None:
     a.set_title("throughput (label: efficiency = measured / bound)")
     a.legend(fontsize=8)
     width = 0.2
-    for j, (key, label) in enumerate([("busy_sampling", "sampling"), ("busy_training", "training"),
-                                      ("busy_weights_in", "weight receiving"), ("busy_publish", "publishing")]):
+    for j, (key, label) in enumerate(
+        [
+            ("busy_sampling", "sampling"),
+            ("busy_training", "training"),
+            ("busy_weights_in", "weight receiving"),
+            ("busy_publish", "publishing"),
+        ]
+    ):
         b.bar([i + (j - 1.5) * width for i in x], [r[key] for r in rows], width, label=label)
     b.set_xticks(list(x), modes, rotation=20)
     b.set_ylim(0, 1.05)
@@ -174,8 +202,9 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
     obs = torch.randn(n, d, generator=g)
     images = torch.randint(0, 256, (n, spec.image_size), generator=g, dtype=torch.uint8)
     actions = policy.act(obs, images, generator=g).actions  # valid samples for any head
-    s = Samples(obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g),
-                torch.randn(n, generator=g))
+    s = Samples(
+        obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g), torch.randn(n, generator=g)
+    )
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
     lane = PublishLane(LocalWeights(keep=cfg.control.keep_versions), "bench")
     publisher = OffThread(lane.submit)
@@ -191,12 +220,22 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
                 version += 1
     publisher.flush()
     off, on = sorted(times["off"])[updates // 2], sorted(times["on"])[updates // 2]  # medians
-    return {"update_s_publish_off": off, "update_s_publish_on": on, "ratio": on / off,
-            "version_mb": nbytes / 2**20, "publish_s": sum(lane.publish_s) / max(len(lane.publish_s), 1)}
+    return {
+        "update_s_publish_off": off,
+        "update_s_publish_on": on,
+        "ratio": on / off,
+        "version_mb": nbytes / 2**20,
+        "publish_s": sum(lane.publish_s) / max(len(lane.publish_s), 1),
+    }
 
 
-def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("runs"), publish_check: bool = True,
-              preset: str | None = None) -> Path:
+def run_bench(
+    modes: list[str],
+    overrides: list[str],
+    out_root: Path = Path("runs"),
+    publish_check: bool = True,
+    preset: str | None = None,
+) -> Path:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
@@ -206,14 +245,19 @@ def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("run
     else:
         base = load_config(None, PRESET_BENCH + list(overrides), preset)
         why = f"the preset '{preset}' with a shorter run"
-    model = (f"{base.policy.name} {list(base.policy.hidden_sizes)}" if base.policy.name == "mlp" else
-             f"vla-{base.policy.size} ({base.policy.action_head} head, chunks of {base.policy.chunk_size}), "
-             f"{base.env.image_size}x{base.env.image_size} RGB")
+    model = (
+        f"{base.policy.name} {list(base.policy.hidden_sizes)}"
+        if base.policy.name == "mlp"
+        else f"vla-{base.policy.size} ({base.policy.action_head} head, chunks of {base.policy.chunk_size}), "
+        f"{base.env.image_size}x{base.env.image_size} RGB"
+    )
     out = out_root / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    note = (f"dvla bench on {base.env.task}: policy {model}, "
-            f"{base.pipeline.num_rollout_workers} rollout worker(s) x {base.env.num_envs} envs, "
-            f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; {why}.")
+    note = (
+        f"dvla bench on {base.env.task}: policy {model}, "
+        f"{base.pipeline.num_rollout_workers} rollout worker(s) x {base.env.num_envs} envs, "
+        f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; {why}."
+    )
     print(note, flush=True)
     rows = []
     for mode in modes:
@@ -221,14 +265,19 @@ def run_bench(modes: list[str], overrides: list[str], out_root: Path = Path("run
         t = time.monotonic()
         row = measure(cfg, out / mode)
         rows.append(row)
-        print(f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
-              f"actor {row['actor_time_s']:.2f}s busy per update  ({time.monotonic() - t:.0f}s)", flush=True)
+        print(
+            f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
+            f"actor {row['actor_time_s']:.2f}s busy per update  ({time.monotonic() - t:.0f}s)",
+            flush=True,
+        )
     write_outputs(rows, out, note)
     if publish_check:
         p = measure_publish_overhead(base)
-        text = (f"\nPublish stall: actor update {p['update_s_publish_off']:.3f}s with no publishing vs "
-                f"{p['update_s_publish_on']:.3f}s while each {p['version_mb']:.1f} MiB version streams out on the "
-                f"publish lane ({p['publish_s']:.2f}s per publish): ratio {p['ratio']:.3f} (medians).\n")
+        text = (
+            f"\nPublish stall: actor update {p['update_s_publish_off']:.3f}s with no publishing vs "
+            f"{p['update_s_publish_on']:.3f}s while each {p['version_mb']:.1f} MiB version streams out on the "
+            f"publish lane ({p['publish_s']:.2f}s per publish): ratio {p['ratio']:.3f} (medians).\n"
+        )
         with open(out / "bench.md", "a") as f:
             f.write(text)
     print(f"\n{(out / 'bench.md').read_text()}\nwritten: {out}/bench.md, bench.csv, bench.png")

@@ -13,6 +13,7 @@ crash never leaves half of one, and older ones are deleted only after the new on
 is complete. Every bad input to find/load/restore raises ValueError naming the
 folder and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,14 +59,21 @@ class Checkpointer:
     Admin.Checkpoint request number grows past the last one written.
     """
 
-    def __init__(self, root: Path, cfg: RunConfig, every_updates: int | None = None, keep: int | None = None,
-                 resumed_from: str = ""):
+    def __init__(
+        self,
+        root: Path,
+        cfg: RunConfig,
+        every_updates: int | None = None,
+        keep: int | None = None,
+        resumed_from: str = "",
+    ):
         self.root, self.cfg, self.resumed_from = Path(root), cfg, resumed_from
         self.every_updates = cfg.checkpoint.every_updates if every_updates is None else every_updates
         self.keep = cfg.checkpoint.keep if keep is None else keep
         if self.every_updates < 0 or self.keep < 1:
-            raise ValueError(f"checkpoints: every_updates must be >= 0 and keep >= 1 "
-                             f"(got {self.every_updates}, {self.keep})")
+            raise ValueError(
+                f"checkpoints: every_updates must be >= 0 and keep >= 1 (got {self.every_updates}, {self.keep})"
+            )
         self.last_version = -1  # newest checkpoint written (-1: none)
         self.last_path: Path | None = None
         self.request_done = 0  # newest Admin.Checkpoint request written
@@ -74,11 +82,26 @@ class Checkpointer:
     def due(self, updates: int, request: int) -> bool:
         if request > self.request_done:
             return True
-        return (self.every_updates > 0 and updates > 0 and updates % self.every_updates == 0
-                and updates != self._last_updates)
+        return (
+            self.every_updates > 0
+            and updates > 0
+            and updates % self.every_updates == 0
+            and updates != self._last_updates
+        )
 
-    def save(self, version: int, policy: torch.nn.Module, learner: Trainable, *, updates: int, env_steps_trained: int,
-             counters: dict | None = None, request: int = 0, wall_s: float = 0.0, final: bool = False) -> Path:
+    def save(
+        self,
+        version: int,
+        policy: torch.nn.Module,
+        learner: Trainable,
+        *,
+        updates: int,
+        env_steps_trained: int,
+        counters: dict | None = None,
+        request: int = 0,
+        wall_s: float = 0.0,
+        final: bool = False,
+    ) -> Path:
         """Write checkpoint v{version} (replacing one of the same version), then prune; returns its folder."""
         path = self.root / checkpoint_name(version)
         tmp = self.root / f".{path.name}.tmp"
@@ -90,9 +113,17 @@ class Checkpointer:
         save_file(rng_states(learner.generator), str(tmp / "rng.safetensors"))
         if hasattr(policy, "save_pretrained"):
             policy.save_pretrained(tmp / "policy")
-        state = {"format": FORMAT, "version": version, "updates": updates, "env_steps_trained": env_steps_trained,
-                 "counters": counters or {}, "wall_s": wall_s, "request": max(request, self.request_done),
-                 "final": final, "resumed_from": self.resumed_from}
+        state = {
+            "format": FORMAT,
+            "version": version,
+            "updates": updates,
+            "env_steps_trained": env_steps_trained,
+            "counters": counters or {},
+            "wall_s": wall_s,
+            "request": max(request, self.request_done),
+            "final": final,
+            "resumed_from": self.resumed_from,
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         (tmp / "config.yaml").write_text(config_text(self.cfg, self.resumed_from))
         _fsync_tree(tmp)  # the rename must not land before the data (power loss)
@@ -106,7 +137,7 @@ class Checkpointer:
     def _prune(self) -> None:
         """Older checkpoints past `keep`, and temporary folders left by a crash (this is the only writer)."""
         leftovers = [p for p in self.root.iterdir() if p.name.startswith(".v") and p.name.endswith((".tmp", ".old"))]
-        for old in list_checkpoints(self.root)[:-self.keep] + leftovers:
+        for old in list_checkpoints(self.root)[: -self.keep] + leftovers:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -153,8 +184,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir()
-             if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and (p / "state.json").is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit() and (p / "state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name[1:]))
 
 
@@ -208,22 +242,33 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint '{path}': state.json must hold an object")
     if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint '{path}': state.json has format {state.get('format')!r}; "
-                         f"this dvla reads {FORMAT}")
+        raise ValueError(
+            f"checkpoint '{path}': state.json has format {state.get('format')!r}; this dvla reads {FORMAT}"
+        )
     for key in ("version", "updates", "env_steps_trained"):
         if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
-            raise ValueError(f"checkpoint '{path}': state.json field '{key}' must be an integer >= 0, "
-                             f"got {state.get(key)!r}")
+            raise ValueError(
+                f"checkpoint '{path}': state.json field '{key}' must be an integer >= 0, got {state.get(key)!r}"
+            )
     try:
         with safe_open(str(path / "weights.safetensors"), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise ValueError(f"checkpoint '{path}': weights.safetensors is corrupt ({e})") from None
     if meta.get("version") != str(state["version"]):
-        raise ValueError(f"checkpoint '{path}': state.json is version {state['version']} but weights.safetensors "
-                         f"is version {meta.get('version', 'unknown')}")
-    return CheckpointInfo(path, state["version"], state["updates"], state["env_steps_trained"],
-                          float(state.get("wall_s", 0.0)), (path / "config.yaml").read_text(), state)
+        raise ValueError(
+            f"checkpoint '{path}': state.json is version {state['version']} but weights.safetensors "
+            f"is version {meta.get('version', 'unknown')}"
+        )
+    return CheckpointInfo(
+        path,
+        state["version"],
+        state["updates"],
+        state["env_steps_trained"],
+        float(state.get("wall_s", 0.0)),
+        (path / "config.yaml").read_text(),
+        state,
+    )
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -271,15 +316,19 @@ def resume_config(info: CheckpointInfo, overrides: list[str] = ()) -> RunConfig:
 
 
 def _dotted(tree: dict, prefix: str = "") -> list[str]:
-    return [k for key, v in tree.items()
-            for k in (_dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
+    return [
+        k
+        for key, v in tree.items()
+        for k in (_dotted(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])
+    ]
 
 
 def check_can_continue(info: CheckpointInfo, num_updates: int) -> None:
     """A resumed run trains updates info.updates+1 .. num_updates: there must be at least one."""
     if num_updates <= info.updates:
-        raise ValueError(f"checkpoint is at update {info.updates}; pipeline.num_updates={num_updates}: "
-                         f"raise it to train further")
+        raise ValueError(
+            f"checkpoint is at update {info.updates}; pipeline.num_updates={num_updates}: raise it to train further"
+        )
 
 
 def check_fits(ckpt_path: Path, weights: dict[str, torch.Tensor], policy: torch.nn.Module) -> None:
@@ -291,15 +340,20 @@ def check_fits(ckpt_path: Path, weights: dict[str, torch.Tensor], policy: torch.
             raise ValueError(f"checkpoint '{ckpt_path}' does not fit the policy: it has no tensor '{name}' {hint}")
         w = weights[name]
         if w.shape != mine.shape:
-            raise ValueError(f"checkpoint '{ckpt_path}' does not fit the policy: '{name}' has shape {tuple(w.shape)}, "
-                             f"the policy's {tuple(mine.shape)} {hint}")
+            raise ValueError(
+                f"checkpoint '{ckpt_path}' does not fit the policy: '{name}' has shape {tuple(w.shape)}, "
+                f"the policy's {tuple(mine.shape)} {hint}"
+            )
         if w.dtype != mine.dtype:
-            raise ValueError(f"checkpoint '{ckpt_path}' does not fit the policy: '{name}' is {w.dtype}, the policy's "
-                             f"{mine.dtype} (policy.dtype or device differ?)")
+            raise ValueError(
+                f"checkpoint '{ckpt_path}' does not fit the policy: '{name}' is {w.dtype}, the policy's "
+                f"{mine.dtype} (policy.dtype or device differ?)"
+            )
     for name in weights:
         if name not in own:
-            raise ValueError(f"checkpoint '{ckpt_path}' does not fit the policy: the policy has no tensor '{name}' "
-                             f"{hint}")
+            raise ValueError(
+                f"checkpoint '{ckpt_path}' does not fit the policy: the policy has no tensor '{name}' {hint}"
+            )
 
 
 def restore(ckpt: Checkpoint, policy: torch.nn.Module, learner: Trainable) -> None:

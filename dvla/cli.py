@@ -1,4 +1,5 @@
 """The `dvla` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,36 +17,51 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train on this machine: weight_control, actor and rollouts as separate processes")
     r.add_argument("--config", help="YAML config file")
     r.add_argument("--preset", choices=sorted(PRESETS), help="named preset (default: pushcube)")
-    r.add_argument("--resume", metavar="DIR", help="continue a run from a checkpoint folder, or from the newest "
-                   "checkpoint of a run folder: the config is the checkpoint's, overrides apply on top (e.g. "
-                   "pipeline.num_updates=400), version numbers continue, outputs go to a new run folder")
+    r.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue a run from a checkpoint folder, or from the newest "
+        "checkpoint of a run folder: the config is the checkpoint's, overrides apply on top (e.g. "
+        "pipeline.num_updates=400), version numbers continue, outputs go to a new run folder",
+    )
     r.add_argument("--no-progress", action="store_true", help="print a line per update instead of a progress bar")
     r.add_argument("--help-config", action="store_true", help="list every config field with its doc and exit")
     r.add_argument("overrides", nargs="*", help="section.field=value, e.g. algo.lr=1e-3 pipeline.num_updates=20")
-    b = sub.add_parser("bench", help="every pipeline mode on the same budget: table, CSV and chart in runs/bench-<time>/")
+    b = sub.add_parser(
+        "bench", help="every pipeline mode on the same budget: table, CSV and chart in runs/bench-<time>/"
+    )
     b.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     b.add_argument("--out-dir", default="runs", help="folder for the bench-<time> folder")
     b.add_argument("--no-publish-check", action="store_true", help="skip the publish-stall measurement")
-    b.add_argument("--preset", choices=sorted(PRESETS), help="bench this preset's task and model (e.g. a VLA) "
-                   "instead of the balanced MLP default")
+    b.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="bench this preset's task and model (e.g. a VLA) instead of the balanced MLP default",
+    )
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     try:
         argv = dashed_overrides(sys.argv[1:] if argv is None else list(argv))
     except ValueError as e:
         ap.error(str(e))
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
-    a.add_argument("verb", choices=["status", "pause", "resume", "rescale", "checkpoint"],
-                   help="status: workers, versions and episode counters; pause: rollouts finish the episodes "
-                        "under way and start no new ones; resume: they start again; rescale: change the number "
-                        "of rollout workers (--rollouts) or one worker's env shards (--worker, --shards); "
-                        "checkpoint: the actor writes one after its current update")
+    a.add_argument(
+        "verb",
+        choices=["status", "pause", "resume", "rescale", "checkpoint"],
+        help="status: workers, versions and episode counters; pause: rollouts finish the episodes "
+        "under way and start no new ones; resume: they start again; rescale: change the number "
+        "of rollout workers (--rollouts) or one worker's env shards (--worker, --shards); "
+        "checkpoint: the actor writes one after its current update",
+    )
     a.add_argument("--rollouts", type=int, default=0, help="rescale: rollout workers wanted")
     a.add_argument("--worker", default="", help="rescale: the rollout worker whose env shards change")
     a.add_argument("--shards", type=int, default=0, help="rescale: env shard processes for --worker")
     a.add_argument("--no-wait", action="store_true", help="checkpoint: return once requested, not once written")
     a.add_argument("--timeout", type=float, default=300.0, help="checkpoint: seconds to wait for it")
-    a.add_argument("--control", default=os.environ.get("DVLA_CONTROL"),
-                   help="weight_control host:port (env DVLA_CONTROL; default from control.host/port)")
+    a.add_argument(
+        "--control",
+        default=os.environ.get("DVLA_CONTROL"),
+        help="weight_control host:port (env DVLA_CONTROL; default from control.host/port)",
+    )
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.add_argument("--config", default=os.environ.get("DVLA_CONFIG"), help="YAML config (token and TLS settings)")
     a.add_argument("overrides", nargs="*", help="section.field=value, e.g. control.tls_ca=ca.pem")
@@ -59,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         return admin(args)
     if args.cmd == "bench":
         from dvla.bench import run_bench
+
         try:
-            run_bench([m for m in args.modes.split(",") if m], args.overrides, Path(args.out_dir),
-                      publish_check=not args.no_publish_check, preset=args.preset)
+            run_bench(
+                [m for m in args.modes.split(",") if m],
+                args.overrides,
+                Path(args.out_dir),
+                publish_check=not args.no_publish_check,
+                preset=args.preset,
+            )
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -78,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(args.config, args.overrides, args.preset)
             if cfg.policy.path:  # fail now, not in every process after start-up
                 from dvla.policy.vla import check_pretrained_dir
+
                 try:
                     check_pretrained_dir(cfg.policy.path)
                 except ValueError as e:
@@ -86,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         from dvla.launch import run
+
         return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar", resume=resume)
     return 2
 
@@ -93,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     """`dvla run --resume DIR`: (config, checkpoint folder), or ValueError saying what is wrong."""
     from dvla import checkpoint
+
     for flag in ("config", "preset"):
         if getattr(args, flag):
-            raise ValueError(f"--resume takes the config from the checkpoint; drop --{flag} "
-                             f"(change fields with section.field=value overrides)")
+            raise ValueError(
+                f"--resume takes the config from the checkpoint; drop --{flag} "
+                f"(change fields with section.field=value overrides)"
+            )
     info = checkpoint.inspect_checkpoint(args.resume)
     return checkpoint.resume_config(info, args.overrides), info.path
 
@@ -104,6 +131,7 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
 def admin(args: argparse.Namespace) -> int:
     from dvla.admin import as_json, format_checkpoint, format_rescale, format_status
     from dvla.rpc.client import ControlClient, RpcFailed
+
     try:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:

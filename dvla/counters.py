@@ -5,6 +5,7 @@
 Both actor lanes move episodes between places under one lock, so a snapshot
 (what the heartbeat reports) always balances.
 """
+
 from __future__ import annotations
 
 import threading

@@ -9,14 +9,15 @@
 
 No sockets, no process groups, no gRPC.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -55,8 +56,9 @@ class LocalWeights:
             return VersionEvent(-1, False, RunState.STARTING)
         return VersionEvent(v.version, v.final, RunState.FINISHED if v.final else RunState.RUNNING)
 
-    def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False,
-                publisher_id: str = "") -> int:
+    def publish(
+        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+    ) -> int:
         manifest, buf = pack(tensors)
         with self._cond:
             up = self.store.begin(version, manifest, final, publisher_id)
@@ -99,7 +101,7 @@ class LocalHub:
         self._decided: dict[int, bool] = {}  # epoch -> formed (True) or cancelled (False)
         self._queues: dict[int, queue.Queue] = {}
 
-    def plane(self) -> "LocalPlane":
+    def plane(self) -> LocalPlane:
         return LocalPlane(self)
 
     def _queue(self, epoch: int) -> queue.Queue:
@@ -148,11 +150,11 @@ class LocalPlane:
             raise RuntimeError("no data-plane epoch is formed")
         return self.world
 
-    def sink(self) -> "LocalSink":
+    def sink(self) -> LocalSink:
         w = self._formed()
         return LocalSink(self.hub._queue(w.epoch), w)
 
-    def source(self, ranks: list[int]) -> "LocalSource":
+    def source(self, ranks: list[int]) -> LocalSource:
         return LocalSource(self.hub._queue(self._formed().epoch), ranks)
 
 
@@ -195,8 +197,9 @@ class SetControl:
     """Directives set by hand (`control.directives = replace(control.directives, state=RunState.PAUSED)`)."""
 
     def __init__(self, directives: Directives | None = None):
-        self.directives = directives or Directives(state=RunState.RUNNING, epoch=0, rank=0, world_size=2,
-                                                   membership=Membership.MEMBER)
+        self.directives = directives or Directives(
+            state=RunState.RUNNING, epoch=0, rank=0, world_size=2, membership=Membership.MEMBER
+        )
         self.beats = 0
         self.acks = Acks()
 
@@ -219,10 +222,20 @@ class LocalRun:
     sent: int
 
 
-def run_local(policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, make_envs: Callable[[], object], *,
-              num_rollouts: int = 1, num_updates: int = 3, max_staleness: int = 0, streamer: bool = False,
-              background_weights: bool = False, queue_batches: int = 4, seed: int = 0,
-              timeout_s: float = 120.0) -> LocalRun:
+def run_local(
+    policy_cfg: PolicyConfig,
+    algo_cfg: AlgoConfig,
+    make_envs: Callable[[], object],
+    *,
+    num_rollouts: int = 1,
+    num_updates: int = 3,
+    max_staleness: int = 0,
+    streamer: bool = False,
+    background_weights: bool = False,
+    queue_batches: int = 4,
+    seed: int = 0,
+    timeout_s: float = 120.0,
+) -> LocalRun:
     """A whole run with every lane in this process, over the in-memory ports: each rollout's sampling
     lane on a thread of its own, the actor's training lane in the caller's. The same lanes as
     services/*/loop.py wire over gRPC and torch.distributed."""
@@ -232,23 +245,39 @@ def run_local(policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, make_envs: Callabl
     spec, per_update = envs[0].spec, sum(e.num_envs for e in envs)
 
     def control(rank: int) -> SetControl:
-        return SetControl(Directives(state=RunState.RUNNING, epoch=0, rank=rank, world_size=size,
-                                     membership=Membership.MEMBER,
-                                     episodes_per_update=per_update))
+        return SetControl(
+            Directives(
+                state=RunState.RUNNING,
+                epoch=0,
+                rank=rank,
+                world_size=size,
+                membership=Membership.MEMBER,
+                episodes_per_update=per_update,
+            )
+        )
 
     samplers, threads = [], []
     for rank in range(1, size):
         lane = WeightLane(weights, lambda: build_policy(policy_cfg, spec).eval(), stop)
         if background_weights:
             lane.start_thread()
-        sampler = Sampler(ShardPool.local(envs[rank - 1]), lane, control(rank),
-                          lambda r, s, k, rank=rank: ([hash((seed, rank, r, i)) % (1 << 31) for i in range(k)],
-                                                      list(range(k))),
-                          max_staleness=max_staleness, batcher=DynamicBatcher(envs[rank - 1].num_envs, 0.0),
-                          device=cpu, generator=torch.Generator().manual_seed(seed + rank), stop=stop)
+        sampler = Sampler(
+            ShardPool.local(envs[rank - 1]),
+            lane,
+            control(rank),
+            lambda r, s, k, rank=rank: ([hash((seed, rank, r, i)) % (1 << 31) for i in range(k)], list(range(k))),
+            max_staleness=max_staleness,
+            batcher=DynamicBatcher(envs[rank - 1].num_envs, 0.0),
+            device=cpu,
+            generator=torch.Generator().manual_seed(seed + rank),
+            stop=stop,
+        )
         cycle = EpochCycle(hub.plane(), sampler.control, stop, give_up=lambda lane=lane: lane.final)
-        threads.append(threading.Thread(target=sampler.run_epochs, args=(cycle, World(0, rank, size)),
-                                        name=f"rollout-{rank}", daemon=True))
+        threads.append(
+            threading.Thread(
+                target=sampler.run_epochs, args=(cycle, World(0, rank, size)), name=f"rollout-{rank}", daemon=True
+            )
+        )
         samplers.append(sampler)
     for t in threads:
         t.start()
@@ -259,8 +288,15 @@ def run_local(policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, make_envs: Callabl
         cycle = EpochCycle(hub.plane(), control(0), stop, give_up=finished.is_set)
         ledger, progress = EpisodeLedger(), Progress(version=0)
         inbox = ReceiveLane(cycle, cycle.enter(World(0, 0, size)), queue_batches, ledger, stop).start()
-        trainer = Trainer(learner, inbox, ledger, progress, max_staleness=max_staleness, streamer=streamer,
-                          episodes_per_update=lambda: per_update)
+        trainer = Trainer(
+            learner,
+            inbox,
+            ledger,
+            progress,
+            max_staleness=max_staleness,
+            streamer=streamer,
+            episodes_per_update=lambda: per_update,
+        )
         lane = PublishLane(weights, "actor")
         publisher = OffThread(lane.submit) if background_weights else lane
         publisher.submit(0, policy.export_weights())
@@ -279,7 +315,12 @@ def run_local(policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, make_envs: Callabl
             t.join(timeout_s)
             if t.is_alive():
                 raise TimeoutError(f"{t.name} did not finish within {timeout_s:.0f} s")
-        return LocalRun(lane.published, records, ledger.snapshot(),
-                        sum(s.counts.episodes_produced for s in samplers), sum(s.counts.episodes_sent for s in samplers))
+        return LocalRun(
+            lane.published,
+            records,
+            ledger.snapshot(),
+            sum(s.counts.episodes_produced for s in samplers),
+            sum(s.counts.episodes_sent for s in samplers),
+        )
     finally:
         stop.set()

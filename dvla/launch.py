@@ -1,6 +1,7 @@
 """`dvla run`: start weight_control, the actor and the rollouts as separate OS
 processes on this machine, show progress, and stop every one of them on exit,
 Ctrl-C or SIGTERM (no orphans, no ports left bound)."""
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,13 @@ class Launcher:
             env["DVLA_TOKEN"] = self.cfg.control.token  # config.yaml holds it redacted
         f = open(log_path, "w")
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(self.config_path), *args],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--config", str(self.config_path), *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         f.close()
         if cores:
             os.sched_setaffinity(proc.pid, cores)
@@ -86,12 +92,17 @@ class Launcher:
 
     def start(self) -> str:
         cfg = self.cfg
-        port = cfg.control.port if cfg.control.port and _port_free(cfg.control.host, cfg.control.port) else free_port(cfg.control.host)
+        port = (
+            cfg.control.port
+            if cfg.control.port and _port_free(cfg.control.host, cfg.control.port)
+            else free_port(cfg.control.host)
+        )
         control = self.spawn("weight_control", "services.weight_control", f"control.port={port}")
         # Talk to the port *our* weight_control bound: a free port can be taken by another run between
         # the check and the bind, and its server would answer the health check just as well.
         address = f"{cfg.control.host}:{_bound_port(control, 60.0)}"
         from dvla.rpc.client import ControlClient
+
         client = ControlClient(address, cfg.control)
         try:
             client.wait_healthy(60)
@@ -99,8 +110,18 @@ class Launcher:
             client.close()
         actor_cores, rollout_cores = placement(cfg)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
-        self.spawn("actor", "services.actor", "--control", address, "--run-dir", str(self.run_dir), "--worker-id", "actor-0",
-                   *resume, cores=actor_cores)
+        self.spawn(
+            "actor",
+            "services.actor",
+            "--control",
+            address,
+            "--run-dir",
+            str(self.run_dir),
+            "--worker-id",
+            "actor-0",
+            *resume,
+            cores=actor_cores,
+        )
         self.address, self._rollout_cores, self._next_rollout = address, rollout_cores, 0
         for _ in range(cfg.pipeline.num_rollout_workers):
             self.spawn_rollout()
@@ -108,15 +129,23 @@ class Launcher:
 
     def spawn_rollout(self) -> Child:
         i, self._next_rollout = self._next_rollout, self._next_rollout + 1
-        return self.spawn(f"rollout-{i}", "services.rollout", "--control", self.address, "--worker-id", f"rollout-{i}",
-                          cores=self._rollout_cores)
+        return self.spawn(
+            f"rollout-{i}",
+            "services.rollout",
+            "--control",
+            self.address,
+            "--worker-id",
+            f"rollout-{i}",
+            cores=self._rollout_cores,
+        )
 
     def follow_rescale(self, world) -> int:
         """Start rollout processes until those running and not rescaled away number the target
         (`dvla admin rescale --rollouts N`); leavers exit by themselves. Returns how many were started."""
         gone = {w.worker_id for w in world.workers if w.membership in (pb.LEAVING, pb.LEFT)}
-        running = [c for c in self.children if c.name.startswith("rollout-") and c.proc.poll() is None
-                   and c.name not in gone]
+        running = [
+            c for c in self.children if c.name.startswith("rollout-") and c.proc.poll() is None and c.name not in gone
+        ]
         started = 0
         for _ in range(world.target_rollouts - len(running)):
             c = self.spawn_rollout()
@@ -127,6 +156,7 @@ class Launcher:
     def wait(self) -> int:
         """Until the actor finishes (0) or any process fails (its exit code)."""
         from dvla.rpc.client import ControlClient, RpcFailed
+
         bar = _Progress(self.cfg, self.run_dir / "metrics.jsonl", self.progress)
         actor = next(c for c in self.children if c.name == "actor")
         client = ControlClient(self.address, self.cfg.control)
@@ -144,7 +174,10 @@ class Launcher:
                     rc = c.proc.poll()
                     if rc not in (None, 0):
                         bar.close()
-                        print(f"\n{c.name} exited with code {rc}; last lines of {c.log_path}:\n{c.tail()}", file=sys.stderr)
+                        print(
+                            f"\n{c.name} exited with code {rc}; last lines of {c.log_path}:\n{c.tail()}",
+                            file=sys.stderr,
+                        )
                         return rc
                 if actor.proc.poll() == 0:
                     rollouts = [c for c in self.children if c.name.startswith("rollout")]
@@ -206,23 +239,28 @@ class _Progress:
         self.bar = None
         if mode == "bar":
             from tqdm import tqdm
+
             self.bar = tqdm(total=cfg.pipeline.num_updates, unit="update", desc=f"{cfg.name}")
 
     def update(self) -> None:
         rows = read_metrics(self.metrics_path)
         if len(rows) <= self.seen:
             return
-        new, self.seen = rows[self.seen:], len(rows)
+        new, self.seen = rows[self.seen :], len(rows)
         last = new[-1]
         if self.bar is not None:
             self.bar.update(len(new))
             self.bar.set_postfix_str(
                 f"v{last['version']} steps={last['env_steps']} {last['env_steps_per_s']:.0f} steps/s "
-                f"success={last['success_rate']:.2f} return={last['return_mean']:.2f}")
+                f"success={last['success_rate']:.2f} return={last['return_mean']:.2f}"
+            )
         elif self.mode == "lines":
-            print(f"update {last['update']}: v{last['version']} env_steps={last['env_steps']} "
-                  f"{last['env_steps_per_s']:.0f} steps/s success={last['success_rate']:.2f} return={last['return_mean']:.2f}",
-                  flush=True)
+            print(
+                f"update {last['update']}: v{last['version']} env_steps={last['env_steps']} "
+                f"{last['env_steps_per_s']:.0f} steps/s success={last['success_rate']:.2f} "
+                f"return={last['return_mean']:.2f}",
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -239,12 +277,16 @@ def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> in
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
+
     old = signal.signal(signal.SIGTERM, on_signal)
     t0 = time.monotonic()
     try:
         address = launcher.start()
-        print(f"weight_control at {address}; actor + {cfg.pipeline.num_rollout_workers} rollout worker(s) started "
-              f"(logs in {run_dir / 'logs'})", flush=True)
+        print(
+            f"weight_control at {address}; actor + {cfg.pipeline.num_rollout_workers} rollout worker(s) started "
+            f"(logs in {run_dir / 'logs'})",
+            flush=True,
+        )
         rc = launcher.wait()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", file=sys.stderr)
@@ -257,6 +299,7 @@ def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> in
         signal.signal(signal.SIGTERM, old)
     if rc == 0:
         from dvla.tracechart import plot_trace
+
         plot_trace(run_dir / "traces", run_dir / "trace.png")
         summarize(run_dir, time.monotonic() - t0)
     return rc
@@ -267,13 +310,18 @@ def summarize(run_dir: Path, wall_s: float) -> None:
     if not rows:
         return
     first, last = rows[0], rows[-1]
-    tail = rows[-max(1, len(rows) // 10):]
+    tail = rows[-max(1, len(rows) // 10) :]
     mean = lambda k: sum(r[k] for r in tail) / len(tail)  # noqa: E731
     done = f"{last['update']} updates" if first["update"] == 1 else f"updates {first['update']}..{last['update']}"
-    print(f"\nfinished in {wall_s:.0f}s: {done}, {last['env_steps']} env steps, "
-          f"{last['env_steps_per_s']:.0f} env steps/s")
-    print(f"success rate {first['success_rate']:.2f} -> {mean('success_rate'):.2f}, "
-          f"return {first['return_mean']:.2f} -> {mean('return_mean'):.2f} (first update -> mean of last {len(tail)})")
-    print(f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, tensorboard/, checkpoints/, config.yaml, "
-          f"logs/, traces/")
+    print(
+        f"\nfinished in {wall_s:.0f}s: {done}, {last['env_steps']} env steps, {last['env_steps_per_s']:.0f} env steps/s"
+    )
+    print(
+        f"success rate {first['success_rate']:.2f} -> {mean('success_rate'):.2f}, "
+        f"return {first['return_mean']:.2f} -> {mean('return_mean'):.2f} (first update -> mean of last {len(tail)})"
+    )
+    print(
+        f"outputs: {run_dir}/metrics.jsonl, training.png, trace.png, tensorboard/, checkpoints/, config.yaml, "
+        f"logs/, traces/"
+    )
     print(f"continue training: dvla run --resume {run_dir} pipeline.num_updates=<more than {last['update']}>")

@@ -1,4 +1,5 @@
 """Joining a run: register with weight_control, learn the data-plane world, heartbeat."""
+
 from __future__ import annotations
 
 import logging
@@ -6,8 +7,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from dvla.ports import Directives
 from dvla.rpc.client import ControlClient, Registration, RpcFailed
@@ -20,9 +21,19 @@ def default_worker_id(role: str) -> str:
     return os.environ.get("DVLA_WORKER_ID") or f"{role}-{socket.gethostname()}-{os.getpid()}"
 
 
-def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec | None = None,
-         rendezvous_address: str = "", num_envs: int = 0, num_shards: int = 0, timeout_s: float = 300.0,
-         stop: threading.Event | None = None, worker_key: int = 0) -> Registration:
+def join(
+    client: ControlClient,
+    role: str,
+    worker_id: str,
+    *,
+    env_spec: EnvSpec | None = None,
+    rendezvous_address: str = "",
+    num_envs: int = 0,
+    num_shards: int = 0,
+    timeout_s: float = 300.0,
+    stop: threading.Event | None = None,
+    worker_key: int = 0,
+) -> Registration:
     """Register, then wait until the actor's rendezvous address is known and this worker holds a rank.
 
     A worker beyond the run's number of rollouts waits on standby, for ever
@@ -31,8 +42,15 @@ def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec 
     deadline = time.monotonic() + timeout_s
     delay, said = 0.05, False
     while True:
-        reg = client.register(role, worker_id, rendezvous_address=rendezvous_address, env_spec=env_spec,
-                              num_envs=num_envs, num_shards=num_shards, worker_key=worker_key)
+        reg = client.register(
+            role,
+            worker_id,
+            rendezvous_address=rendezvous_address,
+            env_spec=env_spec,
+            num_envs=num_envs,
+            num_shards=num_shards,
+            worker_key=worker_key,
+        )
         if reg.rendezvous_address and reg.rank >= 0:
             return reg
         if stop is not None and stop.is_set():
@@ -41,8 +59,10 @@ def join(client: ControlClient, role: str, worker_id: str, *, env_spec: EnvSpec 
             if client.latest().state == RunState.FINISHED:
                 raise RunFinished("the run finished while this worker waited on standby")
             if not said:
-                log.info("on standby: the run has all the rollouts it asked for; "
-                         "`dvla admin rescale --rollouts N` gives this worker a slot")
+                log.info(
+                    "on standby: the run has all the rollouts it asked for; "
+                    "`dvla admin rescale --rollouts N` gives this worker a slot"
+                )
                 said = True
         elif time.monotonic() > deadline:
             raise TimeoutError(f"no actor registered with weight_control within {timeout_s:.0f}s")
@@ -62,8 +82,14 @@ class Heartbeat:
     weight_control acts on travels as typed Acks beside them. The actor also reports `senders()`:
     each rollout's counters as its latest batch carried them."""
 
-    def __init__(self, client: ControlClient, worker_id: str, stats: Callable[[], dict], period_s: float,
-                 senders: Callable[[], list[SenderCounts]] = list):
+    def __init__(
+        self,
+        client: ControlClient,
+        worker_id: str,
+        stats: Callable[[], dict],
+        period_s: float,
+        senders: Callable[[], list[SenderCounts]] = list,
+    ):
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.senders = senders
         self.stop_event = threading.Event()
@@ -72,7 +98,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self.thread.start()
         return self
 

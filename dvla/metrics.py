@@ -1,4 +1,5 @@
 """Run outputs: metrics as JSON lines, and the plot people look at."""
+
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ class MetricsLog:
         self._tb = None
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=5)
 
     def write(self, record: dict) -> None:
@@ -59,7 +61,7 @@ def read_metrics(path: Path) -> list[dict]:
 def _rolling_mean(y: list, window: int) -> list:
     out = []
     for i in range(len(y)):
-        vals = [v for v in y[max(0, i - window + 1):i + 1] if v is not None]
+        vals = [v for v in y[max(0, i - window + 1) : i + 1] if v is not None]
         out.append(sum(vals) / len(vals) if vals else None)
     return out
 
@@ -71,14 +73,18 @@ def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     return per episode: the length panel shows why return can fall while
     success rises."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in read_metrics(metrics_path) if "env_steps" in r]
     x = [r["env_steps"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
-    panels = ((axes[0], "success_rate", "success rate"), (axes[1], "return_mean", "mean episode return"),
-              (axes[2], "episode_length", "mean episode length (steps)"))
+    panels = (
+        (axes[0], "success_rate", "success rate"),
+        (axes[1], "return_mean", "mean episode return"),
+        (axes[2], "episode_length", "mean episode length (steps)"),
+    )
     for ax, key, label in panels:
         y = [r.get(key) for r in rows]
         ax.plot(x, y, color="tab:blue", alpha=0.35, linewidth=1, label="per update")

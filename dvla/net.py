@@ -1,4 +1,5 @@
 """Addresses: parsing host:port, and finding a free port."""
+
 from __future__ import annotations
 
 import socket

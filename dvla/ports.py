@@ -12,11 +12,13 @@ ones (a version store called directly, queues, a directive one can set), so the
 same lanes run in one process for fast tests. A lane never imports grpc, a
 process group or a service.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -79,8 +81,9 @@ class WeightSource(Protocol):
 class WeightSink(Protocol):
     """Where the actor's policy versions go."""
 
-    def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False,
-                publisher_id: str = "") -> int:
+    def publish(
+        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+    ) -> int:
         """Store one version (the bytes sent); versions only go forward, and none follows a final one."""
         ...
 

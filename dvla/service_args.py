@@ -5,6 +5,7 @@ overrides; every flag also reads an environment variable (DVLA_CONFIG,
 DVLA_PRESET, DVLA_OVERRIDES, DVLA_CONTROL ...) so containers can be configured
 without a command line. Flags win over the environment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,11 @@ def config_from(args: argparse.Namespace) -> RunConfig:
 
 
 def control_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--control", default=os.environ.get("DVLA_CONTROL"),
-                   help="weight_control address host:port (env DVLA_CONTROL; default from control.host/port)")
+    p.add_argument(
+        "--control",
+        default=os.environ.get("DVLA_CONTROL"),
+        help="weight_control address host:port (env DVLA_CONTROL; default from control.host/port)",
+    )
 
 
 def control_address(args: argparse.Namespace, cfg: RunConfig) -> str:

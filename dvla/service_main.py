@@ -1,4 +1,5 @@
 """Process shell shared by the actor and rollout services: logging and signals."""
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,13 @@ def setup_logging(name: str) -> None:
 
 def install_stop_signals(stop: threading.Event) -> None:
     """SIGTERM/SIGINT set `stop` (lanes wind down at a safe point) and interrupt the main thread."""
+
     def handler(signum, frame):
         first = not stop.is_set()
         stop.set()
         if first:
             raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 

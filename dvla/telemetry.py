@@ -16,16 +16,17 @@ Metrics are observed, not pushed: observe_worker() and observe() register
 callbacks that the periodic reader calls every telemetry.metrics_interval_s.
 Register them after setup(); before it (or with 'none') they are ignored.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -54,7 +55,7 @@ _meter: metrics.Meter | None = None
 # Registrations, written under _lock. The reader's thread reads them without it (a dict copy is atomic
 # under the GIL): it calls our callbacks while holding the SDK's lock that registering an instrument takes.
 _lock = threading.Lock()
-_workers: dict[tuple[str, str], "_StatsSource"] = {}  # (role, worker_id) -> its stats()
+_workers: dict[tuple[str, str], _StatsSource] = {}  # (role, worker_id) -> its stats()
 _gauges: dict[str, Callable] = {}  # name -> callback of observe()
 _collections = 0  # collections so far; a worker's stats() runs once per collection
 
@@ -91,15 +92,25 @@ class JsonLinesExporter(SpanExporter):
         self.file, self.service = _JsonLinesFile(path), service
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        ok = self.file.write({
-            "name": s.name, "service": self.service, "lane": s.name.split(".")[0],
-            "start_ns": s.start_time, "end_ns": s.end_time, "pid": os.getpid(),
-            "trace_id": f"{s.get_span_context().trace_id:032x}", "span_id": f"{s.get_span_context().span_id:016x}",
-            "parent_span_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
-            "links": [{"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
-                      for link in s.links],
-            "attributes": dict(s.attributes or {}),
-        } for s in spans)
+        ok = self.file.write(
+            {
+                "name": s.name,
+                "service": self.service,
+                "lane": s.name.split(".")[0],
+                "start_ns": s.start_time,
+                "end_ns": s.end_time,
+                "pid": os.getpid(),
+                "trace_id": f"{s.get_span_context().trace_id:032x}",
+                "span_id": f"{s.get_span_context().span_id:016x}",
+                "parent_span_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
+                "links": [
+                    {"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
+                    for link in s.links
+                ],
+                "attributes": dict(s.attributes or {}),
+            }
+            for s in spans
+        )
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
@@ -114,12 +125,20 @@ class JsonLinesMetricExporter(MetricExporter):
         self.file, self.service = _JsonLinesFile(path), service
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs) -> MetricExportResult:
-        ok = self.file.write({
-            "name": m.name, "service": self.service, "unit": m.unit, "attributes": dict(p.attributes or {}),
-            "value": p.value if hasattr(p, "value") else p.sum,  # histograms: their sum
-            "time_unix_ns": p.time_unix_nano,
-        } for rm in metrics_data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-            for p in m.data.data_points)
+        ok = self.file.write(
+            {
+                "name": m.name,
+                "service": self.service,
+                "unit": m.unit,
+                "attributes": dict(p.attributes or {}),
+                "value": p.value if hasattr(p, "value") else p.sum,  # histograms: their sum
+                "time_unix_ns": p.time_unix_nano,
+            }
+            for rm in metrics_data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            for p in m.data.data_points
+        )
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -145,11 +164,15 @@ def _exporters(cfg: TelemetryConfig, service: str) -> tuple[SpanExporter, Metric
     if cfg.exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        return (OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True),
-                OTLPMetricExporter(endpoint=cfg.otlp_endpoint, insecure=True))
+
+        return (
+            OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True),
+            OTLPMetricExporter(endpoint=cfg.otlp_endpoint, insecure=True),
+        )
     stem = Path(cfg.json_dir) / f"{service}-{os.getpid()}"
-    return JsonLinesExporter(stem.with_name(stem.name + ".jsonl"), service), \
-        JsonLinesMetricExporter(stem.with_name(stem.name + METRICS_SUFFIX), service)
+    return JsonLinesExporter(stem.with_name(stem.name + ".jsonl"), service), JsonLinesMetricExporter(
+        stem.with_name(stem.name + METRICS_SUFFIX), service
+    )
 
 
 # ------------------------------------------------------------------ life cycle
@@ -209,16 +232,18 @@ def _span_args(parent: TraceContext | None, links: Iterable[TraceContext | None]
 
 
 @contextmanager
-def span(name: str, parent: TraceContext | None = None, links: Iterable[TraceContext | None] = (),
-         **attributes) -> Iterator[trace.Span]:
+def span(
+    name: str, parent: TraceContext | None = None, links: Iterable[TraceContext | None] = (), **attributes
+) -> Iterator[trace.Span]:
     """A span around the block, current inside it. With `parent` (a context from another process) it is
     that span's child, else the current span's; each context in `links` (None skipped) becomes a Link."""
     with _tracer.start_as_current_span(name, **_span_args(parent, links, attributes)) as s:
         yield s
 
 
-def start_span(name: str, parent: TraceContext | None = None, links: Iterable[TraceContext | None] = (),
-               **attributes) -> trace.Span:
+def start_span(
+    name: str, parent: TraceContext | None = None, links: Iterable[TraceContext | None] = (), **attributes
+) -> trace.Span:
     """A span that outlives a block (not made current): call .end() on it when its work is done."""
     return _tracer.start_span(name, **_span_args(parent, links, attributes))
 
@@ -258,19 +283,45 @@ def _each(attr: str, names: Sequence[str], key: str) -> tuple[tuple[str, Mapping
 # Keys are WorkerStats fields (protos/dvla/proto/v1/common.proto); every point also has role and worker.
 WORKER_INSTRUMENTS: tuple[WorkerInstrument, ...] = (
     WorkerInstrument("dvla.throughput", "{env_step}/s", "env steps per second", (("env_steps_per_s", {}),)),
-    WorkerInstrument("dvla.staleness.mean", "{version}", "mean policy-version lag of the steps in the last update",
-                     (("staleness_mean", {}),)),
-    WorkerInstrument("dvla.staleness.max", "{version}", "largest policy-version lag of the steps in the last update",
-                     (("staleness_max", {}),)),
-    WorkerInstrument("dvla.queue.depth", "{item}", "items waiting in a bounded queue",
-                     _each("queue", ("episodes_queued", "batches_queued", "inference_queue"), "{}")),
-    WorkerInstrument("dvla.lane.busy_fraction", "1", "share of the loop's time spent in each lane",
-                     _each("lane", ("busy", "wait", "send", "weights"), "{}_s"), per="loop_s"),
-    WorkerInstrument("dvla.episodes", "{episode}", "episodes, by what happened to them",
-                     _each("kind", ("produced", "sent", "received", "trained", "dropped"), "episodes_{}"),
-                     counter=True),
-    WorkerInstrument("dvla.env_steps", "{env_step}", "env steps produced and trained",
-                     _each("kind", ("produced", "trained"), "env_steps_{}"), counter=True),
+    WorkerInstrument(
+        "dvla.staleness.mean",
+        "{version}",
+        "mean policy-version lag of the steps in the last update",
+        (("staleness_mean", {}),),
+    ),
+    WorkerInstrument(
+        "dvla.staleness.max",
+        "{version}",
+        "largest policy-version lag of the steps in the last update",
+        (("staleness_max", {}),),
+    ),
+    WorkerInstrument(
+        "dvla.queue.depth",
+        "{item}",
+        "items waiting in a bounded queue",
+        _each("queue", ("episodes_queued", "batches_queued", "inference_queue"), "{}"),
+    ),
+    WorkerInstrument(
+        "dvla.lane.busy_fraction",
+        "1",
+        "share of the loop's time spent in each lane",
+        _each("lane", ("busy", "wait", "send", "weights"), "{}_s"),
+        per="loop_s",
+    ),
+    WorkerInstrument(
+        "dvla.episodes",
+        "{episode}",
+        "episodes, by what happened to them",
+        _each("kind", ("produced", "sent", "received", "trained", "dropped"), "episodes_{}"),
+        counter=True,
+    ),
+    WorkerInstrument(
+        "dvla.env_steps",
+        "{env_step}",
+        "env steps produced and trained",
+        _each("kind", ("produced", "trained"), "env_steps_{}"),
+        counter=True,
+    ),
     WorkerInstrument("dvla.policy.version", "{version}", "policy version in use", (("policy_version", {}),)),
     WorkerInstrument("dvla.envs", "{env}", "parallel environments", (("num_envs", {}),)),
     WorkerInstrument("dvla.updates", "{update}", "optimizer updates", (("updates", {}),), counter=True),
@@ -311,8 +362,11 @@ def _worker_points(inst: WorkerInstrument) -> list[metrics.Observation]:
         for key, attrs in inst.points:
             value = _number(stats.get(key))
             if value is not None:
-                out.append(metrics.Observation(value * scale if inst.per else value,
-                                               {"role": role, "worker": worker_id, **attrs}))
+                out.append(
+                    metrics.Observation(
+                        value * scale if inst.per else value, {"role": role, "worker": worker_id, **attrs}
+                    )
+                )
     return out
 
 
@@ -332,8 +386,7 @@ def observe_worker(role: str, worker_id: str, stats: Callable[[], dict]) -> None
         _workers[(role, worker_id)] = _StatsSource(f"{role} {worker_id}", stats)
         if first:  # the instruments serve every worker of this process
             for inst in WORKER_INSTRUMENTS:
-                _register(inst.name, inst.counter, inst.unit, inst.description,
-                          lambda inst=inst: _worker_points(inst))
+                _register(inst.name, inst.counter, inst.unit, inst.description, lambda inst=inst: _worker_points(inst))
 
 
 def _gauge_points(name: str) -> list[metrics.Observation]:
@@ -350,8 +403,13 @@ def _gauge_points(name: str) -> list[metrics.Observation]:
         return []
 
 
-def observe(name: str, callback: Callable[[], float | int | list[tuple[float, dict]] | None], unit: str = "",
-            description: str = "", counter: bool = False) -> None:
+def observe(
+    name: str,
+    callback: Callable[[], float | int | list[tuple[float, dict]] | None],
+    unit: str = "",
+    description: str = "",
+    counter: bool = False,
+) -> None:
     """One observable instrument: callback() returns a value, [(value, attributes), ...] or None (no point).
     counter=True for a cumulative count. Registering a name again replaces its callback."""
     if _meter is None:

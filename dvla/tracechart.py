@@ -1,6 +1,7 @@
 """Swimlane chart of a run's spans (telemetry exporter 'json'): one row per
 (process, lane), a bar per span, over a window of the run, so one picture
 shows where the four lanes overlap and where they wait."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,14 @@ from pathlib import Path
 
 from dvla.telemetry import METRICS_SUFFIX
 
-LANE_COLORS = {"sampling": "tab:green", "inference": "tab:olive", "weights": "tab:purple", "receive": "tab:gray",
-               "training": "tab:blue", "publish": "tab:red"}
+LANE_COLORS = {
+    "sampling": "tab:green",
+    "inference": "tab:olive",
+    "weights": "tab:purple",
+    "receive": "tab:gray",
+    "training": "tab:blue",
+    "publish": "tab:red",
+}
 
 
 def load_spans(trace_dir: Path) -> list[dict]:
@@ -30,6 +37,7 @@ def plot_trace(trace_dir: Path, png: Path, window_s: float = 8.0) -> Path | None
     if not spans:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -40,8 +48,11 @@ def plot_trace(trace_dir: Path, png: Path, window_s: float = 8.0) -> Path | None
     rows = sorted({(s["service"], s["lane"]) for s in spans})
     fig, ax = plt.subplots(figsize=(13, 0.45 * len(rows) + 1.5), constrained_layout=True)
     for i, row in enumerate(rows):
-        bars = [((s["start_ns"] - lo) / 1e9, max((s["end_ns"] - s["start_ns"]) / 1e9, 1e-4)) for s in spans
-                if (s["service"], s["lane"]) == row and s["end_ns"] >= lo and s["start_ns"] <= hi]
+        bars = [
+            ((s["start_ns"] - lo) / 1e9, max((s["end_ns"] - s["start_ns"]) / 1e9, 1e-4))
+            for s in spans
+            if (s["service"], s["lane"]) == row and s["end_ns"] >= lo and s["start_ns"] <= hi
+        ]
         ax.broken_barh(bars, (i - 0.4, 0.8), color=LANE_COLORS.get(row[1], "tab:cyan"))
     ax.set_yticks(range(len(rows)), [f"{svc} / {lane}" for svc, lane in rows])
     ax.set_xlim(0, window_s)

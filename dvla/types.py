@@ -5,6 +5,7 @@ obs dim, I = uint8 values per flattened camera image (0 without a camera), S = t
 policy's sample width (the action dim for the MLP). A decision executes a chunk of
 up to C env steps. Tensors here are CPU tensors unless a caller moves them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -134,9 +135,21 @@ class TrajectoryBatch:
     """The sending rollout's counters as it sent this batch (this batch included); None if not kept."""
 
     TENSOR_FIELDS = (
-        "obs", "actions", "log_probs", "values", "rewards", "dones", "versions",
-        "lengths", "terminated", "success", "final_obs", "group_ids",
-        "images", "final_images", "chunk_steps",
+        "obs",
+        "actions",
+        "log_probs",
+        "values",
+        "rewards",
+        "dones",
+        "versions",
+        "lengths",
+        "terminated",
+        "success",
+        "final_obs",
+        "group_ids",
+        "images",
+        "final_images",
+        "chunk_steps",
     )
 
     def __post_init__(self) -> None:
@@ -179,14 +192,18 @@ class TrajectoryBatch:
         """[B] undiscounted episode returns."""
         return (self.rewards * self.step_mask()).sum(dim=1)
 
-    def select(self, keep: torch.Tensor) -> "TrajectoryBatch":
+    def select(self, keep: torch.Tensor) -> TrajectoryBatch:
         """The episodes where keep [B] bool is True."""
-        return TrajectoryBatch(**{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
-                               worker_rank=self.worker_rank, round=self.round, trace_context=self.trace_context,
-                               sender=self.sender)
+        return TrajectoryBatch(
+            **{n: getattr(self, n)[keep] for n in self.TENSOR_FIELDS},
+            worker_rank=self.worker_rank,
+            round=self.round,
+            trace_context=self.trace_context,
+            sender=self.sender,
+        )
 
     @staticmethod
-    def concat(batches: list["TrajectoryBatch"]) -> "TrajectoryBatch":
+    def concat(batches: list[TrajectoryBatch]) -> TrajectoryBatch:
         """Join batches along B, padding T to the longest; worker_rank is -1, trace_context None unless shared."""
         if not batches:
             raise ValueError("concat needs at least one batch")
@@ -202,5 +219,9 @@ class TrajectoryBatch:
                 parts.append(x)
             out[name] = torch.cat(parts, dim=0)
         contexts = {b.trace_context for b in batches}  # one trace context only if all batches share it
-        return TrajectoryBatch(**out, worker_rank=-1, round=max(b.round for b in batches),
-                               trace_context=contexts.pop() if len(contexts) == 1 else None)
+        return TrajectoryBatch(
+            **out,
+            worker_rank=-1,
+            round=max(b.round for b in batches),
+            trace_context=contexts.pop() if len(contexts) == 1 else None,
+        )

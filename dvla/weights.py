@@ -4,6 +4,7 @@ A policy version travels and rests as a single contiguous buffer (so the control
 plane can checksum, chunk and serve it without knowing about torch) and a
 manifest that says where each tensor lives in it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,16 @@ from dataclasses import dataclass
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
-    "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 ALIGN = 64  # tensors start on cache-line boundaries so views are aligned for any dtype
@@ -57,7 +65,10 @@ class Manifest:
             if t.nbytes != numel * itemsize:
                 raise ValueError(f"tensor '{t.name}': nbytes {t.nbytes} != {numel} elements x {itemsize} bytes")
             if t.offset < 0 or t.offset + t.nbytes > self.total_bytes:
-                raise ValueError(f"tensor '{t.name}': bytes [{t.offset}, {t.offset + t.nbytes}) lie outside the {self.total_bytes}-byte buffer")
+                raise ValueError(
+                    f"tensor '{t.name}': bytes [{t.offset}, {t.offset + t.nbytes}) lie outside the "
+                    f"{self.total_bytes}-byte buffer"
+                )
         if len(self.sha256) != 64:
             raise ValueError(f"manifest sha256 '{self.sha256}' is not a 64-digit hex digest")
 

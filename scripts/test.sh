@@ -18,4 +18,7 @@ ensure_docker_compose() {
     printf '[test] could not install docker-compose; tests/deploy/test_compose.py will skip\n' >&2
 }
 ensure_docker_compose
+# Lint and format first (ruff, pinned in pyproject's dev extra): a finding fails the run in seconds.
+.venv/bin/ruff check --quiet . || { printf '[test] ruff check failed: `.venv/bin/ruff check --fix .` mends most\n' >&2; exit 1; }
+.venv/bin/ruff format --check --quiet . || { printf '[test] not formatted: run `.venv/bin/ruff format .`\n' >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,5 @@
 """Shared fixtures: a real weight_control server on a free port, in a thread."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,15 @@ from services.weight_control.app import BackgroundServer
 
 @pytest.fixture
 def control_cfg() -> ControlConfig:
-    return replace(ControlConfig(), chunk_bytes=4096, max_message_bytes=64 * 1024, keep_versions=3,
-                   max_version_bytes=1 << 22, rpc_timeout_s=5.0, transfer_timeout_s=20.0)
+    return replace(
+        ControlConfig(),
+        chunk_bytes=4096,
+        max_message_bytes=64 * 1024,
+        keep_versions=3,
+        max_version_bytes=1 << 22,
+        rpc_timeout_s=5.0,
+        transfer_timeout_s=20.0,
+    )
 
 
 @pytest.fixture
@@ -25,6 +33,7 @@ def control_server(control_cfg):
 @pytest.fixture
 def client(control_server, control_cfg):
     from dvla.rpc.client import ControlClient
+
     c = ControlClient(control_server.address, control_cfg)
     c.wait_healthy(10)
     yield c

@@ -3,6 +3,7 @@
 Shapes: B = episodes, T = padded steps per episode. Every row of a [B, T]
 tensor is one whole episode; steps at t >= lengths[b] are padding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,10 @@ def gae(
     """
     num_episodes, num_steps = rewards.shape
     if values.shape != rewards.shape or mask.shape != rewards.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and "
-                         f"mask {tuple(mask.shape)} must have the same [B, T] shape")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and "
+            f"mask {tuple(mask.shape)} must have the same [B, T] shape"
+        )
     for name, x in (("lengths", lengths), ("terminated", terminated), ("final_values", final_values)):
         if x.shape != (num_episodes,):
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected [{num_episodes}]")

@@ -1,4 +1,5 @@
 """The RL algorithms, chosen once by name (algo.name) as objects that say how they differ. Pure."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,10 +4,11 @@ Requests (one per env shard whose observations are ready) wait until either the
 batch holds max_batch observations or the oldest request has waited timeout_s;
 then the whole waiting set runs as one inference batch.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class DynamicBatcher:

@@ -8,6 +8,7 @@ and each step is weighted by a clamped pi_prox / pi_behaviour. For steps taken
 by the actor's own version the two coincide and the loss is plain PPO.
 Streaming mode accumulates gradients micro-batch by micro-batch. No I/O.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Samples:
         return self.obs.shape[0]
 
     @staticmethod
-    def concat(parts: list["Samples"]) -> "Samples":
+    def concat(parts: list[Samples]) -> Samples:
         return Samples(*(torch.cat([getattr(p, f) for p in parts]) for f in Samples.__dataclass_fields__))
 
 
@@ -69,15 +70,27 @@ class Learner:
         mask = b.step_mask()
         behav = b.log_probs[mask]
         prox = behav.clone()
-        stale = (b.versions[mask] != version)
+        stale = b.versions[mask] != version
         obs, images, actions = b.obs[mask], b.images[mask], b.actions[mask]
         if stale.any():
             with torch.no_grad():
-                prox[stale] = self.policy.evaluate(obs[stale].to(self.device), actions[stale].to(self.device),
-                                                   images[stale].to(self.device)).log_probs.float().cpu()
+                prox[stale] = (
+                    self.policy.evaluate(
+                        obs[stale].to(self.device), actions[stale].to(self.device), images[stale].to(self.device)
+                    )
+                    .log_probs.float()
+                    .cpu()
+                )
         weights = behaviour_weights(prox, behav, self.cfg.max_behaviour_weight)
-        return Samples(obs.to(self.device), images.to(self.device), actions.to(self.device), prox.to(self.device),
-                       weights.to(self.device), adv[mask].to(self.device), targets[mask].to(self.device))
+        return Samples(
+            obs.to(self.device),
+            images.to(self.device),
+            actions.to(self.device),
+            prox.to(self.device),
+            weights.to(self.device),
+            adv[mask].to(self.device),
+            targets[mask].to(self.device),
+        )
 
     def behaviour_gap(self, b: TrajectoryBatch, version: int) -> float:
         """Max |log-prob now - behaviour log-prob| over steps taken by `version` (our current weights).
@@ -89,8 +102,9 @@ class Learner:
         if not sel.any():
             return float("nan")
         with torch.no_grad():
-            out = self.policy.evaluate(b.obs[sel].to(self.device), b.actions[sel].to(self.device),
-                                       b.images[sel].to(self.device))
+            out = self.policy.evaluate(
+                b.obs[sel].to(self.device), b.actions[sel].to(self.device), b.images[sel].to(self.device)
+            )
         return float((out.log_probs.float().cpu() - b.log_probs[sel]).abs().max())
 
     # ------------------------------------------------------------ losses and steps
@@ -100,14 +114,21 @@ class Learner:
         adv = s.advantages[idx]
         if normalize and cfg.normalize_advantages and self.algo.critic and len(idx) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pg_loss, stats = clipped_surrogate(out.log_probs, s.prox_log_probs[idx], adv, cfg.clip_eps, weights=s.weights[idx])
+        pg_loss, stats = clipped_surrogate(
+            out.log_probs, s.prox_log_probs[idx], adv, cfg.clip_eps, weights=s.weights[idx]
+        )
         entropy = out.entropy.mean()
         loss = pg_loss - cfg.ent_coef * entropy
         v_loss = torch.zeros(())
         if self.algo.critic:
             v_loss = value_loss(out.values, s.targets[idx])
             loss = loss + cfg.vf_coef * v_loss
-        stats = {"loss/policy": pg_loss, "loss/value": v_loss, "loss/entropy": entropy, **{f"loss/{k}": v for k, v in stats.items()}}
+        stats = {
+            "loss/policy": pg_loss,
+            "loss/value": v_loss,
+            "loss/entropy": entropy,
+            **{f"loss/{k}": v for k, v in stats.items()},
+        }
         return loss, stats
 
     def _step(self) -> float:
@@ -125,7 +146,7 @@ class Learner:
         for _ in range(cfg.update_epochs if epochs is None else epochs):
             perm = torch.randperm(n, generator=self.generator).to(self.device)
             for start in range(0, n - mb_size + 1, mb_size):
-                loss, stats = self._loss(s, perm[start:start + mb_size], normalize=True)
+                loss, stats = self._loss(s, perm[start : start + mb_size], normalize=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["loss/grad_norm"] = self._step()
@@ -158,5 +179,8 @@ def _add(sums: dict, stats: dict) -> None:
 
 
 def _weight_stats(s: Samples) -> dict[str, float]:
-    return {"train/samples": float(len(s)), "train/behaviour_weight_mean": float(s.weights.mean()),
-            "train/behaviour_weight_min": float(s.weights.min())}
+    return {
+        "train/samples": float(len(s)),
+        "train/behaviour_weight_mean": float(s.weights.mean()),
+        "train/behaviour_weight_min": float(s.weights.min()),
+    }

@@ -1,4 +1,5 @@
 """Policy-gradient losses over flat minibatches of N steps."""
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,10 @@ def clipped_surrogate(
     (the low-variance estimator mean((r - 1) - log r), as in CleanRL).
     """
     if not (log_probs.shape == old_log_probs.shape == advantages.shape) or log_probs.dim() != 1:
-        raise ValueError(f"log_probs {tuple(log_probs.shape)}, old_log_probs {tuple(old_log_probs.shape)} "
-                         f"and advantages {tuple(advantages.shape)} must all be [N]")
+        raise ValueError(
+            f"log_probs {tuple(log_probs.shape)}, old_log_probs {tuple(old_log_probs.shape)} "
+            f"and advantages {tuple(advantages.shape)} must all be [N]"
+        )
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
@@ -55,7 +58,10 @@ def value_loss(values: Tensor, returns: Tensor) -> Tensor:
 def behaviour_weights(prox_log_probs: Tensor, behaviour_log_probs: Tensor, max_weight: float) -> Tensor:
     """[N] importance weights pi_prox / pi_behaviour, clamped above at max_weight (no grad)."""
     if prox_log_probs.shape != behaviour_log_probs.shape:
-        raise ValueError(f"prox {tuple(prox_log_probs.shape)} and behaviour {tuple(behaviour_log_probs.shape)} log-probs differ in shape")
+        raise ValueError(
+            f"prox {tuple(prox_log_probs.shape)} and behaviour {tuple(behaviour_log_probs.shape)} "
+            "log-probs differ in shape"
+        )
     if max_weight <= 0:
         raise ValueError(f"max_weight must be > 0, got {max_weight}")
     with torch.no_grad():

@@ -7,6 +7,7 @@
 Rounds are numbered like the versions they are meant for, and the actor trains
 round r with version <= r, so an admitted round is never dropped.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ and every value is checked at start: a bad one raises ValueError naming the fiel
 
 Import from `dvla.config`; the submodules are how it is laid out, not part of its interface.
 """
+
 from __future__ import annotations
 
 from dvla.config.loading import describe, load_config, parse_override, to_dict, to_yaml
@@ -35,9 +36,25 @@ from dvla.config.sections import (
 )
 
 __all__ = [
-    "MODES", "PRESETS",
-    "AlgoConfig", "CheckpointConfig", "ControlConfig", "DataPlaneConfig", "EnvConfig", "PipelineConfig",
-    "PolicyConfig", "RunConfig", "TelemetryConfig",
-    "describe", "load_config", "parse_override", "to_dict", "to_yaml",
-    "preset_pickcube_vla_small", "preset_pickcube_vla_tiny", "preset_pushcube", "preset_pushcube_grpo", "preset_smoke",
+    "MODES",
+    "PRESETS",
+    "AlgoConfig",
+    "CheckpointConfig",
+    "ControlConfig",
+    "DataPlaneConfig",
+    "EnvConfig",
+    "PipelineConfig",
+    "PolicyConfig",
+    "RunConfig",
+    "TelemetryConfig",
+    "describe",
+    "load_config",
+    "parse_override",
+    "to_dict",
+    "to_yaml",
+    "preset_pickcube_vla_small",
+    "preset_pickcube_vla_tiny",
+    "preset_pushcube",
+    "preset_pushcube_grpo",
+    "preset_smoke",
 ]

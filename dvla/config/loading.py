@@ -4,6 +4,7 @@ Overrides are `section.field=value` pairs whose value is parsed as YAML; every v
 field's type, or a ValueError names the field. `describe` lists every field with its docstring (the
 `--help-config` text); `to_yaml` writes a config into a run folder, secrets redacted.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,8 +31,13 @@ def _field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
     for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
-                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)
+            and isinstance(b.value.value, str)
+        ):
             docs[a.target.id] = b.value.value
     return docs
 
@@ -153,6 +159,7 @@ def to_dict(cfg: Any) -> dict:
         if isinstance(x, tuple):
             return [lists(v) for v in x]
         return x
+
     return lists(d)
 
 

@@ -3,6 +3,7 @@
 `load_config` starts from one of PRESETS (by default 'pushcube'), then applies a YAML file and
 `section.field=value` overrides on top.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,8 +37,14 @@ def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
     """
     return RunConfig(
         name=f"pickcube-vla-tiny{'' if head == 'discrete' else '-' + head}",
-        env=EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=128, control_mode="pd_ee_delta_pos",
-                      num_envs=8, max_episode_steps=50),
+        env=EnvConfig(
+            task="PickCube-v1",
+            obs_mode="rgb",
+            image_size=128,
+            control_mode="pd_ee_delta_pos",
+            num_envs=8,
+            max_episode_steps=50,
+        ),
         policy=PolicyConfig(name="vla", size="tiny", action_head=head, chunk_size=4),
         # measured on 2 CPU cores: ~50 env steps/s, 60 updates in ~9 min, mean return 2.9 -> 3.7
         algo=AlgoConfig(lr=2e-4, update_epochs=4, num_minibatches=2),
@@ -48,8 +55,9 @@ def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
 def preset_pickcube_vla_small() -> RunConfig:
     """The ~100M-parameter VLA on PickCube-v1: for a GPU (bf16, physx_cuda), slow on a CPU."""
     cfg = preset_pickcube_vla_tiny()
-    return replace(cfg, name="pickcube-vla-small", policy=replace(cfg.policy, size="small"),
-                   env=replace(cfg.env, num_envs=32))
+    return replace(
+        cfg, name="pickcube-vla-small", policy=replace(cfg.policy, size="small"), env=replace(cfg.env, num_envs=32)
+    )
 
 
 PRESETS = {

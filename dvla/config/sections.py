@@ -4,6 +4,7 @@ Each field's docstring (the string literal under it) is its help text: `dvla run
 it. Each section's `validate()` checks its own fields and raises ValueError naming the bad one;
 `RunConfig.validate()` also checks the rules that span sections.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -25,7 +26,7 @@ class EnvConfig:
     instruction: str = ""
     """The task in words for language-conditioned policies; empty = dvla's sentence for the task."""
     control_mode: str = "pd_joint_delta_pos"
-    """ManiSkill3 controller. Joint deltas step ~3x faster on CPU than pd_ee_delta_pos (no IK), which learns a bit faster per step."""
+    """ManiSkill3 controller. Joint deltas step ~3x faster on CPU than pd_ee_delta_pos (no IK), which learns a bit faster per step."""  # noqa: E501 (one line in --help-config)
     reward_mode: str = "normalized_dense"
     """ManiSkill3 reward mode: 'normalized_dense', 'dense' or 'sparse'."""
     max_episode_steps: int = 50
@@ -38,10 +39,14 @@ class EnvConfig:
     def validate(self) -> None:
         _check(self.obs_mode in ("state", "rgb"), "env.obs_mode", f"unknown '{self.obs_mode}'; use 'state' or 'rgb'")
         _check(16 <= self.image_size <= 1024, "env.image_size", "must be in [16, 1024] pixels")
-        _check(self.reward_mode in ("normalized_dense", "dense", "sparse"), "env.reward_mode",
-               f"unknown '{self.reward_mode}'")
-        _check(self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend",
-               f"unknown '{self.sim_backend}'")
+        _check(
+            self.reward_mode in ("normalized_dense", "dense", "sparse"),
+            "env.reward_mode",
+            f"unknown '{self.reward_mode}'",
+        )
+        _check(
+            self.sim_backend in ("auto", "cpu", "physx_cuda", "gpu"), "env.sim_backend", f"unknown '{self.sim_backend}'"
+        )
         _check(self.max_episode_steps > 0, "env.max_episode_steps", "must be > 0")
         _check(self.num_envs > 0, "env.num_envs", "must be > 0")
 
@@ -81,20 +86,32 @@ class PolicyConfig:
 
     def validate(self) -> None:
         _check(self.name in ("mlp", "vla"), "policy.name", f"unknown '{self.name}'; choose 'mlp' or 'vla'")
-        _check(len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes), "policy.hidden_sizes",
-               "need one or more positive widths")
+        _check(
+            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
+            "policy.hidden_sizes",
+            "need one or more positive widths",
+        )
         _check(self.size in ("tiny", "small", "1b"), "policy.size", f"unknown '{self.size}'; choose tiny, small or 1b")
-        _check(self.action_head in ("discrete", "flow"), "policy.action_head",
-               f"unknown '{self.action_head}'; choose discrete or flow")
+        _check(
+            self.action_head in ("discrete", "flow"),
+            "policy.action_head",
+            f"unknown '{self.action_head}'; choose discrete or flow",
+        )
         _check(self.chunk_size >= 1, "policy.chunk_size", "must be >= 1")
-        _check(self.name != "mlp" or self.chunk_size == 1, "policy.chunk_size",
-               "the mlp policy acts one step at a time; use 1")
+        _check(
+            self.name != "mlp" or self.chunk_size == 1,
+            "policy.chunk_size",
+            "the mlp policy acts one step at a time; use 1",
+        )
         _check(self.num_bins >= 2, "policy.num_bins", "must be >= 2")
         _check(self.flow_steps >= 1, "policy.flow_steps", "must be >= 1")
         _check(self.flow_noise_std > 0, "policy.flow_noise_std", "must be > 0")
         _check(0 < self.init_action_std <= 10, "policy.init_action_std", "must be in (0, 10]")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), "policy.dtype",
-               f"unknown '{self.dtype}'; choose auto, float32 or bfloat16")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            "policy.dtype",
+            f"unknown '{self.dtype}'; choose auto, float32 or bfloat16",
+        )
 
 
 @dataclass(frozen=True)
@@ -215,17 +232,22 @@ class PipelineConfig:
         _check(self.mode in MODES, "pipeline.mode", f"unknown '{self.mode}'; choose from {', '.join(MODES)}")
         _check(self.num_rollout_workers > 0, "pipeline.num_rollout_workers", "must be > 0")
         _check(self.max_staleness >= 0, "pipeline.max_staleness", "must be >= 0")
-        _check(self.lockstep or self.max_staleness >= 1, "pipeline.max_staleness",
-               f"mode '{self.mode}' is asynchronous and needs max_staleness >= 1")
+        _check(
+            self.lockstep or self.max_staleness >= 1,
+            "pipeline.max_staleness",
+            f"mode '{self.mode}' is asynchronous and needs max_staleness >= 1",
+        )
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
         _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
         _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
-        _check(self.placement in ("auto", "colocated", "disaggregated"), "pipeline.placement",
-               f"unknown '{self.placement}'; choose auto, colocated or disaggregated")
+        _check(
+            self.placement in ("auto", "colocated", "disaggregated"),
+            "pipeline.placement",
+            f"unknown '{self.placement}'; choose auto, colocated or disaggregated",
+        )
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
-
 
 
 @dataclass(frozen=True)
@@ -269,14 +291,23 @@ class ControlConfig:
 
     def validate(self) -> None:
         _check(bool(self.tls_cert) == bool(self.tls_key), "control.tls_cert", "set tls_cert and tls_key together")
-        _check(bool(self.tls_client_cert) == bool(self.tls_client_key), "control.tls_client_cert",
-               "set tls_client_cert and tls_client_key together")
-        _check(not self.tls_client_auth or bool(self.tls_ca), "control.tls_client_auth",
-               "mutual TLS needs control.tls_ca (the CA client certificates are checked against)")
+        _check(
+            bool(self.tls_client_cert) == bool(self.tls_client_key),
+            "control.tls_client_cert",
+            "set tls_client_cert and tls_client_key together",
+        )
+        _check(
+            not self.tls_client_auth or bool(self.tls_ca),
+            "control.tls_client_auth",
+            "mutual TLS needs control.tls_ca (the CA client certificates are checked against)",
+        )
         _check(0 <= self.port < 65536, "control.port", "must be in [0, 65535]")
         _check(self.keep_versions >= 2, "control.keep_versions", "must be >= 2 (one serving, one arriving)")
-        _check(0 < self.chunk_bytes < self.max_message_bytes, "control.chunk_bytes",
-               "must be > 0 and below control.max_message_bytes")
+        _check(
+            0 < self.chunk_bytes < self.max_message_bytes,
+            "control.chunk_bytes",
+            "must be > 0 and below control.max_message_bytes",
+        )
         _check(self.rpc_timeout_s > 0 and self.transfer_timeout_s > 0, "control.rpc_timeout_s", "deadlines must be > 0")
 
 
@@ -309,8 +340,11 @@ class TelemetryConfig:
     the same exporter every this many seconds."""
 
     def validate(self) -> None:
-        _check(self.exporter in ("none", "console", "otlp", "json"), "telemetry.exporter",
-               f"unknown '{self.exporter}'; choose none, console, otlp or json")
+        _check(
+            self.exporter in ("none", "console", "otlp", "json"),
+            "telemetry.exporter",
+            f"unknown '{self.exporter}'; choose none, console, otlp or json",
+        )
         _check(self.metrics_interval_s > 0, "telemetry.metrics_interval_s", "must be > 0")
 
 
@@ -346,7 +380,7 @@ class RunConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'")
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
         for f in fields(self):
@@ -354,16 +388,26 @@ class RunConfig:
             if is_dataclass(v):
                 v.validate()
         if self.policy.name == "mlp":
-            _check(self.env.obs_mode == "state", "env.obs_mode", "the mlp policy reads the state vector; "
-                   "use env.obs_mode=state, or policy.name=vla for camera images")
+            _check(
+                self.env.obs_mode == "state",
+                "env.obs_mode",
+                "the mlp policy reads the state vector; use env.obs_mode=state, or policy.name=vla for camera images",
+            )
         else:
-            _check(self.env.obs_mode == "rgb", "env.obs_mode",
-                   "the vla policy reads camera images; use env.obs_mode=rgb")
+            _check(
+                self.env.obs_mode == "rgb", "env.obs_mode", "the vla policy reads camera images; use env.obs_mode=rgb"
+            )
         shards = self.pipeline.num_shards if self.pipeline.sharded else 1
-        _check(self.env.num_envs % shards == 0, "env.num_envs",
-               f"{self.env.num_envs} does not split into pipeline.num_shards={shards} shards")
+        _check(
+            self.env.num_envs % shards == 0,
+            "env.num_envs",
+            f"{self.env.num_envs} does not split into pipeline.num_shards={shards} shards",
+        )
         if self.algo.name == "grpo":
             per_shard = self.env.num_envs // shards
-            _check(per_shard % self.algo.group_size == 0, "env.num_envs",
-                   f"{per_shard} envs per shard is not a multiple of algo.group_size={self.algo.group_size}")
+            _check(
+                per_shard % self.algo.group_size == 0,
+                "env.num_envs",
+                f"{per_shard} envs per shard is not a multiple of algo.group_size={self.algo.group_size}",
+            )
         return self

@@ -1,4 +1,5 @@
 """Errors the control-plane parts raise; the weight_control server maps `.code` to a gRPC status."""
+
 from __future__ import annotations
 
 
@@ -28,6 +29,7 @@ class NotFound(ControlError):
 
 class DataLoss(ControlError):
     """Truncated stream or checksum mismatch."""
+
     code = "DATA_LOSS"
 
 

@@ -11,10 +11,11 @@ registering again with its worker_id (a restart) keeps its place. Workers are
 never forgotten: a leaver's counters stay in the totals. No I/O; the clock is
 injected.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dvla.types import Acks, EnvSpec, Membership, Role
 
@@ -125,8 +126,10 @@ class Registry:
         if w.membership not in (Membership.MEMBER, Membership.STANDBY):
             raise OutOfOrder(f"rollout worker '{worker_id}' is {w.membership}")
         if w.num_shards <= 0:
-            raise OutOfOrder(f"rollout worker '{worker_id}' steps its envs in-process; env shards exist from "
-                             "pipeline.mode=rollout_async on")
+            raise OutOfOrder(
+                f"rollout worker '{worker_id}' steps its envs in-process; env shards exist from "
+                "pipeline.mode=rollout_async on"
+            )
         if not 1 <= num_shards <= MAX_SHARDS:
             raise InvalidArgument(f"num_shards must be in [1, {MAX_SHARDS}], got {num_shards}")
         w.shards_target = num_shards
@@ -140,9 +143,17 @@ class Registry:
             who = f"'{worker_id}'" if worker_id else "a publish without publisher_id"
             raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
 
-    def register(self, role: Role | str, worker_id: str, address: str = "", rendezvous_address: str = "",
-                 env_spec: EnvSpec | None = None, num_envs: int = 0, num_shards: int = 0,
-                 worker_key: int = 0) -> Worker:
+    def register(
+        self,
+        role: Role | str,
+        worker_id: str,
+        address: str = "",
+        rendezvous_address: str = "",
+        env_spec: EnvSpec | None = None,
+        num_envs: int = 0,
+        num_shards: int = 0,
+        worker_key: int = 0,
+    ) -> Worker:
         if not worker_id:
             raise InvalidArgument("worker_id is empty")
         try:
@@ -150,8 +161,10 @@ class Registry:
         except ValueError:
             raise InvalidArgument(f"role must be actor or rollout, got '{role}'") from None
         if num_envs < 0 or not 0 <= num_shards <= MAX_SHARDS or (num_shards and num_envs % num_shards):
-            raise InvalidArgument(f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
-                                  f"[0, {MAX_SHARDS}] dividing num_envs")
+            raise InvalidArgument(
+                f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
+                f"[0, {MAX_SHARDS}] dividing num_envs"
+            )
         now = self._clock()
         known = self._workers.get(worker_id)
         if known is not None and known.membership != Membership.LEFT:
@@ -174,8 +187,19 @@ class Registry:
             return w
         if env_spec is None:
             raise InvalidArgument("a rollout must give its env_spec")
-        w = Worker(worker_id, role, -1, address, now, env_spec, membership=Membership.STANDBY, num_envs=num_envs,
-                   num_shards=num_shards, shards_target=num_shards, worker_key=worker_key)
+        w = Worker(
+            worker_id,
+            role,
+            -1,
+            address,
+            now,
+            env_spec,
+            membership=Membership.STANDBY,
+            num_envs=num_envs,
+            num_shards=num_shards,
+            shards_target=num_shards,
+            worker_key=worker_key,
+        )
         self._workers[worker_id] = w  # a worker that left and comes back starts afresh
         if len(self._members) < self.target_rollouts:
             self._admit(w)

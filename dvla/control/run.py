@@ -5,9 +5,10 @@ request does to them; it answers what the Heartbeat and Status replies report.
 The server calls it from one asyncio loop, so nothing here needs a lock. Pure:
 no I/O, and the uptime clock is injected.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dvla.types import Acks, Role, RunState, SenderCounts
 
@@ -19,8 +20,16 @@ MAX_CHECKPOINT_WAIT_S = 86400.0
 
 # Summed over every worker's last report; the actor reports what it received, trained, dropped,
 # queued and holds in training, the rollouts what they produced and sent.
-_REPORTED = ("env_steps_produced", "episodes_produced", "episodes_sent", "episodes_received", "episodes_trained",
-             "episodes_dropped", "episodes_queued", "episodes_in_training")
+_REPORTED = (
+    "env_steps_produced",
+    "episodes_produced",
+    "episodes_sent",
+    "episodes_received",
+    "episodes_trained",
+    "episodes_dropped",
+    "episodes_queued",
+    "episodes_in_training",
+)
 
 
 class RunControl:
@@ -91,8 +100,9 @@ class RunControl:
         """The checkpoint request a worker's heartbeat reply carries: only the actor writes checkpoints."""
         return self.checkpoint_request if w.role == Role.ACTOR else 0
 
-    def on_heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None,
-                     senders: list[SenderCounts] = ()) -> tuple[Worker, bool]:
+    def on_heartbeat(
+        self, worker_id: str, stats: dict, acks: Acks | None = None, senders: list[SenderCounts] = ()
+    ) -> tuple[Worker, bool]:
         """Record a heartbeat; also True if the actor acknowledged a checkpoint request it had not before."""
         w = self.registry.heartbeat(worker_id, stats, acks)
         if w.role == Role.ACTOR:

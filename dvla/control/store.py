@@ -5,12 +5,13 @@ complete and its sha256 matches, so a bad or interrupted publish never touches
 what is already served. Versions only go forward. No I/O here; the clock is
 injected.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dvla.weights import Manifest
 
@@ -37,16 +38,19 @@ class Upload:
     publisher_id: str
     buf: bytearray
     received: int = 0
-    _hash: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received:
-            raise InvalidArgument(f"version {self.version}: chunk at offset {offset}, expected {self.received} "
-                                  "(chunks must arrive in order)")
+            raise InvalidArgument(
+                f"version {self.version}: chunk at offset {offset}, expected {self.received} "
+                "(chunks must arrive in order)"
+            )
         end = offset + len(data)
         if end > len(self.buf):
-            raise InvalidArgument(f"version {self.version}: chunk ends at byte {end}, "
-                                  f"past the manifest's total_bytes {len(self.buf)}")
+            raise InvalidArgument(
+                f"version {self.version}: chunk ends at byte {end}, past the manifest's total_bytes {len(self.buf)}"
+            )
         self.buf[offset:end] = data
         self._hash.update(data)
         self.received = end
@@ -85,8 +89,9 @@ class VersionStore:
         if version == latest.version:
             raise AlreadyExists(f"version {version} was already published")
         if version < latest.version:
-            raise OutOfOrder(f"version {version} is older than the latest version {latest.version}; "
-                             "versions only go forward")
+            raise OutOfOrder(
+                f"version {version} is older than the latest version {latest.version}; versions only go forward"
+            )
         if latest.final:
             raise OutOfOrder(f"version {latest.version} was marked final; no version may follow it")
 
@@ -95,8 +100,9 @@ class VersionStore:
             if version < 0:
                 raise InvalidArgument(f"version {version} is negative")
             if manifest.total_bytes > self.max_version_bytes:
-                raise TooLarge(f"version {version} has {manifest.total_bytes} bytes, "
-                               f"over the limit of {self.max_version_bytes}")
+                raise TooLarge(
+                    f"version {version} has {manifest.total_bytes} bytes, over the limit of {self.max_version_bytes}"
+                )
             try:
                 manifest.validate()
             except ValueError as e:
@@ -110,12 +116,15 @@ class VersionStore:
     def commit(self, up: Upload) -> StoredVersion:
         try:
             if up.received != up.manifest.total_bytes:
-                raise DataLoss(f"version {up.version}: stream ended after {up.received} "
-                               f"of {up.manifest.total_bytes} bytes")
+                raise DataLoss(
+                    f"version {up.version}: stream ended after {up.received} of {up.manifest.total_bytes} bytes"
+                )
             digest = up._hash.hexdigest()
             if digest != up.manifest.sha256:
-                raise DataLoss(f"version {up.version}: sha256 of received bytes {digest[:16]}… "
-                               f"does not match the manifest's {up.manifest.sha256[:16]}…")
+                raise DataLoss(
+                    f"version {up.version}: sha256 of received bytes {digest[:16]}… "
+                    f"does not match the manifest's {up.manifest.sha256[:16]}…"
+                )
             self._check_order(up.version)  # another publish may have landed meanwhile
         except Exception:
             self.publishes_rejected += 1

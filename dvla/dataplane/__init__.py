@@ -1,4 +1,5 @@
 """Data plane: trajectories from rollout workers to the actor over torch.distributed."""
+
 from dvla.dataplane.transport import (
     KIND_END,
     KIND_EPOCH_END,
@@ -14,6 +15,15 @@ from dvla.dataplane.transport import (
 from dvla.dataplane.world import DataPlane
 
 __all__ = [
-    "KIND_END", "KIND_EPOCH_END", "KIND_TRAJECTORIES", "WIRE_VERSION", "DataPlane", "Header", "TrajectoryReceiver",
-    "TrajectorySender", "check_header", "decode_payload", "encode_batch",
+    "KIND_END",
+    "KIND_EPOCH_END",
+    "KIND_TRAJECTORIES",
+    "WIRE_VERSION",
+    "DataPlane",
+    "Header",
+    "TrajectoryReceiver",
+    "TrajectorySender",
+    "check_header",
+    "decode_payload",
+    "encode_batch",
 ]

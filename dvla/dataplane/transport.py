@@ -28,6 +28,7 @@ receiver keeps one posted header irecv per open source and polls them. Gloo's
 irecv never reports completion until someone waits on it, so under gloo a small
 daemon thread waits on each posted header and raises a flag.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ MAGIC = 0x44564C4154524A31  # "DVLATRJ1"
 WIRE_VERSION = 4  # 2: images, final_images and chunk_steps; 3: trace context; 4: the sender's counters
 KIND_TRAJECTORIES = 1
 KIND_END = 2  # this sender will send no more: the run is over
-KIND_EPOCH_END = 3  # this sender leaves the current data-plane epoch (the world re-forms); header round word = that epoch
+KIND_EPOCH_END = (
+    3  # this sender leaves the current data-plane epoch (the world re-forms); header round word = that epoch
+)
 DEFAULT_MAX_ELEMENTS = 1 << 30  # largest accepted B*T*max(D, A, I): 4 GiB of float32 obs, 1 GiB of images
 
 # Shape (in header letters) and dtype of every field, in wire order.
@@ -136,8 +139,10 @@ def _trace_words(ctx: TraceContext | None) -> list[int]:
         return [0, 0, 0, 0]
     trace_id, span_id, flags = ctx
     if not (0 < trace_id < _U64 * _U64 and 0 < span_id < _U64 and 0 <= flags < 256):
-        raise ValueError(f"TrajectoryBatch.trace_context {ctx} is not (trace_id in [1, 2**128), "
-                         "span_id in [1, 2**64), trace_flags in [0, 256))")
+        raise ValueError(
+            f"TrajectoryBatch.trace_context {ctx} is not (trace_id in [1, 2**128), "
+            "span_id in [1, 2**64), trace_flags in [0, 256))"
+        )
     return [_as_int64(trace_id >> 64), _as_int64(trace_id % _U64), _as_int64(span_id), flags]
 
 
@@ -150,18 +155,50 @@ def _parse_trace(has_trace: int, words: list[int]) -> TraceContext | None:
         raise ValueError(f"data-plane header has trace-context flag {has_trace} (word 9), expected 0 or 1")
     hi, lo, span_id, flags = (w % _U64 for w in words)  # back to unsigned, exactly
     if hi == lo == 0 or span_id == 0 or flags >= 256:
-        raise ValueError(f"data-plane header has a malformed trace context: trace_id {hi:#x}{lo:016x}, "
-                         f"span_id {span_id:#x} (both must be nonzero), trace_flags {flags} (must be < 256)")
+        raise ValueError(
+            f"data-plane header has a malformed trace context: trace_id {hi:#x}{lo:016x}, "
+            f"span_id {span_id:#x} (both must be nonzero), trace_flags {flags} (must be < 256)"
+        )
     return (hi << 64 | lo, span_id, flags)
 
 
-def _header_tensor(kind: int, B: int = 0, T: int = 0, D: int = 0, A: int = 0, worker_rank: int = 0,
-                   round_: int = 0, payload_bytes: int = 0, I: int = 0,
-                   trace_context: TraceContext | None = None, sender: SenderCounts | None = None) -> torch.Tensor:
-    counts = [0, 0, 0, 0] if sender is None else [_as_int64(sender.worker_key), sender.episodes_produced,
-                                                  sender.episodes_sent, sender.env_steps_produced]
-    return torch.tensor([MAGIC, WIRE_VERSION, kind, B, T, D, A, worker_rank, round_, int(trace_context is not None),
-                         payload_bytes, I, *_trace_words(trace_context), *counts], dtype=torch.int64)
+def _header_tensor(
+    kind: int,
+    B: int = 0,
+    T: int = 0,
+    D: int = 0,
+    A: int = 0,
+    worker_rank: int = 0,
+    round_: int = 0,
+    payload_bytes: int = 0,
+    I: int = 0,
+    trace_context: TraceContext | None = None,
+    sender: SenderCounts | None = None,
+) -> torch.Tensor:
+    counts = (
+        [0, 0, 0, 0]
+        if sender is None
+        else [_as_int64(sender.worker_key), sender.episodes_produced, sender.episodes_sent, sender.env_steps_produced]
+    )
+    return torch.tensor(
+        [
+            MAGIC,
+            WIRE_VERSION,
+            kind,
+            B,
+            T,
+            D,
+            A,
+            worker_rank,
+            round_,
+            int(trace_context is not None),
+            payload_bytes,
+            I,
+            *_trace_words(trace_context),
+            *counts,
+        ],
+        dtype=torch.int64,
+    )
 
 
 def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.Tensor:
@@ -171,8 +208,10 @@ def end_header(worker_rank: int, kind: int = KIND_END, epoch: int = 0) -> torch.
 def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(header int64[20], payload uint8[n]) for one batch; raises ValueError on a malformed batch."""
     if batch.obs.dim() != 3 or batch.actions.dim() != 3:
-        raise ValueError(f"TrajectoryBatch.obs and .actions must be [B, T, D] and [B, T, A], "
-                         f"got {list(batch.obs.shape)} and {list(batch.actions.shape)}")
+        raise ValueError(
+            f"TrajectoryBatch.obs and .actions must be [B, T, D] and [B, T, A], "
+            f"got {list(batch.obs.shape)} and {list(batch.actions.shape)}"
+        )
     (B, T, D), A = batch.obs.shape, batch.actions.shape[2]
     I = batch.images.shape[2] if batch.images.dim() == 3 else -1
     parts = []
@@ -184,8 +223,19 @@ def encode_batch(batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pad = _padded_nbytes(shape, dtype) - raw.numel()
         parts += [raw, raw.new_zeros(pad)] if pad else [raw]
     payload = torch.cat(parts)
-    header = _header_tensor(KIND_TRAJECTORIES, B, T, D, A, batch.worker_rank, batch.round, payload.numel(), I,
-                            batch.trace_context, batch.sender)
+    header = _header_tensor(
+        KIND_TRAJECTORIES,
+        B,
+        T,
+        D,
+        A,
+        batch.worker_rank,
+        batch.round,
+        payload.numel(),
+        I,
+        batch.trace_context,
+        batch.sender,
+    )
     check_header(header)
     return header, payload
 
@@ -197,8 +247,10 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     (magic, version, kind, B, T, D, A, worker_rank, round_, has_trace, nbytes, I, *rest) = header.tolist()
     trace_words, (key, produced, sent, steps) = rest[:4], rest[4:]
     if magic != MAGIC:
-        raise ValueError(f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
-                         "not a dvla message, or the stream lost its place")
+        raise ValueError(
+            f"data-plane header has magic {magic:#x}, expected {MAGIC:#x}: "
+            "not a dvla message, or the stream lost its place"
+        )
     if version != WIRE_VERSION:
         raise ValueError(f"data-plane wire version {version} is not supported (this side speaks {WIRE_VERSION})")
     trace_context = _parse_trace(has_trace, trace_words)
@@ -211,14 +263,18 @@ def check_header(header: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS)
     if kind != KIND_TRAJECTORIES:
         raise ValueError(f"data-plane header has unknown message kind {kind}")
     if min(B, T, D, A) < 1 or I < 0 or B * T * max(D, A, I) > max_elements:
-        raise ValueError(f"data-plane header sizes B={B} T={T} D={D} A={A} I={I} are outside "
-                         f"[1, ...] (I >= 0) with B*T*max(D, A, I) <= {max_elements}")
+        raise ValueError(
+            f"data-plane header sizes B={B} T={T} D={D} A={A} I={I} are outside "
+            f"[1, ...] (I >= 0) with B*T*max(D, A, I) <= {max_elements}"
+        )
     expected = payload_nbytes(B, T, D, A, I)
     if nbytes != expected:
         raise ValueError(f"data-plane header announces {nbytes} payload bytes, sizes imply {expected}")
     if min(produced, sent, steps) < 0 or sent > produced:
-        raise ValueError(f"data-plane header carries counters produced={produced} sent={sent} steps={steps}: "
-                         "negative, or more sent than produced")
+        raise ValueError(
+            f"data-plane header carries counters produced={produced} sent={sent} steps={steps}: "
+            "negative, or more sent than produced"
+        )
     sender = SenderCounts(key % _U64, produced, sent, steps) if key else None
     return Header(kind, B, T, D, A, I, worker_rank, round_, nbytes, trace_context, sender)
 
@@ -231,8 +287,13 @@ def decode_payload(header: Header, payload: torch.Tensor) -> TrajectoryBatch:
         nbytes = math.prod(shape) * dtype.itemsize
         fields[name] = payload[offset : offset + nbytes].view(dtype).view(shape)
         offset += _padded_nbytes(shape, dtype)
-    return TrajectoryBatch(**fields, worker_rank=header.worker_rank, round=header.round,
-                           trace_context=header.trace_context, sender=header.sender)
+    return TrajectoryBatch(
+        **fields,
+        worker_rank=header.worker_rank,
+        round=header.round,
+        trace_context=header.trace_context,
+        sender=header.sender,
+    )
 
 
 # ------------------------------------------------------------------ send / receive

@@ -8,11 +8,12 @@ started, the run ended, it is stopping) cancels the barrier for everyone with a
 compare-and-set, so nobody is left waiting for a rank that will never come.
 Whichever of 'go' and 'abort' is set first decides for all ranks.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 import torch.distributed as dist
 
@@ -61,8 +62,13 @@ class DataPlane:
                     return False
                 break  # 'go' won the race: everyone else is forming now, so must we
             time.sleep(poll_s)
-        dist.init_process_group(self.backend, store=dist.PrefixStore(f"e{epoch}/pg/", self.store), rank=rank,
-                                world_size=world_size, timeout=self.timeout)
+        dist.init_process_group(
+            self.backend,
+            store=dist.PrefixStore(f"e{epoch}/pg/", self.store),
+            rank=rank,
+            world_size=world_size,
+            timeout=self.timeout,
+        )
         self.epoch = epoch
         return True
 

@@ -10,6 +10,7 @@ CPU is removed here so callers never see it. With obs_mode 'rgb', an observation
 is the robot's state vector plus one camera image (uint8, flattened HWC);
 `step_chunk` executes a chunk of C actions per env (action chunking).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -65,8 +66,7 @@ class EnvBatch(Protocol):
         """Current state [N, D] and images [N, I] of the envs where rows ([N] bool), zeros elsewhere."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 def make_env_batch(cfg: EnvConfig, device: str | torch.device = "cpu") -> EnvBatch:
@@ -88,8 +88,9 @@ def make_env_batch(cfg: EnvConfig, device: str | torch.device = "cpu") -> EnvBat
     raise ValueError(f"unknown env.sim_backend '{cfg.sim_backend}'; use 'auto', 'cpu' or 'physx_cuda'")
 
 
-def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episode_steps: int,
-             instruction: str = "") -> EnvSpec:
+def env_spec(
+    task: str, obs_space: gym.Space, action_space: gym.Space, max_episode_steps: int, instruction: str = ""
+) -> EnvSpec:
     """EnvSpec from one env's (unbatched) spaces: a flat state Box, or a Dict of 'state' and 'rgb'."""
     image_shape: tuple[int, ...] = ()
     if isinstance(obs_space, gym.spaces.Dict) and set(obs_space.spaces) == {"state", "rgb"}:
@@ -98,8 +99,10 @@ def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episo
             raise ValueError(f"{task}: expected one RGB camera of shape (H, W, 3), got {image_shape}")
         obs_space = obs_space["state"]
     if not isinstance(obs_space, gym.spaces.Box) or not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(f"{task}: need a Box state and a Box action space, "
-                         f"got {type(obs_space).__name__} and {type(action_space).__name__}")
+        raise ValueError(
+            f"{task}: need a Box state and a Box action space, "
+            f"got {type(obs_space).__name__} and {type(action_space).__name__}"
+        )
     if len(action_space.shape) != 1:
         raise ValueError(f"{task}: expected a flat action space, got shape {action_space.shape}")
     return EnvSpec(
@@ -114,7 +117,7 @@ def env_spec(task: str, obs_space: gym.Space, action_space: gym.Space, max_episo
     )
 
 
-def step_chunk(envs: "EnvBatch", chunk: torch.Tensor, active: torch.Tensor) -> StepResult:
+def step_chunk(envs: EnvBatch, chunk: torch.Tensor, active: torch.Tensor) -> StepResult:
     """Execute chunk [N, C, A] on the active envs, action j at step j, stopping each env where it ends.
 
     The result holds each env's last observation, its summed reward, how many
@@ -182,8 +185,7 @@ def _check_task(task: str) -> None:
     near = difflib.get_close_matches(task, ids, n=3)
     hint = f"did you mean {', '.join(near)}? " if near else ""
     examples = ", ".join(x for x in ("PushCube-v1", "PickCube-v1", "StackCube-v1", "PegInsertionSide-v1") if x in ids)
-    raise ValueError(f"unknown ManiSkill task '{task}'; {hint}registered ids include {examples} "
-                     f"({len(ids)} in all)")
+    raise ValueError(f"unknown ManiSkill task '{task}'; {hint}registered ids include {examples} ({len(ids)} in all)")
 
 
 def _make(cfg: EnvConfig, num_envs: int, sim_backend: str) -> gym.Env:
@@ -192,8 +194,10 @@ def _make(cfg: EnvConfig, num_envs: int, sim_backend: str) -> gym.Env:
     if cfg.obs_mode == "rgb":
         # One camera at image_size; on a machine without CUDA, SAPIEN renders on the
         # CPU (Mesa lavapipe) - ask for that directly rather than fall back with a warning.
-        kwargs = dict(sensor_configs=dict(width=cfg.image_size, height=cfg.image_size),
-                      render_backend="gpu" if torch.cuda.is_available() else "cpu")
+        kwargs = dict(
+            sensor_configs=dict(width=cfg.image_size, height=cfg.image_size),
+            render_backend="gpu" if torch.cuda.is_available() else "cpu",
+        )
     else:
         kwargs = dict(render_backend="none")  # state obs need no renderer
     env = gym.make(
@@ -217,18 +221,24 @@ def _make(cfg: EnvConfig, num_envs: int, sim_backend: str) -> gym.Env:
 def _spec_of(cfg: EnvConfig, env: gym.Env) -> EnvSpec:
     obs_space = env.observation_space if cfg.obs_mode == "rgb" else env.unwrapped.single_observation_space
     if cfg.obs_mode == "rgb":  # the wrapper's space is batched: drop the leading dim
-        obs_space = gym.spaces.Dict({k: gym.spaces.Box(0, 255, tuple(v.shape[1:]), v.dtype) if k == "rgb"
-                                     else gym.spaces.Box(-np.inf, np.inf, tuple(v.shape[1:]), v.dtype)
-                                     for k, v in obs_space.spaces.items()})
-    return env_spec(cfg.task, obs_space, env.unwrapped.single_action_space, cfg.max_episode_steps,
-                    instruction_for(cfg))
+        obs_space = gym.spaces.Dict(
+            {
+                k: gym.spaces.Box(0, 255, tuple(v.shape[1:]), v.dtype)
+                if k == "rgb"
+                else gym.spaces.Box(-np.inf, np.inf, tuple(v.shape[1:]), v.dtype)
+                for k, v in obs_space.spaces.items()
+            }
+        )
+    return env_spec(cfg.task, obs_space, env.unwrapped.single_action_space, cfg.max_episode_steps, instruction_for(cfg))
 
 
 def _split_obs(o, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ManiSkill obs (a state tensor, or the flattened {'state', 'rgb'} dict) -> state [n, D], images [n, I]."""
     if isinstance(o, dict):
-        return (torch.as_tensor(o["state"]).reshape(n, -1).to(torch.float32),
-                torch.as_tensor(o["rgb"]).reshape(n, -1).to(torch.uint8))
+        return (
+            torch.as_tensor(o["state"]).reshape(n, -1).to(torch.float32),
+            torch.as_tensor(o["rgb"]).reshape(n, -1).to(torch.uint8),
+        )
     return torch.as_tensor(o).reshape(n, -1).to(torch.float32), torch.zeros(n, 0, dtype=torch.uint8)
 
 
@@ -361,9 +371,12 @@ class GpuEnvBatch:
         return _split_obs(obs, self.num_envs)
 
     def observe(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        state, images = _split_obs(self._env.observation(self._base.get_obs())
-                                   if isinstance(self._env, gym.ObservationWrapper) else self._base.get_obs(),
-                                   self.num_envs)
+        state, images = _split_obs(
+            self._env.observation(self._base.get_obs())
+            if isinstance(self._env, gym.ObservationWrapper)
+            else self._base.get_obs(),
+            self.num_envs,
+        )
         keep = rows.to(self.device).reshape(-1, 1)
         return torch.where(keep, state, 0.0), torch.where(keep, images, 0)
 

@@ -6,11 +6,12 @@ it, and the worker looks for the one after. Between two epochs it leaves the old
 group. The actor's first world, its receive lane and every rollout go through
 the same steps, so they are here, over the Plane and Control ports.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dvla.ports import Control, Plane
 from dvla.types import World
@@ -23,8 +24,14 @@ class EpochCycle:
     `stop` are polled while waiting, so nobody waits for a world that will not come.
     """
 
-    def __init__(self, plane: Plane, control: Control, stop: threading.Event,
-                 give_up: Callable[[], bool] = lambda: False, poll_s: float = 0.05):
+    def __init__(
+        self,
+        plane: Plane,
+        control: Control,
+        stop: threading.Event,
+        give_up: Callable[[], bool] = lambda: False,
+        poll_s: float = 0.05,
+    ):
         self.plane, self.control, self.stop, self.give_up, self.poll_s = plane, control, stop, give_up, poll_s
 
     def halted(self) -> bool:
@@ -51,7 +58,7 @@ class EpochCycle:
         """Form `world`, or whichever epoch follows it when it is cancelled; None if none will form."""
         while world is not None:
             target = world
-            if self.plane.form(target, abort=lambda: self.halted() or self.moved_on(target)):
+            if self.plane.form(target, abort=lambda target=target: self.halted() or self.moved_on(target)):
                 return target
             if self.halted():
                 return None

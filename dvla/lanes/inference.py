@@ -1,10 +1,11 @@
 """The rollout's inference step: one batch of observations from one or more shards, one policy call.
 
-    consumes  the current observations of the active envs of `shards` (their recorders)
-    produces  each shard's action chunk, recorded with the version that chose it, and its next step
-    thread    the sampling thread; the weight lane's swap happens in slot.current(), so between
-              two batches and never inside one
+consumes  the current observations of the active envs of `shards` (their recorders)
+produces  each shard's action chunk, recorded with the version that chose it, and its next step
+thread    the sampling thread; the weight lane's swap happens in slot.current(), so between
+          two batches and never inside one
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -36,7 +37,7 @@ def infer(shards: list[Shard], slot: PolicySlot, device: torch.device, generator
         k, c, a = s.num_envs, out.chunk.shape[1], out.chunk.shape[2]
         full = ActOutput(torch.zeros(k, policy.sample_dim), torch.zeros(k), torch.zeros(k), torch.zeros(k, c, a))
         for name in ("actions", "log_probs", "values", "chunk"):
-            getattr(full, name)[rec.active] = getattr(out, name)[start:start + n].cpu().float()
+            getattr(full, name)[rec.active] = getattr(out, name)[start : start + n].cpu().float()
         start += n
         rec.record_action(full, version)
         s.start_step(full.chunk, rec.active)

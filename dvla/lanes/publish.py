@@ -1,19 +1,20 @@
 """The actor's publish lane: each new policy version to the weight sink.
 
-    consumes  (version, weights) after every update
-    produces  that version in weight_control's store (WeightSink.publish)
-    waits for the sink to take the bytes
-    thread    the caller's (lockstep modes), or its own in swimlane mode: `OffThread` runs
-              the same `PublishLane.submit` there, so the next update trains while a version
-              streams out; if versions queue up only the newest is sent (none is needed twice)
-    owns      the publish timings
+consumes  (version, weights) after every update
+produces  that version in weight_control's store (WeightSink.publish)
+waits for the sink to take the bytes
+thread    the caller's (lockstep modes), or its own in swimlane mode: `OffThread` runs
+          the same `PublishLane.submit` there, so the next update trains while a version
+          streams out; if versions queue up only the newest is sent (none is needed twice)
+owns      the publish timings
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dvla import telemetry
 from dvla.ports import WeightSink

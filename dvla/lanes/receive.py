@@ -13,6 +13,7 @@ they produced has arrived), the lane moves to the next epoch through the
 EpochCycle while training goes on from the queue. END goes on the queue when
 every rank sent END, or when there is no next epoch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,7 @@ END = None  # put on the queue once the data plane has nothing more to give
 
 
 class ReceiveLane:
-    def __init__(self, epochs: EpochCycle, world: World, capacity: int, ledger: EpisodeLedger,
-                 stop: threading.Event):
+    def __init__(self, epochs: EpochCycle, world: World, capacity: int, ledger: EpisodeLedger, stop: threading.Event):
         """world: the epoch already formed (rank 0)."""
         self.epochs, self.world, self.ledger, self.stop = epochs, world, ledger, stop
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
@@ -46,7 +46,7 @@ class ReceiveLane:
     def epoch(self) -> int:
         return self.world.epoch
 
-    def start(self) -> "ReceiveLane":
+    def start(self) -> ReceiveLane:
         self.thread.start()
         return self
 
@@ -82,8 +82,9 @@ class ReceiveLane:
                 self._senders[b.sender.worker_key] = b.sender
             self.ledger.receive(b.num_episodes)
             # the span covers the wait for room in the queue: long spans are backpressure
-            with telemetry.span("receive.enqueue", parent=b.trace_context, worker=src, episodes=b.num_episodes,
-                                round=b.round):
+            with telemetry.span(
+                "receive.enqueue", parent=b.trace_context, worker=src, episodes=b.num_episodes, round=b.round
+            ):
                 self._put(b)
             self.blocked_s += time.monotonic() - t
 

@@ -6,6 +6,7 @@ longer stepped. Each decision records the behaviour log-prob and the version of
 the policy that chose it, and its action chunk of C env steps runs before the
 next decision (C = 1 for the MLP). No I/O.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,19 @@ class EpisodeRecorder:
         self.current_images = torch.zeros(n, i, dtype=torch.uint8)
 
     def begin(self, obs: torch.Tensor, images: torch.Tensor, group_ids: list[int]) -> None:
-        for t in (self.obs, self.images, self.actions, self.log_probs, self.values, self.rewards, self.versions,
-                  self.chunk_steps, self.lengths, self.final_obs, self.final_images):
+        for t in (
+            self.obs,
+            self.images,
+            self.actions,
+            self.log_probs,
+            self.values,
+            self.rewards,
+            self.versions,
+            self.chunk_steps,
+            self.lengths,
+            self.final_obs,
+            self.final_images,
+        ):
             t.zero_()
         self.terminated.zero_()
         self.success.zero_()
@@ -92,9 +104,19 @@ class EpisodeRecorder:
         dones = steps == (self.lengths[:, None] - 1)
         cut = lambda x: x[:, :t_used].clone()  # noqa: E731  (own the memory: the recorder is reused)
         return TrajectoryBatch(
-            obs=cut(self.obs), actions=cut(self.actions), log_probs=cut(self.log_probs), values=cut(self.values),
-            rewards=cut(self.rewards), dones=cut(dones), versions=cut(self.versions), lengths=self.lengths.clone(),
-            terminated=self.terminated.clone(), success=self.success.clone(), final_obs=self.final_obs.clone(),
-            group_ids=self.group_ids.clone(), images=cut(self.images), final_images=self.final_images.clone(),
+            obs=cut(self.obs),
+            actions=cut(self.actions),
+            log_probs=cut(self.log_probs),
+            values=cut(self.values),
+            rewards=cut(self.rewards),
+            dones=cut(dones),
+            versions=cut(self.versions),
+            lengths=self.lengths.clone(),
+            terminated=self.terminated.clone(),
+            success=self.success.clone(),
+            final_obs=self.final_obs.clone(),
+            group_ids=self.group_ids.clone(),
+            images=cut(self.images),
+            final_images=self.final_images.clone(),
             chunk_steps=cut(self.chunk_steps),
         )

@@ -14,14 +14,15 @@ late (or a resumed run) starts at the version in use, not at round 0. No round
 starts while the run is paused or a new data-plane epoch asks for a safe point;
 rounds under way finish and are sent, so no episode is ever cut.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 import torch
 
@@ -58,9 +59,21 @@ Seeds = Callable[[int, int, int], tuple[list[int], list[int]]]  # (round, shard,
 
 
 class Sampler:
-    def __init__(self, pool: ShardPool, lane: WeightLane, control: Control, seeds: Seeds, *, max_staleness: int,
-                 batcher: DynamicBatcher, device: torch.device, generator: torch.Generator | None,
-                 stop: threading.Event, step_delay_s: float = 0.0, worker_key: int = 0):
+    def __init__(
+        self,
+        pool: ShardPool,
+        lane: WeightLane,
+        control: Control,
+        seeds: Seeds,
+        *,
+        max_staleness: int,
+        batcher: DynamicBatcher,
+        device: torch.device,
+        generator: torch.Generator | None,
+        stop: threading.Event,
+        step_delay_s: float = 0.0,
+        worker_key: int = 0,
+    ):
         """worker_key: this worker's number, carried with its counters in every batch (0: none)."""
         self.pool, self.lane, self.control, self.seeds = pool, lane, control, seeds
         self.max_staleness, self.batcher, self.device, self.generator = max_staleness, batcher, device, generator
@@ -135,8 +148,10 @@ class Sampler:
     def _start_round(self, s: Shard, policy) -> None:
         if s.recorder is None:
             if self.pool.chunk_size is not None and policy.chunk_size != self.pool.chunk_size:
-                raise ValueError(f"the policy acts in chunks of {policy.chunk_size}, the env shards were built "
-                                 f"for {self.pool.chunk_size} (policy.chunk_size)")
+                raise ValueError(
+                    f"the policy acts in chunks of {policy.chunk_size}, the env shards were built "
+                    f"for {self.pool.chunk_size} (policy.chunk_size)"
+                )
             s.recorder = EpisodeRecorder(s.num_envs, self.pool.spec, policy.sample_dim, policy.chunk_size)
         # one trace per shard round: the actor's training spans link back to it
         s.span = telemetry.start_span("sampling.round", shard=s.index, round=s.round)
@@ -168,7 +183,8 @@ class Sampler:
 
     def _infer_if_ready(self) -> None:
         no_more_coming = len(self.batcher) and not any(
-            s.state in (ShardState.RESETTING, ShardState.STEPPING) for s in self.pool.shards)
+            s.state in (ShardState.RESETTING, ShardState.STEPPING) for s in self.pool.shards
+        )
         if no_more_coming or self.batcher.ready(time.monotonic()):
             by_index = {s.index: s for s in self.pool.shards}
             infer([by_index[i] for i in self.batcher.take(time.monotonic())], self.lane, self.device, self.generator)

@@ -13,6 +13,7 @@ one worker; their number can change while it runs (rescale): new processes start
 in the background and join once their envs are built; surplus shards finish the
 round under way and close.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,21 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     s = envs.spec
-    conn.send(("spec", (s.task, s.obs_dim, s.action_dim, s.action_low, s.action_high, s.max_episode_steps,
-                        s.image_shape, s.instruction)))
+    conn.send(
+        (
+            "spec",
+            (
+                s.task,
+                s.obs_dim,
+                s.action_dim,
+                s.action_low,
+                s.action_high,
+                s.max_episode_steps,
+                s.image_shape,
+                s.instruction,
+            ),
+        )
+    )
     bufs = conn.recv()
     try:
         while True:
@@ -109,8 +123,9 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
                 bufs["obs"].copy_(obs)
                 bufs["images"].copy_(images)
             elif msg[0] == "step":
-                with telemetry.span("sampling.env_step", shard=index, num_envs=int(bufs["active"].sum()),
-                                    chunk=bufs["chunk"].shape[1]):
+                with telemetry.span(
+                    "sampling.env_step", shard=index, num_envs=int(bufs["active"].sum()), chunk=bufs["chunk"].shape[1]
+                ):
                     res = step_chunk(envs, bufs["chunk"], bufs["active"].clone())
                 for name in ("obs", "images", "reward", "terminated", "truncated", "success", "steps"):
                     bufs[name].copy_(getattr(res, name))
@@ -133,8 +148,9 @@ class ProcessShard(Shard):
         super().__init__(index, env_cfg.num_envs)
         self.chunk_size = chunk_size
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_shard_main, args=(env_cfg, tel_cfg, index, child), name=f"env-shard-{index}",
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=_shard_main, args=(env_cfg, tel_cfg, index, child), name=f"env-shard-{index}", daemon=True
+        )
         self.proc.start()
         child.close()
         self.bufs: dict[str, torch.Tensor] = {}
@@ -149,11 +165,17 @@ class ProcessShard(Shard):
 
         def shared(*shape, dtype=torch.float32) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype).share_memory_()
+
         self.bufs = {
-            "obs": shared(k, d), "images": shared(k, spec.image_size, dtype=torch.uint8),
-            "chunk": shared(k, self.chunk_size, a), "active": shared(k, dtype=torch.bool), "reward": shared(k),
-            "terminated": shared(k, dtype=torch.bool), "truncated": shared(k, dtype=torch.bool),
-            "success": shared(k, dtype=torch.bool), "steps": shared(k, dtype=torch.int64),
+            "obs": shared(k, d),
+            "images": shared(k, spec.image_size, dtype=torch.uint8),
+            "chunk": shared(k, self.chunk_size, a),
+            "active": shared(k, dtype=torch.bool),
+            "reward": shared(k),
+            "terminated": shared(k, dtype=torch.bool),
+            "truncated": shared(k, dtype=torch.bool),
+            "success": shared(k, dtype=torch.bool),
+            "steps": shared(k, dtype=torch.int64),
         }
         self.conn.send(self.bufs)
         self.state = ShardState.IDLE
@@ -180,8 +202,15 @@ class ProcessShard(Shard):
     def result(self) -> StepResult:
         """Views of the shared buffers, valid until the next 'step' (the recorder copies what it keeps)."""
         b = self.bufs
-        return StepResult(obs=b["obs"], reward=b["reward"], terminated=b["terminated"], truncated=b["truncated"],
-                          success=b["success"], images=b["images"], steps=b["steps"])
+        return StepResult(
+            obs=b["obs"],
+            reward=b["reward"],
+            terminated=b["terminated"],
+            truncated=b["truncated"],
+            success=b["success"],
+            images=b["images"],
+            steps=b["steps"],
+        )
 
     def close(self) -> None:
         try:
@@ -204,12 +233,18 @@ class ShardPool:
         self.parked_s = 0.0  # no shard busy, every one held back by admission control (or a pause)
 
     @staticmethod
-    def local(envs) -> "ShardPool":
+    def local(envs) -> ShardPool:
         return ShardPool([LocalShard(envs)], envs.spec, chunk_size=None)
 
     @staticmethod
-    def processes(env_cfg: EnvConfig, num_shards: int, chunk_size: int,
-                  tel_cfg: TelemetryConfig = TelemetryConfig(exporter="none")) -> "ShardPool":
+    def processes(
+        env_cfg: EnvConfig,
+        num_shards: int,
+        chunk_size: int,
+        tel_cfg: TelemetryConfig | None = None,
+    ) -> ShardPool:
+        """Shard processes; tel_cfg: how they export spans (default: not at all)."""
+        tel_cfg = tel_cfg or TelemetryConfig(exporter="none")
         if env_cfg.num_envs % num_shards:
             raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
         ctx = mp.get_context("spawn")
@@ -217,6 +252,7 @@ class ShardPool:
 
         def start(index: int) -> ProcessShard:
             return ProcessShard(ctx, shard_cfg, tel_cfg, index, chunk_size)
+
         shards = [start(i) for i in range(num_shards)]
         specs = {s.handshake() for s in shards}
         return ShardPool(shards, specs.pop(), chunk_size, start_shard=start)

@@ -11,12 +11,14 @@ Streamer mode backpropagates each batch as it arrives (the first PPO epoch) and
 steps once the global batch is complete; the other epochs run as usual, so every
 mode does the same optimisation work per update.
 """
+
 from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 from dvla import telemetry
 from dvla.algo.learner import Learner, Samples
@@ -54,9 +56,18 @@ class GlobalBatch:
 
 
 class Trainer:
-    def __init__(self, learner: Learner, inbox: Inbox, ledger: EpisodeLedger, progress: Progress, *,
-                 max_staleness: int, streamer: bool, episodes_per_update: Callable[[], int],
-                 idle: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        learner: Learner,
+        inbox: Inbox,
+        ledger: EpisodeLedger,
+        progress: Progress,
+        *,
+        max_staleness: int,
+        streamer: bool,
+        episodes_per_update: Callable[[], int],
+        idle: Callable[[], None] = lambda: None,
+    ):
         """episodes_per_update(): one round of every active env in the world, as it is now (it follows
         rescales). idle(): called while waiting for episodes, between two optimizer steps."""
         self.learner, self.inbox, self.ledger, self.progress = learner, inbox, ledger, progress
@@ -94,8 +105,13 @@ class Trainer:
             t = time.monotonic()
             g.batches.append(b)
             # a child of the rollout round that produced it: one trace from sampling to training
-            with telemetry.span("training.micro_batch", parent=b.trace_context, version=version,
-                                episodes=b.num_episodes, worker=b.worker_rank):
+            with telemetry.span(
+                "training.micro_batch",
+                parent=b.trace_context,
+                version=version,
+                episodes=b.num_episodes,
+                worker=b.worker_rank,
+            ):
                 s = self.learner.prepare(b, version)
                 g.samples.append(s)
                 if self.streamer:
@@ -123,14 +139,18 @@ class Trainer:
         self.progress.updates += 1
         self.progress.env_steps_trained += batch.num_steps
         self.ledger.train(batch.num_episodes)
-        return record | lag_stats(batch, version) | {
-            "success_rate": float(batch.success.float().mean()),
-            "return_mean": float(batch.returns().mean()),
-            "episode_length": float(batch.episode_steps().float().mean()),
-            "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
-            "time/wait_s": g.wait_s,
-            "time/train_s": time.monotonic() - t0 + g.micro_s,
-        }
+        return (
+            record
+            | lag_stats(batch, version)
+            | {
+                "success_rate": float(batch.success.float().mean()),
+                "return_mean": float(batch.returns().mean()),
+                "episode_length": float(batch.episode_steps().float().mean()),
+                "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
+                "time/wait_s": g.wait_s,
+                "time/train_s": time.monotonic() - t0 + g.micro_s,
+            }
+        )
 
     def drain(self) -> None:
         """After the last update: count whatever still arrives as dropped, until the end."""

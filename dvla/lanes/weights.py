@@ -1,21 +1,22 @@
 """The rollout's weight-receiving lane: new versions land in a shadow copy, swapped in between batches.
 
-    consumes  version announcements and bytes from the WeightSource
-    produces  the inference copy in use, (policy, version), read together by current()
-    waits for a version to be announced (or, inline, the one admission control needs)
-    thread    its own ("weight-lane") in swimlane mode; otherwise the sampling thread, inside
-              wait_loaded(): the same `_follow` path either way, the wiring decides
-    owns      the two policy copies; only the lane writes the shadow, and the swap happens
-              under a lock in current(), which inference calls between two batches, so no batch
-              ever runs a half-loaded version and every action is stamped with the version that
-              produced it. The pause a swap costs is recorded.
+consumes  version announcements and bytes from the WeightSource
+produces  the inference copy in use, (policy, version), read together by current()
+waits for a version to be announced (or, inline, the one admission control needs)
+thread    its own ("weight-lane") in swimlane mode; otherwise the sampling thread, inside
+          wait_loaded(): the same `_follow` path either way, the wiring decides
+owns      the two policy copies; only the lane writes the shadow, and the swap happens
+          under a lock in current(), which inference calls between two batches, so no batch
+          ever runs a half-loaded version and every action is stamped with the version that
+          produced it. The pause a swap costs is recorded.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dvla import telemetry
 from dvla.policy import Policy
@@ -44,7 +45,7 @@ class WeightLane:
     def background(self) -> bool:
         return self._thread is not None
 
-    def start_thread(self) -> "WeightLane":
+    def start_thread(self) -> WeightLane:
         """Follow every new version on a thread of its own (swimlane), off the sampling path."""
         self._thread = threading.Thread(target=self._run, name="weight-lane", daemon=True)
         self._thread.start()
@@ -63,9 +64,9 @@ class WeightLane:
         """Fetch announced versions into the shadow copy: every newer one when min_version is None (until
         stopped), else the newest once one >= min_version (or the final one) is out, and return True.
         False when stopped or interrupted first."""
+
         def wanted(ev: VersionEvent) -> bool:
-            return ev.version > self._newest_held() and (min_version is None or ev.version >= min_version
-                                                          or ev.final)
+            return ev.version > self._newest_held() and (min_version is None or ev.version >= min_version or ev.final)
 
         def done() -> bool:
             return min_version is not None and self._holds(min_version)
@@ -94,6 +95,7 @@ class WeightLane:
             while not halt.wait(0.1):
                 if self.stop.is_set() or interrupt():
                     halt.set()
+
         threading.Thread(target=watchdog, name="weights-watchdog", daemon=True).start()
         return halt
 
@@ -144,8 +146,9 @@ class WeightLane:
                 self.versions_used.append(self.version)
             return self.active, self.version
 
-    def wait_loaded(self, min_version: int, timeout_s: float | None = None,
-                    interrupt: Callable[[], bool] = lambda: False) -> bool:
+    def wait_loaded(
+        self, min_version: int, timeout_s: float | None = None, interrupt: Callable[[], bool] = lambda: False
+    ) -> bool:
         """Block until a version >= min_version is in use (or the final one); False if stopped, or
         as soon as interrupt() (polled every 0.1-0.2 s) holds: e.g. a rescale asks for a safe point.
 

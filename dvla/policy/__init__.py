@@ -1,7 +1,8 @@
 """Policy families, chosen by name: `build_policy(cfg.policy, env_spec)`."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from dvla.config import PolicyConfig
 from dvla.policy.base import ActOutput, EvalOutput, Policy

@@ -13,6 +13,7 @@ behaviour log-prob and the trained log-prob are of the same random variable.
 Rollout workers call `act`, the actor calls `evaluate`, and the weight plane
 moves `export_weights` / `load_weights` dicts between them.
 """
+
 from __future__ import annotations
 
 import abc
@@ -59,8 +60,9 @@ class Policy(torch.nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def evaluate(self, obs: Tensor, actions: Tensor, images: Tensor | None = None,
-                 instructions: list[str] | None = None) -> EvalOutput:
+    def evaluate(
+        self, obs: Tensor, actions: Tensor, images: Tensor | None = None, instructions: list[str] | None = None
+    ) -> EvalOutput:
         """Log-probs, entropy and values of given [N, S] samples, with grad."""
 
     @abc.abstractmethod
@@ -73,10 +75,7 @@ class Policy(torch.nn.Module, abc.ABC):
         Always a copy: a CPU tensor aliasing the live parameter would change
         under the next optimizer step while it is still being published.
         """
-        return {
-            name: t.detach().to("cpu", copy=True).contiguous()
-            for name, t in self.state_dict().items()
-        }
+        return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in self.state_dict().items()}
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         """Copy `weights` into this policy in place, strictly.

@@ -2,6 +2,7 @@
 ppo_continuous_action: separate Tanh actor and critic trunks, orthogonal init,
 a state-independent learnable log-std, and unsquashed actions (the env clips).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,11 +78,13 @@ class MLPPolicy(Policy):
             # Normal.sample takes no generator, so draw the noise ourselves.
             noise = torch.randn(dist.mean.shape, generator=generator, dtype=obs.dtype, device=obs.device)
             actions = dist.mean + dist.stddev * noise
-        return ActOutput(actions=actions, log_probs=dist.log_prob(actions).sum(-1), values=self.value(obs),
-                         chunk=actions[:, None, :])
+        return ActOutput(
+            actions=actions, log_probs=dist.log_prob(actions).sum(-1), values=self.value(obs), chunk=actions[:, None, :]
+        )
 
-    def evaluate(self, obs: Tensor, actions: Tensor, images: Tensor | None = None,
-                 instructions: list[str] | None = None) -> EvalOutput:
+    def evaluate(
+        self, obs: Tensor, actions: Tensor, images: Tensor | None = None, instructions: list[str] | None = None
+    ) -> EvalOutput:
         self._check_obs(obs)
         if actions.shape != (obs.shape[0], self.action_dim):
             raise ValueError(f"actions has shape {tuple(actions.shape)}, expected [{obs.shape[0]}, {self.action_dim}]")

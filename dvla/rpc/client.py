@@ -3,12 +3,13 @@
 Every call has a deadline. gRPC failures surface as RpcFailed(code, message) so
 the loops never import grpc.
 """
+
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import grpc
 import torch
@@ -45,6 +46,7 @@ def _wrap(fn):
             return fn(*a, **kw)
         except grpc.RpcError as e:
             raise RpcFailed(e.code().name, e.details() or "") from None
+
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     return call
@@ -59,8 +61,10 @@ class ControlClient:
     def __init__(self, address: str, cfg: ControlConfig):
         self.address = address
         self.cfg = cfg
-        opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ]
         self.channel = secure_channel(address, cfg, opts)  # TLS and the token, as configured
         self.weights = weights_pb2_grpc.WeightControlStub(self.channel)
         self.registry = registry_pb2_grpc.RegistryStub(self.channel)
@@ -78,19 +82,35 @@ class ControlClient:
             r = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s, wait_for_ready=True)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise RpcFailed("UNAVAILABLE", f"weight_control at {self.address} not reachable within {timeout_s:.0f}s") from None
+                raise RpcFailed(
+                    "UNAVAILABLE", f"weight_control at {self.address} not reachable within {timeout_s:.0f}s"
+                ) from None
             raise RpcFailed(e.code().name, e.details() or "") from None
         if r.status != health_pb2.HealthCheckResponse.SERVING:
             raise RpcFailed("UNAVAILABLE", f"weight_control at {self.address} is not serving")
 
     # ------------------------------------------------------------ registry
     @_wrap
-    def register(self, role: str, worker_id: str, rendezvous_address: str = "", env_spec: EnvSpec | None = None,
-                 num_envs: int = 0, num_shards: int = 0, worker_key: int = 0) -> Registration:
+    def register(
+        self,
+        role: str,
+        worker_id: str,
+        rendezvous_address: str = "",
+        env_spec: EnvSpec | None = None,
+        num_envs: int = 0,
+        num_shards: int = 0,
+        worker_key: int = 0,
+    ) -> Registration:
         """Rank -1 in the reply: on standby, no slot in the world yet."""
-        req = registry_pb2.RegisterRequest(role=codec.ROLE_TO_PB[role], worker_id=worker_id, address=socket.gethostname(),
-                                           rendezvous_address=rendezvous_address, num_envs=num_envs, num_shards=num_shards,
-                                           worker_key=worker_key)
+        req = registry_pb2.RegisterRequest(
+            role=codec.ROLE_TO_PB[role],
+            worker_id=worker_id,
+            address=socket.gethostname(),
+            rendezvous_address=rendezvous_address,
+            num_envs=num_envs,
+            num_shards=num_shards,
+            worker_key=worker_key,
+        )
         if env_spec is not None:
             req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
         r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
@@ -99,16 +119,29 @@ class ControlClient:
         return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
 
     @_wrap
-    def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None,
-                  senders: list[SenderCounts] = ()) -> Directives:
+    def heartbeat(
+        self, worker_id: str, stats: dict, acks: Acks | None = None, senders: list[SenderCounts] = ()
+    ) -> Directives:
         """Report telemetry (stats), acknowledgements and, from the actor, what each rollout had sent."""
-        req = registry_pb2.HeartbeatRequest(worker_id=worker_id, stats=codec.stats_to_pb(stats),
-                                            acks=codec.acks_to_pb(acks or Acks()),
-                                            senders=[codec.sender_to_pb(c) for c in senders])
+        req = registry_pb2.HeartbeatRequest(
+            worker_id=worker_id,
+            stats=codec.stats_to_pb(stats),
+            acks=codec.acks_to_pb(acks or Acks()),
+            senders=[codec.sender_to_pb(c) for c in senders],
+        )
         r = self.registry.Heartbeat(req, timeout=self.cfg.rpc_timeout_s)
-        return Directives(codec.STATE_NAMES.get(r.state, RunState.UNKNOWN), r.latest_version, r.epoch, r.rank, r.world_size,
-                          codec.MEMBERSHIP_NAMES.get(r.membership, Membership.UNKNOWN), r.num_shards, r.checkpoint_request,
-                          r.episodes_per_update, r.rendezvous_address)
+        return Directives(
+            codec.STATE_NAMES.get(r.state, RunState.UNKNOWN),
+            r.latest_version,
+            r.epoch,
+            r.rank,
+            r.world_size,
+            codec.MEMBERSHIP_NAMES.get(r.membership, Membership.UNKNOWN),
+            r.num_shards,
+            r.checkpoint_request,
+            r.episodes_per_update,
+            r.rendezvous_address,
+        )
 
     @_wrap
     def world(self) -> registry_pb2.World:
@@ -123,7 +156,9 @@ class ControlClient:
 
     # ------------------------------------------------------------ weights
     @_wrap
-    def publish(self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = "") -> int:
+    def publish(
+        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+    ) -> int:
         """Pack and stream one version; returns the bytes sent.
 
         publisher_id defaults to the actor this client registered as: only the actor may publish.
@@ -132,16 +167,23 @@ class ControlClient:
         return self.publish_packed(version, manifest, buf, final, publisher_id)
 
     @_wrap
-    def publish_packed(self, version: int, manifest: Manifest, buf: bytes | bytearray, final: bool = False,
-                       publisher_id: str = "") -> int:
-        header = weights_pb2.WeightHeader(version=version, manifest=codec.manifest_to_pb(manifest), final=final,
-                                          publisher_id=publisher_id or self.actor_id)
+    def publish_packed(
+        self, version: int, manifest: Manifest, buf: bytes | bytearray, final: bool = False, publisher_id: str = ""
+    ) -> int:
+        header = weights_pb2.WeightHeader(
+            version=version,
+            manifest=codec.manifest_to_pb(manifest),
+            final=final,
+            publisher_id=publisher_id or self.actor_id,
+        )
 
         def chunks() -> Iterator[weights_pb2.PublishChunk]:
             yield weights_pb2.PublishChunk(header=header)
             view, step = memoryview(buf), self.cfg.chunk_bytes
             for off in range(0, len(view), step):
-                yield weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off:off + step])))
+                yield weights_pb2.PublishChunk(
+                    data=weights_pb2.DataChunk(offset=off, data=bytes(view[off : off + step]))
+                )
 
         self.weights.PublishWeights(chunks(), timeout=self.cfg.transfer_timeout_s)
         return len(buf)
@@ -211,11 +253,15 @@ class ControlClient:
     @_wrap
     def rescale(self, num_rollouts: int = 0, worker_id: str = "", num_shards: int = 0) -> admin_pb2.RescaleReply:
         """Set the number of rollout workers, or (worker_id, num_shards) one worker's env shards; 0 = unchanged."""
-        return self.admin.Rescale(admin_pb2.RescaleRequest(num_rollouts=num_rollouts, worker_id=worker_id,
-                                                           num_shards=num_shards), timeout=self.cfg.rpc_timeout_s)
+        return self.admin.Rescale(
+            admin_pb2.RescaleRequest(num_rollouts=num_rollouts, worker_id=worker_id, num_shards=num_shards),
+            timeout=self.cfg.rpc_timeout_s,
+        )
 
     @_wrap
     def checkpoint(self, wait: bool = True, timeout_s: float = 300.0) -> admin_pb2.CheckpointReply:
         """Ask the actor for a checkpoint after its current update; with wait, return once it is written."""
-        return self.admin.Checkpoint(admin_pb2.CheckpointRequest(wait=wait, timeout_s=timeout_s),
-                                     timeout=(timeout_s + self.cfg.rpc_timeout_s) if wait else self.cfg.rpc_timeout_s)
+        return self.admin.Checkpoint(
+            admin_pb2.CheckpointRequest(wait=wait, timeout_s=timeout_s),
+            timeout=(timeout_s + self.cfg.rpc_timeout_s) if wait else self.cfg.rpc_timeout_s,
+        )

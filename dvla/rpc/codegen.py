@@ -6,6 +6,7 @@
 The generated code is committed so that installing dvla needs no protoc; a test
 runs --check so a .proto edit without regeneration fails CI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,15 @@ def generate(out_root: Path) -> list[Path]:
     include = Path(grpc_tools.__file__).parent / "_proto"
     bindir = Path(sys.executable).parent  # the mypy plugins live beside this python
     args = [
-        "protoc", f"-I{PROTO_ROOT}", f"-I{include}",
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"--python_out={out_root}", f"--grpc_python_out={out_root}",
-        f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}",
+        f"--python_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        f"--mypy_out={out_root}",
+        f"--mypy_grpc_out={out_root}",
         *[str(p.relative_to(PROTO_ROOT)) for p in protos],
     ]
     if protoc.main(args) != 0:
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = [p.name for p in target.glob("*_pb2*.py*") if p.name not in {f.name for f in files}]
     if args.check:
         if stale or extra:
-            print(f"generated code is stale: {', '.join(stale + extra)}; run python -m dvla.rpc.codegen", file=sys.stderr)
+            print(
+                f"generated code is stale: {', '.join(stale + extra)}; run python -m dvla.rpc.codegen", file=sys.stderr
+            )
             return 1
         print("generated code is up to date")
         return 0

@@ -6,6 +6,7 @@ unreachable, deadline passed), printing one line either way. It speaks plaintext
 gRPC, like Kubernetes' native `grpc:` probe; it needs no dvla config and imports
 no torch, so it starts in well under a second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ def check(address: str, timeout_s: float) -> tuple[bool, str]:
     """(serving, one-line status) of the gRPC server at `address`."""
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
         except grpc.RpcError as e:
             return False, f"{address}: {e.code().name} {e.details() or ''}".rstrip()
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

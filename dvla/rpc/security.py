@@ -10,6 +10,7 @@
   require client certificates signed by it (mutual TLS) when
   control.tls_client_auth is on.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -79,8 +80,12 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return _deny(handler, details.method)
 
 
-class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _AddToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Client side: every call carries the token (the server ignores it where it is not needed)."""
 
     def __init__(self, token: str):

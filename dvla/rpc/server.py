@@ -1,4 +1,5 @@
 """gRPC server factory: one place for message limits, health and shutdown."""
+
 from __future__ import annotations
 
 import grpc
@@ -27,6 +28,7 @@ def _parse_or_mark(deserializer):
             return deserializer(raw)
         except Exception as e:  # DecodeError and friends: the bytes are not this message
             return _Malformed(e)
+
     return parse
 
 
@@ -52,16 +54,20 @@ class MalformedInterceptor(grpc.aio.ServerInterceptor):
                     await refuse(context, m)
                 yield m
 
-        kw = dict(request_deserializer=_parse_or_mark(handler.request_deserializer),
-                  response_serializer=handler.response_serializer)
+        kw = dict(
+            request_deserializer=_parse_or_mark(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
         if handler.unary_unary or handler.unary_stream:
             inner = handler.unary_unary or handler.unary_stream
 
             if handler.unary_unary:
+
                 async def unary(request, context):
                     if isinstance(request, _Malformed):
                         await refuse(context, request)
                     return await inner(request, context)
+
                 return grpc.unary_unary_rpc_method_handler(unary, **kw)
 
             async def unary_stream(request, context):
@@ -69,18 +75,21 @@ class MalformedInterceptor(grpc.aio.ServerInterceptor):
                     await refuse(context, request)
                 async for item in inner(request, context):
                     yield item
+
             return grpc.unary_stream_rpc_method_handler(unary_stream, **kw)
         if handler.stream_unary:
             inner_su = handler.stream_unary
 
             async def stream_unary(requests, context):
                 return await inner_su(checked(requests, context), context)
+
             return grpc.stream_unary_rpc_method_handler(stream_unary, **kw)
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests, context):
             async for item in inner_ss(checked(requests, context), context):
                 yield item
+
         return grpc.stream_stream_rpc_method_handler(stream_stream, **kw)
 
 

@@ -1,4 +1,5 @@
 """python -m services.actor --control ADDR [--run-dir DIR] [--resume CKPT] [--config FILE] [overrides]: the learner."""
+
 from __future__ import annotations
 
 import os
@@ -13,16 +14,25 @@ from dvla.service_main import run_service
 def main(argv: list[str] | None = None) -> int:
     p = service_args.parser("python -m services.actor", __doc__)
     service_args.control_arg(p)
-    p.add_argument("--run-dir", default=os.environ.get("DVLA_RUN_DIR"),
-                   help="output folder (env DVLA_RUN_DIR; default <out_dir>/<name>)")
-    p.add_argument("--worker-id", default=os.environ.get("DVLA_WORKER_ID"), help="stable worker id (env DVLA_WORKER_ID)")
-    p.add_argument("--resume", default=os.environ.get("DVLA_RESUME") or None,
-                   help="continue from this checkpoint, or the newest one of this run folder (env DVLA_RESUME)")
+    p.add_argument(
+        "--run-dir",
+        default=os.environ.get("DVLA_RUN_DIR"),
+        help="output folder (env DVLA_RUN_DIR; default <out_dir>/<name>)",
+    )
+    p.add_argument(
+        "--worker-id", default=os.environ.get("DVLA_WORKER_ID"), help="stable worker id (env DVLA_WORKER_ID)"
+    )
+    p.add_argument(
+        "--resume",
+        default=os.environ.get("DVLA_RESUME") or None,
+        help="continue from this checkpoint, or the newest one of this run folder (env DVLA_RESUME)",
+    )
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     resume = None
     if args.resume:
         from dvla.checkpoint import check_can_continue, inspect_checkpoint
+
         try:  # one line and exit 2 before joining, like a bad config
             info = inspect_checkpoint(args.resume)
             check_can_continue(info, cfg.pipeline.num_updates)
@@ -31,10 +41,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         resume = info.path
     from .loop import run_actor
+
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
-    return run_service("actor", cfg.telemetry, lambda stop: run_actor(
-        cfg, service_args.control_address(args, cfg), args.worker_id or default_worker_id("actor"), run_dir, stop,
-        resume=resume))
+    return run_service(
+        "actor",
+        cfg.telemetry,
+        lambda stop: run_actor(
+            cfg,
+            service_args.control_address(args, cfg),
+            args.worker_id or default_worker_id("actor"),
+            run_dir,
+            stop,
+            resume=resume,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ receive and training, under its own lock.
 The last version is marked final; then the actor drains the data plane until
 every rollout has sent END, so produced = trained + dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,9 @@ from .report import ActorReport, CheckpointDuty
 log = logging.getLogger("dvla.actor")
 
 
-def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop: threading.Event,
-              resume: Path | None = None) -> dict:
+def run_actor(
+    cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop: threading.Event, resume: Path | None = None
+) -> dict:
     """Train cfg.pipeline.num_updates updates; with `resume` (a checkpoint or run folder), continue from it:
     its weights, optimizer and RNG states, its version N published first, updates N+1 onwards."""
     p, run_dir = cfg.pipeline, Path(run_dir)
@@ -95,16 +97,28 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
         if ckpt is not None:
             restore(ckpt, policy, learner)
-            log.info("resumed from %s: v%d, %d updates, %d env steps trained", resumed_from, ckpt.version,
-                     ckpt.updates, ckpt.env_steps_trained)
+            log.info(
+                "resumed from %s: v%d, %d updates, %d env steps trained",
+                resumed_from,
+                ckpt.version,
+                ckpt.updates,
+                ckpt.env_steps_trained,
+            )
         checkpoints = CheckpointDuty(run_dir, cfg, resumed_from, report, heartbeat, ckpt.wall_s if ckpt else 0.0)
         checkpoints.attach(policy, learner)
         ckpt = None  # the tensors are in the policy and optimizer now
         inbox = report.inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
-        trainer = Trainer(learner, inbox, ledger, progress, max_staleness=p.staleness, streamer=p.streamer,
-                          episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
-                          idle=lambda: checkpoints.if_requested(heartbeat.checkpoint_request))
+        trainer = Trainer(
+            learner,
+            inbox,
+            ledger,
+            progress,
+            max_staleness=p.staleness,
+            streamer=p.streamer,
+            episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
+            idle=lambda: checkpoints.if_requested(heartbeat.checkpoint_request),
+        )
         lane = PublishLane(client, worker_id)
         publisher = OffThread(lane.submit) if p.background_weights else lane
         publisher.submit(start_version, policy.export_weights())
@@ -132,8 +146,11 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         publisher.flush()
         trainer.drain()
         checkpoints.write(heartbeat.checkpoint_request, final=True)  # with the counters after the drain
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
-                     title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})")
+        plot_metrics(
+            run_dir / "metrics.jsonl",
+            run_dir / "training.png",
+            title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})",
+        )
         log.info("done: %d updates; episodes %s", progress.updates, ledger.snapshot())
         return report()
     finally:
@@ -148,13 +165,30 @@ def run_actor(cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop:
         client.close()
 
 
-def log_update(metrics: MetricsLog, report: ActorReport, record: dict, wall_s: float, publish_s: float,
-               checkpoint_s: float, receive_blocked_s: float) -> None:
+def log_update(
+    metrics: MetricsLog,
+    report: ActorReport,
+    record: dict,
+    wall_s: float,
+    publish_s: float,
+    checkpoint_s: float,
+    receive_blocked_s: float,
+) -> None:
     p, ledger = report.progress, report.ledger.snapshot()
-    metrics.write({
-        "version": p.version, "update": p.updates, "env_steps": p.env_steps_trained, "episodes": ledger["trained"],
-        "episodes_received": ledger["received"], "episodes_dropped": ledger["dropped"],
-        "episodes_queued": ledger["queued"], "env_steps_per_s": report.env_steps_per_s, "wall_s": wall_s,
-        "time/publish_s": publish_s, "time/checkpoint_s": checkpoint_s, "time/receive_blocked_s": receive_blocked_s,
-        **record,
-    })
+    metrics.write(
+        {
+            "version": p.version,
+            "update": p.updates,
+            "env_steps": p.env_steps_trained,
+            "episodes": ledger["trained"],
+            "episodes_received": ledger["received"],
+            "episodes_dropped": ledger["dropped"],
+            "episodes_queued": ledger["queued"],
+            "env_steps_per_s": report.env_steps_per_s,
+            "wall_s": wall_s,
+            "time/publish_s": publish_s,
+            "time/checkpoint_s": checkpoint_s,
+            "time/receive_blocked_s": receive_blocked_s,
+            **record,
+        }
+    )

@@ -1,4 +1,5 @@
 """What the actor reports (heartbeat, metrics), and its checkpoint duty, kept out of the wiring."""
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,9 @@ class ActorReport:
     def senders(self) -> list:
         return self.inbox.senders() if self.inbox is not None else []
 
-    def after_update(self, record: dict, start_steps: int, t0: float, publish_s: list[float], epoch: int,
-                     queued: int) -> None:
+    def after_update(
+        self, record: dict, start_steps: int, t0: float, publish_s: list[float], epoch: int, queued: int
+    ) -> None:
         now, p = time.monotonic(), self.progress
         self.env_steps_per_s = (p.env_steps_trained - start_steps) / (now - t0)
         self.busy_s += record["time/train_s"]
@@ -42,14 +44,25 @@ class ActorReport:
     def __call__(self) -> dict:
         s, p = self.ledger.snapshot(), self.progress
         return {
-            "policy_version": p.version, "env_steps_trained": p.env_steps_trained, "updates": p.updates,
-            "env_steps_per_s": self.env_steps_per_s, "busy_s": self.busy_s, "wait_s": self.wait_s,
-            "weights_s": self.weights_s, "loop_s": self.loop_s,
-            "checkpoint_request_done": self.checkpoint_request_done, "checkpoint_version": self.checkpoint_version,
-            "checkpoint_path": self.checkpoint_path, "dataplane_epoch": self.dataplane_epoch,
-            "staleness_mean": self.staleness_mean, "staleness_max": self.staleness_max,
-            "batches_queued": self.batches_queued, "episodes_received": s["received"], "episodes_queued": s["queued"],
-            "episodes_in_training": s["in_training"], "episodes_trained": s["trained"],
+            "policy_version": p.version,
+            "env_steps_trained": p.env_steps_trained,
+            "updates": p.updates,
+            "env_steps_per_s": self.env_steps_per_s,
+            "busy_s": self.busy_s,
+            "wait_s": self.wait_s,
+            "weights_s": self.weights_s,
+            "loop_s": self.loop_s,
+            "checkpoint_request_done": self.checkpoint_request_done,
+            "checkpoint_version": self.checkpoint_version,
+            "checkpoint_path": self.checkpoint_path,
+            "dataplane_epoch": self.dataplane_epoch,
+            "staleness_mean": self.staleness_mean,
+            "staleness_max": self.staleness_max,
+            "batches_queued": self.batches_queued,
+            "episodes_received": s["received"],
+            "episodes_queued": s["queued"],
+            "episodes_in_training": s["in_training"],
+            "episodes_trained": s["trained"],
             "episodes_dropped": s["dropped"],
         }
 
@@ -57,8 +70,15 @@ class ActorReport:
 class CheckpointDuty:
     """Writes checkpoints when due (periodic, Admin.Checkpoint, the end) and acknowledges requests."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, resumed_from: str, report: ActorReport, control: Control,
-                 prior_wall_s: float):
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: RunConfig,
+        resumed_from: str,
+        report: ActorReport,
+        control: Control,
+        prior_wall_s: float,
+    ):
         self.checkpointer = Checkpointer(run_dir / CHECKPOINTS, cfg, resumed_from=resumed_from)
         self.report, self.control, self.prior_wall_s = report, control, prior_wall_s
         self.policy = self.learner = None
@@ -72,13 +92,22 @@ class CheckpointDuty:
         t, ck, r = time.monotonic(), self.checkpointer, self.report
         asked = request > ck.request_done
         p = r.progress
-        path = ck.save(p.version, self.policy, self.learner, updates=p.updates, env_steps_trained=p.env_steps_trained,
-                       counters=r.ledger.snapshot(), request=request, wall_s=self.prior_wall_s + t - self.t0,
-                       final=final)
+        path = ck.save(
+            p.version,
+            self.policy,
+            self.learner,
+            updates=p.updates,
+            env_steps_trained=p.env_steps_trained,
+            counters=r.ledger.snapshot(),
+            request=request,
+            wall_s=self.prior_wall_s + t - self.t0,
+            final=final,
+        )
         r.checkpoint_request_done, r.checkpoint_version, r.checkpoint_path = ck.request_done, ck.last_version, str(path)
         # Admin.Checkpoint waits for this acknowledgement, and learns of it now
-        self.control.acknowledge(checkpoint_request_done=ck.request_done, checkpoint_version=ck.last_version,
-                                 checkpoint_path=str(path))
+        self.control.acknowledge(
+            checkpoint_request_done=ck.request_done, checkpoint_version=ck.last_version, checkpoint_path=str(path)
+        )
         log.info("checkpoint v%d written to %s%s", p.version, path, f" (request {request})" if asked else "")
         return time.monotonic() - t
 

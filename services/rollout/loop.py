@@ -19,6 +19,7 @@ Lanes (dvla/lanes/), and what wires them here:
 The run ends when the actor marks a version final: the worker sends END, so the
 actor can account for everything in flight.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,11 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     device = resolve_device(cfg.device)
     torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
     p = cfg.pipeline
-    pool = (ShardPool.processes(cfg.env, p.num_shards, cfg.policy.chunk_size, cfg.telemetry) if p.sharded
-            else ShardPool.local(make_env_batch(cfg.env, device)))
+    pool = (
+        ShardPool.processes(cfg.env, p.num_shards, cfg.policy.chunk_size, cfg.telemetry)
+        if p.sharded
+        else ShardPool.local(make_env_batch(cfg.env, device))
+    )
     client = ControlClient(control, cfg.control)
     report = Report(pool, sharded=p.sharded)
     telemetry.observe_worker("rollout", worker_id, report)
@@ -78,8 +82,16 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
         try:
-            reg = join(client, "rollout", worker_id, env_spec=pool.spec, num_envs=cfg.env.num_envs,
-                       num_shards=p.num_shards if p.sharded else 0, stop=stop, worker_key=worker_key)
+            reg = join(
+                client,
+                "rollout",
+                worker_id,
+                env_spec=pool.spec,
+                num_envs=cfg.env.num_envs,
+                num_shards=p.num_shards if p.sharded else 0,
+                stop=stop,
+                worker_key=worker_key,
+            )
         except RunFinished as e:
             log.info("%s", e)
             return report()
@@ -91,16 +103,28 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         if p.background_weights:
             lane.start_thread()
         torch.manual_seed(cfg.seed + reg.rank)
-        sampler = Sampler(pool, lane, heartbeat, lambda r, s, k: episode_seeds(cfg, worker_id, r, s, k),
-                          max_staleness=p.staleness, batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs,
-                                                                             p.batch_timeout_s),
-                          device=device, generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank),
-                          stop=stop, step_delay_s=p.slow_rollout_s, worker_key=worker_key)
+        sampler = Sampler(
+            pool,
+            lane,
+            heartbeat,
+            lambda r, s, k: episode_seeds(cfg, worker_id, r, s, k),
+            max_staleness=p.staleness,
+            batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s),
+            device=device,
+            generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank),
+            stop=stop,
+            step_delay_s=p.slow_rollout_s,
+            worker_key=worker_key,
+        )
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
         sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size), on_epoch=report.in_epoch)
-        log.info("done: %d episodes, %d env steps, versions %s", sampler.counts.episodes_sent,
-                 sampler.counts.env_steps_produced, lane.versions_used)
+        log.info(
+            "done: %d episodes, %d env steps, versions %s",
+            sampler.counts.episodes_sent,
+            sampler.counts.env_steps_produced,
+            lane.versions_used,
+        )
         return report()
     finally:
         stop.set()  # ends the weight lane's watch
@@ -120,7 +144,10 @@ def connect(rendezvous: str, cfg: RunConfig, heartbeat: Heartbeat) -> DataPlane 
         return DataPlane(rendezvous, is_host=False, backend=cfg.dataplane.backend, timeout_s=cfg.dataplane.timeout_s)
     except Exception:  # torch's DistNetworkError and kin: the actor's rendezvous store is not there
         heartbeat.beat()
-        if heartbeat.state in (RunState.FINISHED, RunState.UNKNOWN):  # a late joiner: the run (or weight_control) is over
+        if heartbeat.state in (
+            RunState.FINISHED,
+            RunState.UNKNOWN,
+        ):  # a late joiner: the run (or weight_control) is over
             log.info("the run ended before this worker could join it")
             return None
         raise
@@ -144,17 +171,27 @@ class Report:
 
     def __call__(self) -> dict:
         pool = self.pool
-        out = {"num_envs": pool.num_envs, "num_shards": pool.num_shards if self.sharded else 0,
-               "dataplane_epoch": self.dataplane_epoch}
+        out = {
+            "num_envs": pool.num_envs,
+            "num_shards": pool.num_shards if self.sharded else 0,
+            "dataplane_epoch": self.dataplane_epoch,
+        }
         if self.sampler is None:
             return out
         c, lane, loop_s = self.sampler.counts, self.lane, time.monotonic() - self.t0
         return out | {
-            "env_steps_produced": c.env_steps_produced, "episodes_produced": c.episodes_produced,
-            "episodes_sent": c.episodes_sent, "policy_version": lane.version,
+            "env_steps_produced": c.env_steps_produced,
+            "episodes_produced": c.episodes_produced,
+            "episodes_sent": c.episodes_sent,
+            "policy_version": lane.version,
             "env_steps_per_s": c.env_steps_produced / max(loop_s, 1e-9),
-            "busy_s": loop_s - pool.parked_s - c.send_s, "wait_s": pool.parked_s, "send_s": c.send_s,
-            "weights_s": lane.fetch_s, "swap_pause_p99_ms": lane.swap_pause_ms(0.99),
-            "swap_pause_max_ms": lane.swap_pause_ms(1.0), "inference_batches": c.inference_batches,
-            "inference_queue": len(self.sampler.batcher), "loop_s": loop_s,
+            "busy_s": loop_s - pool.parked_s - c.send_s,
+            "wait_s": pool.parked_s,
+            "send_s": c.send_s,
+            "weights_s": lane.fetch_s,
+            "swap_pause_p99_ms": lane.swap_pause_ms(0.99),
+            "swap_pause_max_ms": lane.swap_pause_ms(1.0),
+            "inference_batches": c.inference_batches,
+            "inference_queue": len(self.sampler.batcher),
+            "loop_s": loop_s,
         }

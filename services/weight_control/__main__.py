@@ -1,4 +1,5 @@
 """python -m services.weight_control [--config FILE] [overrides]: the weight control plane."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,17 +13,24 @@ from dvla import service_args
 def main(argv: list[str] | None = None) -> int:
     p = service_args.parser("python -m services.weight_control", __doc__)
     p.add_argument("--host", default=os.environ.get("DVLA_CONTROL_HOST"), help="listen address (env DVLA_CONTROL_HOST)")
-    p.add_argument("--port", type=int, default=os.environ.get("DVLA_CONTROL_PORT"), help="listen port (env DVLA_CONTROL_PORT)")
+    p.add_argument(
+        "--port", type=int, default=os.environ.get("DVLA_CONTROL_PORT"), help="listen port (env DVLA_CONTROL_PORT)"
+    )
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     control = cfg.control
     if args.host or args.port is not None:
         from dataclasses import replace
-        control = replace(control, host=args.host or control.host, port=int(args.port) if args.port is not None else control.port)
+
+        control = replace(
+            control, host=args.host or control.host, port=int(args.port) if args.port is not None else control.port
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .app import serve_forever
+
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:  # uvloop has no Windows build
         runner = asyncio.run

@@ -1,4 +1,5 @@
 """Start and stop the weight_control server (used by __main__ and by tests), and export its metrics."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,40 +39,62 @@ def observe_control(state: ControlState) -> None:
     # name, callback, unit, description, counter
     for name, callback, unit, description, counter in (
         ("dvla.control.versions_held", lambda: len(store.versions()), "{version}", "policy versions held", False),
-        ("dvla.control.bytes_held", lambda: sum(len(v.data) for v in store.versions()), "By",
-         "weight bytes held in host memory", False),
+        (
+            "dvla.control.bytes_held",
+            lambda: sum(len(v.data) for v in store.versions()),
+            "By",
+            "weight bytes held in host memory",
+            False,
+        ),
         ("dvla.control.latest_version", latest_version, "{version}", "newest published policy version", False),
-        ("dvla.control.workers_alive", workers_alive, "{worker}", "registered workers heard from lately, by role",
-         False),
+        (
+            "dvla.control.workers_alive",
+            workers_alive,
+            "{worker}",
+            "registered workers heard from lately, by role",
+            False,
+        ),
         ("dvla.control.dataplane_epoch", lambda: registry.epoch, "{epoch}", "data-plane epoch", False),
-        ("dvla.control.publishes_rejected", lambda: store.publishes_rejected, "{publish}",
-         "publishes refused (bad manifest, out of order, checksum mismatch, not the actor)", True),
+        (
+            "dvla.control.publishes_rejected",
+            lambda: store.publishes_rejected,
+            "{publish}",
+            "publishes refused (bad manifest, out of order, checksum mismatch, not the actor)",
+            True,
+        ),
     ):
         telemetry.observe(name, callback, unit, description, counter=counter)
 
 
 async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, port: int | None = None):
     """Build and start the server; returns (server, bound_port, state)."""
-    run = RunControl(VersionStore(cfg.keep_versions, cfg.max_version_bytes, clock_ns=time.time_ns),
-                     Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic), clock=time.monotonic)
+    run = RunControl(
+        VersionStore(cfg.keep_versions, cfg.max_version_bytes, clock_ns=time.time_ns),
+        Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic),
+        clock=time.monotonic,
+    )
     state = ControlState(run, cfg.chunk_bytes)
     token = resolve_token(cfg)
     if not token:
-        log.warning("no token (DVLA_TOKEN or control.token): Admin and PublishWeights are open to anyone "
-                    "who can reach %s", cfg.host if host is None else host)
+        log.warning(
+            "no token (DVLA_TOKEN or control.token): Admin and PublishWeights are open to anyone who can reach %s",
+            cfg.host if host is None else host,
+        )
     server = make_server(cfg.max_message_bytes, [TokenInterceptor(token)] if token else None)
     add_servicers(server, state)
     observe_control(state)
     health = add_health(server, SERVICE_NAMES)
-    bound = bind(server, cfg.host if host is None else host, cfg.port if port is None else port,
-                 server_credentials(cfg))
+    bound = bind(
+        server, cfg.host if host is None else host, cfg.port if port is None else port, server_credentials(cfg)
+    )
     await server.start()
     await set_serving(health, SERVICE_NAMES)
     return server, bound, state
 
 
-async def serve_forever(cfg: ControlConfig, num_rollouts: int, grace_s: float = 2.0,
-                        telemetry_cfg: TelemetryConfig | None = None) -> None:
+async def serve_forever(
+    cfg: ControlConfig, num_rollouts: int, grace_s: float = 2.0, telemetry_cfg: TelemetryConfig | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM; with telemetry_cfg, export this service's metrics meanwhile."""
     if telemetry_cfg is None:
         return await _serve(cfg, num_rollouts, grace_s)
@@ -99,8 +122,8 @@ async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float) -> None:
 class BackgroundServer:
     """The real server on its own event loop in a thread: for tests and in-process benchmarks.
 
-        with BackgroundServer(cfg, num_rollouts=1) as srv:
-            client = ControlClient(srv.address, cfg)
+    with BackgroundServer(cfg, num_rollouts=1) as srv:
+        client = ControlClient(srv.address, cfg)
     """
 
     def __init__(self, cfg: ControlConfig, num_rollouts: int = 1, port: int = 0):
@@ -115,6 +138,7 @@ class BackgroundServer:
 
         async def boot():
             self.server, self.port, self.state = await start(self.cfg, self.num_rollouts, port=self._port)
+
         try:
             self.loop.run_until_complete(boot())
         except BaseException as e:
@@ -124,7 +148,7 @@ class BackgroundServer:
             self._ready.set()
         self.loop.run_forever()
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         if not self._ready.wait(30) or self._error is not None:
             raise RuntimeError(f"weight_control did not start: {self._error}")

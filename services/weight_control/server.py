@@ -1,6 +1,7 @@
 """gRPC servicers of weight_control: decode, call the run's domain (dvla.control), encode,
 and map ControlError to a gRPC status. All handlers run on one asyncio loop, so
 the domain needs no locks; this module owns the waiting (watchers, Admin.Checkpoint)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,11 +23,13 @@ CHECKPOINT_WAIT_S = 300.0  # Admin.Checkpoint's wait when the request gives no t
 
 def _status(fn):
     """Turn ControlError (and ValueError from codecs) into a precise gRPC status."""
+
     async def abort(context, e):
         code = getattr(e, "code", "INVALID_ARGUMENT")
         await context.abort(grpc.StatusCode[code], getattr(e, "message", str(e)))
 
     if inspect.isasyncgenfunction(fn):
+
         @functools.wraps(fn)
         async def gen(self, request, context):
             try:
@@ -34,6 +37,7 @@ def _status(fn):
                     yield item
             except (ControlError, ValueError) as e:
                 await abort(context, e)
+
         return gen
 
     @functools.wraps(fn)
@@ -42,6 +46,7 @@ def _status(fn):
             return await fn(self, request, context)
         except (ControlError, ValueError) as e:
             await abort(context, e)
+
     return unary
 
 
@@ -59,8 +64,14 @@ class ControlState:
         return codec.RUN_STATE_TO_PB[self.run.state]
 
     def version_info(self, v: StoredVersion) -> pb.VersionInfo:
-        return pb.VersionInfo(version=v.version, total_bytes=v.manifest.total_bytes, sha256=v.manifest.sha256,
-                              published_unix_ns=v.published_unix_ns, final=v.final, num_tensors=len(v.manifest.tensors))
+        return pb.VersionInfo(
+            version=v.version,
+            total_bytes=v.manifest.total_bytes,
+            sha256=v.manifest.sha256,
+            published_unix_ns=v.published_unix_ns,
+            final=v.final,
+            num_tensors=len(v.manifest.tensors),
+        )
 
     def event(self) -> weights_pb2.VersionEvent:
         latest = self.run.store.latest
@@ -80,9 +91,8 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
 
     @_status
     async def PublishWeights(self, request_iterator, context):
-        store, first = self.s.run.store, None
-        async for first in request_iterator:
-            break
+        store = self.s.run.store
+        first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("body") != "header":
             store.reject()
             raise InvalidArgument("a publish must start with a header message")
@@ -118,17 +128,20 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
                 raise NotFound("no version has been published yet")
         else:
             v = self.s.run.store.get(request.version)
-        yield weights_pb2.WeightChunk(header=weights_pb2.WeightHeader(
-            version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id))
+        yield weights_pb2.WeightChunk(
+            header=weights_pb2.WeightHeader(
+                version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id
+            )
+        )
         view, step = memoryview(v.data), self.s.chunk_bytes
         for off in range(0, len(view), step):
-            yield weights_pb2.WeightChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off:off + step])))
+            yield weights_pb2.WeightChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off : off + step])))
 
     async def WatchVersions(self, request, context):
         seen_gen, last_sent = -1, None
         while True:
             async with self.s.changed:
-                await self.s.changed.wait_for(lambda: self.s.generation != seen_gen)
+                await self.s.changed.wait_for(lambda seen=seen_gen: self.s.generation != seen)
                 seen_gen = self.s.generation
             ev = self.s.event()
             key = (ev.latest.version if ev.has_version else -1, ev.state)
@@ -150,42 +163,73 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         if role is None:
             raise InvalidArgument(f"unknown role code {request.role}")
         r = self.s.run.registry
-        w = r.register(role, request.worker_id, request.address, request.rendezvous_address,
-                       codec.env_spec_from_pb(request.env_spec), request.num_envs, request.num_shards,
-                       request.worker_key)
+        w = r.register(
+            role,
+            request.worker_id,
+            request.address,
+            request.rendezvous_address,
+            codec.env_spec_from_pb(request.env_spec),
+            request.num_envs,
+            request.num_shards,
+            request.worker_key,
+        )
         await self.s.bump()
-        return registry_pb2.RegisterReply(rank=w.rank, world_size=r.world_size, rendezvous_address=r.rendezvous_address,
-                                          epoch=r.epoch)
+        return registry_pb2.RegisterReply(
+            rank=w.rank, world_size=r.world_size, rendezvous_address=r.rendezvous_address, epoch=r.epoch
+        )
 
     @_status
     async def Heartbeat(self, request, context):
         r = self.s.run.registry
-        w, checkpoint_acked = self.s.run.on_heartbeat(request.worker_id, codec.stats_from_pb(request.stats),
-                                                      codec.acks_from_pb(request.acks),
-                                                      [codec.sender_from_pb(c) for c in request.senders])
+        w, checkpoint_acked = self.s.run.on_heartbeat(
+            request.worker_id,
+            codec.stats_from_pb(request.stats),
+            codec.acks_from_pb(request.acks),
+            [codec.sender_from_pb(c) for c in request.senders],
+        )
         if checkpoint_acked:
             await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it
         latest = self.s.run.store.latest
         return registry_pb2.HeartbeatReply(
-            state=self.s.state, latest_version=latest.version if latest else -1, epoch=r.epoch, rank=w.rank,
-            world_size=r.world_size, membership=codec.MEMBERSHIP_TO_PB[w.membership], num_shards=w.shards_target,
+            state=self.s.state,
+            latest_version=latest.version if latest else -1,
+            epoch=r.epoch,
+            rank=w.rank,
+            world_size=r.world_size,
+            membership=codec.MEMBERSHIP_TO_PB[w.membership],
+            num_shards=w.shards_target,
             checkpoint_request=self.s.run.checkpoint_request_for(w),
-            episodes_per_update=r.episodes_per_update, rendezvous_address=r.rendezvous_address)
+            episodes_per_update=r.episodes_per_update,
+            rendezvous_address=r.rendezvous_address,
+        )
 
     @_status
     async def GetWorld(self, request, context):
         r = self.s.run.registry
-        return registry_pb2.World(world_size=r.world_size, rendezvous_address=r.rendezvous_address, complete=r.complete,
-                                  workers=worker_infos(r), epoch=r.epoch, episodes_per_update=r.episodes_per_update,
-                                  target_rollouts=r.target_rollouts)
+        return registry_pb2.World(
+            world_size=r.world_size,
+            rendezvous_address=r.rendezvous_address,
+            complete=r.complete,
+            workers=worker_infos(r),
+            epoch=r.epoch,
+            episodes_per_update=r.episodes_per_update,
+            target_rollouts=r.target_rollouts,
+        )
 
 
 def worker_infos(r: Registry) -> list[pb.WorkerInfo]:
     out = []
     for w in r.workers():
-        info = pb.WorkerInfo(worker_id=w.worker_id, role=codec.ROLE_TO_PB[w.role], rank=w.rank, address=w.address,
-                             alive=r.alive(w), last_seen_s_ago=r.seen_ago(w), stats=codec.stats_to_pb(w.stats),
-                             membership=codec.MEMBERSHIP_TO_PB[w.membership])
+        info = pb.WorkerInfo(
+            worker_id=w.worker_id,
+            role=codec.ROLE_TO_PB[w.role],
+            rank=w.rank,
+            address=w.address,
+            alive=r.alive(w),
+            last_seen_s_ago=r.seen_ago(w),
+            stats=codec.stats_to_pb(w.stats),
+            membership=codec.MEMBERSHIP_TO_PB[w.membership],
+        )
         if w.env_spec is not None:
             info.env_spec.CopyFrom(codec.env_spec_to_pb(w.env_spec))
         out.append(info)
@@ -200,10 +244,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         run, r = self.s.run, self.s.run.registry
         latest = run.store.latest
         return admin_pb2.StatusReply(
-            state=self.s.state, has_version=latest is not None, latest_version=latest.version if latest else -1,
-            versions=[self.s.version_info(v) for v in run.store.versions()], workers=worker_infos(r),
-            totals=admin_pb2.Totals(**run.totals()), uptime_s=run.uptime_s, epoch=r.epoch,
-            target_rollouts=r.target_rollouts, episodes_per_update=r.episodes_per_update)
+            state=self.s.state,
+            has_version=latest is not None,
+            latest_version=latest.version if latest else -1,
+            versions=[self.s.version_info(v) for v in run.store.versions()],
+            workers=worker_infos(r),
+            totals=admin_pb2.Totals(**run.totals()),
+            uptime_s=run.uptime_s,
+            epoch=r.epoch,
+            target_rollouts=r.target_rollouts,
+            episodes_per_update=r.episodes_per_update,
+        )
 
     @_status
     async def Pause(self, request, context):
@@ -218,8 +269,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         leaving, admitted = self.s.run.rescale(request.num_rollouts, request.worker_id, request.num_shards)
         await self.s.bump()
         r = self.s.run.registry
-        return admin_pb2.RescaleReply(epoch=r.epoch, target_rollouts=r.target_rollouts, leaving=leaving,
-                                      standby_admitted=admitted, episodes_per_update=r.episodes_per_update)
+        return admin_pb2.RescaleReply(
+            epoch=r.epoch,
+            target_rollouts=r.target_rollouts,
+            leaving=leaving,
+            standby_admitted=admitted,
+            episodes_per_update=r.episodes_per_update,
+        )
 
     @_status
     async def Checkpoint(self, request, context):
@@ -232,8 +288,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 async with self.s.changed:
                     await asyncio.wait_for(self.s.changed.wait_for(lambda: self.s.run.checkpoint_written(n)), timeout_s)
             except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"the actor did not write checkpoint request {n} within {timeout_s:.0f} s "
-                                       "(it writes one after its current update)") from None
+                raise DeadlineExceeded(
+                    f"the actor did not write checkpoint request {n} within {timeout_s:.0f} s "
+                    "(it writes one after its current update)"
+                ) from None
             reply.done = True
             reply.version, reply.path = self.s.run.checkpoint_result()
         return reply

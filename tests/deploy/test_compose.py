@@ -2,6 +2,7 @@
 
 Needs the `docker-compose` binary (Debian's package; scripts/test.sh installs it) but no Docker engine.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,14 +22,21 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DVLA_SERVICES = ("weight_control", "actor", "rollout")
 
-pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                reason="docker-compose not on PATH (scripts/test.sh installs Debian's docker-compose package)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not on PATH (scripts/test.sh installs Debian's docker-compose package)",
+)
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DVLA_", "COMPOSE_"))}
-    return subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                          timeout=60, env={**clean, **env})
+    return subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **env},
+    )
 
 
 def resolved(**env: str) -> dict:
@@ -130,7 +138,9 @@ def test_actor_run_folder_is_a_named_volume(project):
     source, target = mount.split(":")[:2]
     assert source in project["volumes"] and target == "/data/runs"
     workdir = re.findall(r"^WORKDIR\s+(\S+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)[-1]
-    assert Path(workdir, run_config(project["services"]["actor"]).out_dir) == Path(target), "run folders land on the volume"
+    assert Path(workdir, run_config(project["services"]["actor"]).out_dir) == Path(target), (
+        "run folders land on the volume"
+    )
 
 
 def test_trace_viewer_is_behind_the_tracing_profile(services):

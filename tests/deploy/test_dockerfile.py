@@ -3,6 +3,7 @@
 The scripts run under /bin/sh with `apt-get`, `pip` and `python3` replaced by recorders and /etc
 paths moved to a temporary folder, so the CPU/CUDA branches are checked without building.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,7 @@ def test_installs_the_project_with_pip():
 def test_entrypoint_runs_a_service_module():
     (entry,) = [json.loads(a) for w, a in instructions() if w == "ENTRYPOINT"]
     assert entry[:2] == ["/bin/sh", "-c"] and 'exec python -m "services.${DVLA_SERVICE' in entry[2]
-    r = subprocess.run(entry[:3] + ["dvla", "a.b=1"], capture_output=True, text=True,
-                       env={"PATH": os.environ["PATH"]})
+    r = subprocess.run(entry[:3] + ["dvla", "a.b=1"], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert r.returncode != 0 and "set DVLA_SERVICE" in r.stderr
 
 
@@ -98,7 +98,9 @@ def fake_root(tmp_path):
     return tmp_path
 
 
-def run_script(script: str, root: Path, os_release: str, **build_args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+def run_script(
+    script: str, root: Path, os_release: str, **build_args: str
+) -> tuple[subprocess.CompletedProcess, list[str]]:
     (root / "etc/os-release").write_text(os_release)
     script = script.replace("/etc/", f"{root}/etc/").replace("/usr/share/vulkan", f"{root}/usr/share/vulkan")
     env = {"PATH": f"{root}/bin:/usr/bin:/bin", "VIRTUAL_ENV": f"{root}/venv", **{**args(), **build_args}}
@@ -108,8 +110,10 @@ def run_script(script: str, root: Path, os_release: str, **build_args: str) -> t
 
 
 DEBIAN = "ID=debian\nVERSION_CODENAME=bookworm\n"
-DEBIAN_SOURCES = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\n"
-                  "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n")
+DEBIAN_SOURCES = (
+    "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\n"
+    "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+)
 
 
 def system_script() -> str:
@@ -126,8 +130,9 @@ def test_cpu_image_gets_lavapipe_from_the_mirror_in_apt_sources(fake_root):
     assert r.returncode == 0, r.stderr
     backports = (fake_root / "etc/apt/sources.list.d/dvla-backports.sources").read_text()
     assert "URIs: http://mirror.example/debian\n" in backports and "Suites: bookworm-backports\n" in backports
-    assert any(c.startswith("apt-get install") and "-t bookworm-backports mesa-vulkan-drivers libvulkan1" in c
-               for c in calls)
+    assert any(
+        c.startswith("apt-get install") and "-t bookworm-backports mesa-vulkan-drivers libvulkan1" in c for c in calls
+    )
 
 
 def test_cpu_image_refuses_a_non_debian_base(fake_root):
@@ -144,12 +149,15 @@ def test_cuda_image_skips_lavapipe(fake_root):
     assert icd["ICD"]["library_path"].startswith("libGLX_nvidia")
 
 
-@pytest.mark.parametrize("build_args,expected", [
-    ({}, "pip install -q torch==2.13.0"),
-    ({"DEVICE": "cuda"}, "pip install -q torch"),
-    ({"TORCH_INDEX": "file:///wheels"}, "pip install -q --index-url file:///wheels torch==2.13.0"),
-    ({"DEVICE": "cuda", "TORCH_SPEC": "torch==2.9.1"}, "pip install -q torch==2.9.1"),
-])
+@pytest.mark.parametrize(
+    "build_args,expected",
+    [
+        ({}, "pip install -q torch==2.13.0"),
+        ({"DEVICE": "cuda"}, "pip install -q torch"),
+        ({"TORCH_INDEX": "file:///wheels"}, "pip install -q --index-url file:///wheels torch==2.13.0"),
+        ({"DEVICE": "cuda", "TORCH_SPEC": "torch==2.9.1"}, "pip install -q torch==2.9.1"),
+    ],
+)
 def test_torch_requirement(fake_root, build_args, expected):
     r, calls = run_script(torch_script(), fake_root, DEBIAN, **build_args)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,5 @@
 """deploy/k8s: the objects each service needs and the wiring between them, read as plain YAML."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -53,7 +54,7 @@ def run_config(objects: dict, workload: dict, tmp_path: Path) -> RunConfig:
     mount = next(m for m in c["volumeMounts"] if config_path.startswith(m["mountPath"].rstrip("/") + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     data = objects[("ConfigMap", volume["configMap"]["name"])]["data"]
-    key = config_path[len(mount["mountPath"].rstrip("/")) + 1:]
+    key = config_path[len(mount["mountPath"].rstrip("/")) + 1 :]
     local = tmp_path / workload["metadata"]["name"] / key
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text(data[key])
@@ -62,15 +63,23 @@ def run_config(objects: dict, workload: dict, tmp_path: Path) -> RunConfig:
 
 
 def workloads(objects: dict) -> dict[str, dict]:
-    return {"weight_control": objects[("Deployment", "weight-control")],
-            "actor": objects[("StatefulSet", "actor")],
-            "rollout": objects[("Deployment", "rollout")]}
+    return {
+        "weight_control": objects[("Deployment", "weight-control")],
+        "actor": objects[("StatefulSet", "actor")],
+        "rollout": objects[("Deployment", "rollout")],
+    }
 
 
 def test_kinds(objects):
-    assert set(objects) == {("ConfigMap", "dvla-run"), ("Secret", "dvla-token"),
-                            ("Deployment", "weight-control"), ("Service", "weight-control"),
-                            ("StatefulSet", "actor"), ("Service", "actor"), ("Deployment", "rollout")}
+    assert set(objects) == {
+        ("ConfigMap", "dvla-run"),
+        ("Secret", "dvla-token"),
+        ("Deployment", "weight-control"),
+        ("Service", "weight-control"),
+        ("StatefulSet", "actor"),
+        ("Service", "actor"),
+        ("Deployment", "rollout"),
+    }
 
 
 def test_each_pod_runs_its_service(objects):

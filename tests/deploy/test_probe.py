@@ -1,4 +1,5 @@
 """`python -m dvla.rpc.probe`, the container health check, against real servers."""
+
 from __future__ import annotations
 
 import subprocess

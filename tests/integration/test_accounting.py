@@ -5,6 +5,7 @@ own ledger exactly (received = queued + in training + trained + dropped), and
 across workers nothing may be negative. At the end everything produced was
 received, and trained + dropped = produced.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,10 +53,23 @@ def check_snapshot(st, queue_episodes: int) -> None:
 @pytest.mark.parametrize("slow", ["pipeline.slow_actor_s=0.4", "pipeline.slow_rollout_s=0.01"])
 def test_counters_balance_with_a_slow_stage(tmp_path, slow):
     n, eta, envs = 5, 1, 4
-    cfg = load_config(None, ["pipeline.mode=swimlane", f"env.num_envs={envs}", "env.max_episode_steps=10",
-                             "pipeline.num_rollout_workers=2", "pipeline.num_shards=2", f"pipeline.num_updates={n}",
-                             f"pipeline.max_staleness={eta}", "pipeline.queue_batches=1", "control.heartbeat_s=0.1",
-                             "telemetry.exporter=none", "control.port=0", slow])
+    cfg = load_config(
+        None,
+        [
+            "pipeline.mode=swimlane",
+            f"env.num_envs={envs}",
+            "env.max_episode_steps=10",
+            "pipeline.num_rollout_workers=2",
+            "pipeline.num_shards=2",
+            f"pipeline.num_updates={n}",
+            f"pipeline.max_staleness={eta}",
+            "pipeline.queue_batches=1",
+            "control.heartbeat_s=0.1",
+            "telemetry.exporter=none",
+            "control.port=0",
+            slow,
+        ],
+    )
     snapshots, final, rows = run_and_watch(cfg, tmp_path)
     assert len(snapshots) > 10
     for st in snapshots:

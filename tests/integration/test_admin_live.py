@@ -1,4 +1,5 @@
 """Admin verbs against a live run of real processes, with the counters checked before and after."""
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,20 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sync", "swimlane"])
 def test_pause_holds_everything_still_and_resume_loses_nothing(tmp_path, mode, capsys, wait_for):
     n = 8
-    cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=15",
-                             "pipeline.num_rollout_workers=2", f"pipeline.num_updates={n}", "pipeline.num_shards=2",
-                             "pipeline.slow_actor_s=0.3", "control.heartbeat_s=0.2", "telemetry.exporter=none"])
+    cfg = load_config(
+        None,
+        [
+            f"pipeline.mode={mode}",
+            "env.num_envs=4",
+            "env.max_episode_steps=15",
+            "pipeline.num_rollout_workers=2",
+            f"pipeline.num_updates={n}",
+            "pipeline.num_shards=2",
+            "pipeline.slow_actor_s=0.3",
+            "control.heartbeat_s=0.2",
+            "telemetry.exporter=none",
+        ],
+    )
     launcher = Launcher(cfg, tmp_path, progress=False)
     try:
         address = launcher.start()
@@ -37,13 +49,24 @@ def test_pause_holds_everything_still_and_resume_loses_nothing(tmp_path, mode, c
             time.sleep(1.5)  # several heartbeats
             b = client.status()
             t = b.totals
-            return b if (a.totals == t and a.latest_version == b.latest_version and t.episodes_unsent == 0
-                         and t.episodes_on_wire == 0
-                         and t.episodes_in_flight == t.episodes_queued + t.episodes_in_training) else None
+            return (
+                b
+                if (
+                    a.totals == t
+                    and a.latest_version == b.latest_version
+                    and t.episodes_unsent == 0
+                    and t.episodes_on_wire == 0
+                    and t.episodes_in_flight == t.episodes_queued + t.episodes_in_training
+                )
+                else None
+            )
+
         held = wait_for(quiet, timeout_s=90, every_s=0)
         assert held.state == pb.PAUSED and held.latest_version < n
         t = held.totals
-        assert t.episodes_produced == t.episodes_trained + t.episodes_dropped + t.episodes_queued + t.episodes_in_training
+        assert (
+            t.episodes_produced == t.episodes_trained + t.episodes_dropped + t.episodes_queued + t.episodes_in_training
+        )
         assert t.episodes_queued + t.episodes_in_training < 2 * 4  # less than one global batch is held
         time.sleep(2.0)
         later = client.status()

@@ -1,4 +1,5 @@
 """dvla bench end to end on a tiny budget: every output exists and the table is sane."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,17 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_writes_table_csv_and_chart(tmp_path):
-    out = run_bench(["sync", "swimlane"], ["policy.hidden_sizes=[64, 64]", "env.num_envs=4", "env.max_episode_steps=10",
-                                           "pipeline.num_updates=3", "telemetry.exporter=none"], tmp_path)
+    out = run_bench(
+        ["sync", "swimlane"],
+        [
+            "policy.hidden_sizes=[64, 64]",
+            "env.num_envs=4",
+            "env.max_episode_steps=10",
+            "pipeline.num_updates=3",
+            "telemetry.exporter=none",
+        ],
+        tmp_path,
+    )
     rows = list(csv.DictReader(open(out / "bench.csv")))
     assert [r["mode"] for r in rows] == ["sync", "swimlane"]
     for r in rows:
@@ -30,9 +40,19 @@ def test_bench_refuses_unknown_modes(tmp_path):
 
 
 def test_bench_accepts_a_vla_preset(tmp_path):
-    out = run_bench(["sync"], ["env.num_envs=2", "env.max_episode_steps=8", "env.image_size=32",
-                               "pipeline.num_updates=2", "pipeline.num_shards=1", "telemetry.exporter=none"],
-                    tmp_path, preset="pickcube-vla-tiny")
+    out = run_bench(
+        ["sync"],
+        [
+            "env.num_envs=2",
+            "env.max_episode_steps=8",
+            "env.image_size=32",
+            "pipeline.num_updates=2",
+            "pipeline.num_shards=1",
+            "telemetry.exporter=none",
+        ],
+        tmp_path,
+        preset="pickcube-vla-tiny",
+    )
     rows = list(csv.DictReader(open(out / "bench.csv")))
     assert [r["mode"] for r in rows] == ["sync"] and float(rows[0]["throughput"]) > 0
     md = (out / "bench.md").read_text()

@@ -3,6 +3,7 @@
 Rank 0 receives; ranks 1 and 2 send NUM_MESSAGES batches each, then END. Some
 batches carry a trace context (ids with the top bit set among them), some none.
 """
+
 import hashlib
 import multiprocessing as mp
 import queue
@@ -53,7 +54,7 @@ def make_batch(rank: int, index: int) -> TrajectoryBatch:
         values=torch.randn(B, T, generator=g),
         rewards=torch.randn(B, T, generator=g),
         dones=torch.rand(B, T, generator=g) < 0.5,
-        versions=torch.randint(-2**62, 2**62, (B, T), generator=g),
+        versions=torch.randint(-(2**62), 2**62, (B, T), generator=g),
         lengths=torch.randint(1, T + 1, (B,), generator=g),
         terminated=torch.rand(B, generator=g) < 0.5,
         success=torch.rand(B, generator=g) < 0.5,
@@ -70,8 +71,10 @@ def make_batch(rank: int, index: int) -> TrajectoryBatch:
 
 
 def digests(batch: TrajectoryBatch) -> dict[str, str]:
-    return {name: hashlib.sha256(_bytes(getattr(batch, name)).numpy().tobytes()).hexdigest()
-            for name in TrajectoryBatch.TENSOR_FIELDS}
+    return {
+        name: hashlib.sha256(_bytes(getattr(batch, name)).numpy().tobytes()).hexdigest()
+        for name in TrajectoryBatch.TENSOR_FIELDS
+    }
 
 
 def _bytes(x: torch.Tensor) -> torch.Tensor:
@@ -80,9 +83,12 @@ def _bytes(x: torch.Tensor) -> torch.Tensor:
 
 def same_bits(a: TrajectoryBatch, b: TrajectoryBatch) -> bool:
     # torch.equal on the raw bytes: NaN != NaN as a value, but its bits must match.
-    return all(getattr(a, n).dtype == getattr(b, n).dtype and getattr(a, n).shape == getattr(b, n).shape
-               and torch.equal(_bytes(getattr(a, n)), _bytes(getattr(b, n)))
-               for n in TrajectoryBatch.TENSOR_FIELDS)
+    return all(
+        getattr(a, n).dtype == getattr(b, n).dtype
+        and getattr(a, n).shape == getattr(b, n).shape
+        and torch.equal(_bytes(getattr(a, n)), _bytes(getattr(b, n)))
+        for n in TrajectoryBatch.TENSOR_FIELDS
+    )
 
 
 def _receive(results: mp.Queue, go) -> None:
@@ -107,8 +113,20 @@ def _receive(results: mp.Queue, go) -> None:
         closed_raises = False
     except RuntimeError:
         closed_raises = True
-    results.put(("receiver", 0, dict(got=got, ends=ends, timed_out=timed_out, closed_raises=closed_raises,
-                                     counts=rx.num_received, contexts=contexts)))
+    results.put(
+        (
+            "receiver",
+            0,
+            dict(
+                got=got,
+                ends=ends,
+                timed_out=timed_out,
+                closed_raises=closed_raises,
+                counts=rx.num_received,
+                contexts=contexts,
+            ),
+        )
+    )
 
 
 def _send(rank: int, results: mp.Queue, go) -> None:
@@ -163,7 +181,9 @@ def run_world(timeout_s: float = 25.0) -> dict[int, tuple[str, object]]:
                 p.join(timeout=5)
     errors = [data for role, data in reports.values() if role == "error"]
     assert not errors, "\n".join(errors)
-    assert len(reports) == WORLD_SIZE, f"only ranks {sorted(reports)} reported; exit codes {[p.exitcode for p in procs]}"
+    assert len(reports) == WORLD_SIZE, (
+        f"only ranks {sorted(reports)} reported; exit codes {[p.exitcode for p in procs]}"
+    )
     assert [p.exitcode for p in procs] == [0] * WORLD_SIZE
     return reports
 
@@ -237,26 +257,29 @@ def end_with_trace() -> torch.Tensor:
     return header
 
 
-@pytest.mark.parametrize("header, message", [
-    (corrupt(0, 0x1234), "magic"),
-    (corrupt(1, 99), "version"),
-    (corrupt(2, 7), "unknown message kind"),
-    (corrupt(3, 1 << 40), "outside"),  # absurd B
-    (corrupt(4, -5), "outside"),  # negative T
-    (corrupt(10, 12), "payload bytes"),
-    (corrupt(9, 64), "trace-context flag 64"),
-    (with_trace(9, 0), "no trace context"),  # words 12..15 still set
-    (with_trace(9, 2), "trace-context flag 2"),
-    (with_trace(12, 0, 13, 0), "malformed trace context"),  # trace_id 0
-    (with_trace(14, 0), "malformed trace context"),  # span_id 0
-    (with_trace(15, 256), "malformed trace context"),  # flags beyond 8 bits
-    (with_trace(15, -1), "malformed trace context"),
-    (corrupt(13, 5), "no trace context"),
-    (end_with_trace(), "no trace context"),
-    (torch.zeros(16, dtype=torch.int64), "magic"),
-    (torch.zeros(15, dtype=torch.int64), r"int64\[16\]"),
-    (corrupt(0, MAGIC).float(), r"int64\[16\]"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (corrupt(0, 0x1234), "magic"),
+        (corrupt(1, 99), "version"),
+        (corrupt(2, 7), "unknown message kind"),
+        (corrupt(3, 1 << 40), "outside"),  # absurd B
+        (corrupt(4, -5), "outside"),  # negative T
+        (corrupt(10, 12), "payload bytes"),
+        (corrupt(9, 64), "trace-context flag 64"),
+        (with_trace(9, 0), "no trace context"),  # words 12..15 still set
+        (with_trace(9, 2), "trace-context flag 2"),
+        (with_trace(12, 0, 13, 0), "malformed trace context"),  # trace_id 0
+        (with_trace(14, 0), "malformed trace context"),  # span_id 0
+        (with_trace(15, 256), "malformed trace context"),  # flags beyond 8 bits
+        (with_trace(15, -1), "malformed trace context"),
+        (corrupt(13, 5), "no trace context"),
+        (end_with_trace(), "no trace context"),
+        (torch.zeros(16, dtype=torch.int64), "magic"),
+        (torch.zeros(15, dtype=torch.int64), r"int64\[16\]"),
+        (corrupt(0, MAGIC).float(), r"int64\[16\]"),
+    ],
+)
 def test_bad_header_raises_value_error(header, message):
     with pytest.raises(ValueError, match=message):
         check_header(header)

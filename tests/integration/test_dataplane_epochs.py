@@ -4,6 +4,7 @@ Epoch 0: world 3, both senders send then EPOCH_END. Epoch 1: rank 2 has left,
 world 2. Epoch 2 is cancelled (rank 1 gives up before everyone arrived), and
 rank 0, still waiting, learns it from the store. Epoch 3 forms and ends the run.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -22,12 +23,24 @@ from dvla.types import TrajectoryBatch, World
 def batch(rank: int, index: int) -> TrajectoryBatch:
     B, T, D, A = 2, 3, 5, 2
     return TrajectoryBatch(
-        obs=torch.full((B, T, D), float(100 * rank + index)), actions=torch.zeros(B, T, A), log_probs=torch.zeros(B, T),
-        values=torch.zeros(B, T), rewards=torch.zeros(B, T), dones=torch.zeros(B, T, dtype=torch.bool),
-        versions=torch.zeros(B, T, dtype=torch.int64), lengths=torch.full((B,), T), terminated=torch.zeros(B, dtype=torch.bool),
-        success=torch.zeros(B, dtype=torch.bool), final_obs=torch.zeros(B, D), group_ids=torch.arange(B),
-        images=torch.zeros(B, T, 0, dtype=torch.uint8), final_images=torch.zeros(B, 0, dtype=torch.uint8),
-        chunk_steps=torch.ones(B, T, dtype=torch.int64), worker_rank=rank, round=index)
+        obs=torch.full((B, T, D), float(100 * rank + index)),
+        actions=torch.zeros(B, T, A),
+        log_probs=torch.zeros(B, T),
+        values=torch.zeros(B, T),
+        rewards=torch.zeros(B, T),
+        dones=torch.zeros(B, T, dtype=torch.bool),
+        versions=torch.zeros(B, T, dtype=torch.int64),
+        lengths=torch.full((B,), T),
+        terminated=torch.zeros(B, dtype=torch.bool),
+        success=torch.zeros(B, dtype=torch.bool),
+        final_obs=torch.zeros(B, D),
+        group_ids=torch.arange(B),
+        images=torch.zeros(B, T, 0, dtype=torch.uint8),
+        final_images=torch.zeros(B, 0, dtype=torch.uint8),
+        chunk_steps=torch.ones(B, T, dtype=torch.int64),
+        worker_rank=rank,
+        round=index,
+    )
 
 
 def receive_all(sources: list[int]) -> tuple[list[float], dict[int, int]]:
@@ -87,8 +100,9 @@ def test_the_data_plane_reforms_by_epoch_and_a_cancelled_epoch_releases_everyone
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     address = f"127.0.0.1:{free_port()}"
-    procs = [ctx.Process(target=host, args=(address, out))] + \
-            [ctx.Process(target=sender, args=(address, r, out)) for r in (1, 2)]
+    procs = [ctx.Process(target=host, args=(address, out))] + [
+        ctx.Process(target=sender, args=(address, r, out)) for r in (1, 2)
+    ]
     for p in procs:
         p.start()
     results = {}

@@ -1,4 +1,5 @@
 """CpuEnvBatch on real ManiSkill3 tasks: shapes, seeding, masked stepping."""
+
 import pytest
 import torch
 
@@ -113,8 +114,17 @@ def test_step_chunk_equals_single_steps_and_stops_at_the_episode_end():
 
 
 def test_rgb_observations_carry_the_state_an_image_and_an_instruction():
-    envs = CpuEnvBatch(EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=32, num_envs=2,
-                                 max_episode_steps=5, control_mode="pd_ee_delta_pos", sim_backend="cpu"))
+    envs = CpuEnvBatch(
+        EnvConfig(
+            task="PickCube-v1",
+            obs_mode="rgb",
+            image_size=32,
+            num_envs=2,
+            max_episode_steps=5,
+            control_mode="pd_ee_delta_pos",
+            sim_backend="cpu",
+        )
+    )
     try:
         assert envs.spec.image_shape == (32, 32, 3) and envs.spec.image_size == 32 * 32 * 3
         assert "cube" in envs.spec.instruction
@@ -128,8 +138,15 @@ def test_rgb_observations_carry_the_state_an_image_and_an_instruction():
 
 
 def test_a_chunk_renders_only_what_the_policy_reads_and_matches_rendering_every_step():
-    cfg = EnvConfig(task="PickCube-v1", obs_mode="rgb", image_size=32, num_envs=2, max_episode_steps=6,
-                    control_mode="pd_ee_delta_pos", sim_backend="cpu")
+    cfg = EnvConfig(
+        task="PickCube-v1",
+        obs_mode="rgb",
+        image_size=32,
+        num_envs=2,
+        max_episode_steps=6,
+        control_mode="pd_ee_delta_pos",
+        sim_backend="cpu",
+    )
     a, b = CpuEnvBatch(cfg), CpuEnvBatch(cfg)
     try:
         chunk = random_actions(8, a.spec.action_dim, seed=4).reshape(2, 4, -1)

@@ -3,6 +3,7 @@
 The first update's episodes come from v0, the freshly initialised policy, so
 its mean return is the random policy's; the last updates must clearly beat it.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_ppo_pushcube_return_rises(tmp_path):
-    cfg = load_config(None, ["seed=1", "env.control_mode=pd_joint_delta_pos", "env.num_envs=8",
-                             "pipeline.num_rollout_workers=1", "pipeline.num_updates=30"])
+    cfg = load_config(
+        None,
+        [
+            "seed=1",
+            "env.control_mode=pd_joint_delta_pos",
+            "env.num_envs=8",
+            "pipeline.num_rollout_workers=1",
+            "pipeline.num_updates=30",
+        ],
+    )
     launcher = Launcher(cfg, tmp_path, progress=False)
     try:
         launcher.start()

@@ -8,6 +8,7 @@ Every address exists only inside its namespace, so gRPC (weights, registry) and
 torch.distributed (gloo trajectories) cross real interfaces. Needs root and
 `ip netns`; skips with the reason otherwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,13 +73,27 @@ def test_a_run_across_three_network_namespaces(netns, tmp_path):
     logs = {h: open(tmp_path / f"{h}.log", "w") for h in HOSTS}
 
     def start(host: str, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", names[host], sys.executable, "-m", *args], cwd=ROOT, env=env,
-                                stdout=logs[host], stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            ["ip", "netns", "exec", names[host], sys.executable, "-m", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=logs[host],
+            stderr=subprocess.STDOUT,
+        )
 
     procs = {
         "wc": start("wc", "services.weight_control", "--host", wc, "--port", "50551", *common),
-        "actor": start("actor", "services.actor", "--control", f"{wc}:50551", "--run-dir", str(tmp_path / "run"),
-                       *common, f"dataplane.host={actor_ip}", "dataplane.port=29511"),
+        "actor": start(
+            "actor",
+            "services.actor",
+            "--control",
+            f"{wc}:50551",
+            "--run-dir",
+            str(tmp_path / "run"),
+            *common,
+            f"dataplane.host={actor_ip}",
+            "dataplane.port=29511",
+        ),
         "rollout": start("rollout", "services.rollout", "--control", f"{wc}:50551", *common),
     }
     try:

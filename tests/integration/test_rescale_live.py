@@ -7,6 +7,7 @@ two become one again (the leaver finishes, sends what it holds, and exits 0).
 Through it all: produced = trained + dropped at the end, every version 1..N is
 trained exactly once, and the leaver's episodes stay in the totals.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,22 @@ def admin(capsys, address: str, *argv: str) -> dict:
 @pytest.mark.parametrize("mode", ["sync", "swimlane"])
 def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str, capsys, wait_for):
     n = 60  # long enough (~40 s) for a joiner to build its envs while the run goes on
-    cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=12",
-                             "pipeline.num_rollout_workers=1", f"pipeline.num_updates={n}", "pipeline.num_shards=2",
-                             "pipeline.slow_actor_s=0.5", "control.heartbeat_s=0.2", "telemetry.exporter=none",
-                             "checkpoint.every_updates=0", "control.port=0"])
+    cfg = load_config(
+        None,
+        [
+            f"pipeline.mode={mode}",
+            "env.num_envs=4",
+            "env.max_episode_steps=12",
+            "pipeline.num_rollout_workers=1",
+            f"pipeline.num_updates={n}",
+            "pipeline.num_shards=2",
+            "pipeline.slow_actor_s=0.5",
+            "control.heartbeat_s=0.2",
+            "telemetry.exporter=none",
+            "checkpoint.every_updates=0",
+            "control.port=0",
+        ],
+    )
     launcher = Launcher(cfg, tmp_path, progress="off")
     rc: list[int] = []
     try:
@@ -66,11 +79,17 @@ def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str
         up = admin(capsys, address, "rescale", "--rollouts", "2")
         assert up["target_rollouts"] == 2 and up["standby_admitted"] == (mode == "sync")
         if mode == "swimlane":
-            wait_for(lambda: (lambda w: w and w.stats.dataplane_epoch >= 1)(worker(client.status(), "rollout-1")),
-                     timeout_s=150)
+            wait_for(
+                lambda: (lambda w: w and w.stats.dataplane_epoch >= 1)(worker(client.status(), "rollout-1")),
+                timeout_s=150,
+            )
             admin(capsys, address, "resume")
-        joined = wait_for(lambda: (lambda s: s if (worker(s, "rollout-1") and worker(s, "rollout-1").stats.episodes_sent > 0)
-                                   else None)(client.status()), timeout_s=150)
+        joined = wait_for(
+            lambda: (
+                lambda s: s if (worker(s, "rollout-1") and worker(s, "rollout-1").stats.episodes_sent > 0) else None
+            )(client.status()),
+            timeout_s=150,
+        )
         assert joined.epoch >= 1 and joined.episodes_per_update == 8
         assert worker(joined, "rollout-1").membership == pb.MEMBER and worker(joined, "rollout-1").rank == 2
 
@@ -98,7 +117,9 @@ def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str
         leaver = next((c for c in launcher.children if c.name == "rollout-1"), None)
         assert leaver is not None, [c.name for c in launcher.children]
         assert leaver.proc.wait(120) == 0
-        left = wait_for(lambda: (lambda s: s if worker(s, "rollout-1").membership == pb.LEFT else None)(client.status()))
+        left = wait_for(
+            lambda: (lambda s: s if worker(s, "rollout-1").membership == pb.LEFT else None)(client.status())
+        )
         assert left.episodes_per_update == 4 and worker(left, "rollout-1").stats.episodes_sent > 0
 
         waiter.join(300)

@@ -1,4 +1,5 @@
 """Checkpoints of a live run (periodic, on request, final) and a second run resumed from one, as real processes."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from dvla.rpc.client import ControlClient
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # control.port=0: a free port, so no other run on this machine (their admin calls) can reach these
-BASE = ["env.num_envs=4", "env.max_episode_steps=15", "control.heartbeat_s=0.2", "telemetry.exporter=none",
-        "checkpoint.every_updates=2", "control.port=0"]
+BASE = [
+    "env.num_envs=4",
+    "env.max_episode_steps=15",
+    "control.heartbeat_s=0.2",
+    "telemetry.exporter=none",
+    "checkpoint.every_updates=2",
+    "control.port=0",
+]
 
 
 def run_to_end(cfg, run_dir: Path, resume: Path | None = None, during=lambda client: None):
@@ -54,8 +61,11 @@ def actor_stats(status):
 
 def test_checkpoints_on_request_and_periodically_then_a_resumed_run_continues(tmp_path):
     # -- the first run: 3 updates, periodic checkpoints every 2, one asked for while it runs
-    cfg = load_config(None, BASE + ["pipeline.num_updates=3", "pipeline.slow_actor_s=0.5", f"out_dir={tmp_path}",
-                                    "name=first"], preset="smoke")
+    cfg = load_config(
+        None,
+        BASE + ["pipeline.num_updates=3", "pipeline.slow_actor_s=0.5", f"out_dir={tmp_path}", "name=first"],
+        preset="smoke",
+    )
     first_dir = tmp_path / "first"
 
     def ask_for_a_checkpoint(client):
@@ -111,9 +121,23 @@ def test_checkpoints_on_request_and_periodically_then_a_resumed_run_continues(tm
     assert end.wall_s > info.wall_s
 
     # -- and once more through the command line, from the second run's folder
-    r = subprocess.run([sys.executable, "-m", "dvla.cli", "run", "--resume", str(second_dir), "pipeline.num_updates=7",
-                        "--no-progress"], cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvla.cli",
+            "run",
+            "--resume",
+            str(second_dir),
+            "pipeline.num_updates=7",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     third_dir = tmp_path / "second-2"  # a new folder: the resumed one is never written to
     assert f"run folder: {third_dir} (resumed from {(second_dir / 'checkpoints/v000006').resolve()})" in r.stdout

@@ -1,4 +1,5 @@
 """Traces and metrics of a real run: one trace leads from each rollout round to the actor step that trained it."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,21 @@ def read(folder: Path, metrics: bool) -> list[dict]:
 
 
 def test_rollout_rounds_and_training_share_traces_and_every_service_exports_metrics(tmp_path: Path):
-    cfg = load_config(None, ["pipeline.mode=swimlane", "env.num_envs=4", "env.max_episode_steps=10",
-                             "pipeline.num_rollout_workers=1", "pipeline.num_shards=2", "pipeline.num_updates=4",
-                             "control.port=0", "control.heartbeat_s=0.2", "telemetry.exporter=json",
-                             "telemetry.metrics_interval_s=0.5"])
+    cfg = load_config(
+        None,
+        [
+            "pipeline.mode=swimlane",
+            "env.num_envs=4",
+            "env.max_episode_steps=10",
+            "pipeline.num_rollout_workers=1",
+            "pipeline.num_shards=2",
+            "pipeline.num_updates=4",
+            "control.port=0",
+            "control.heartbeat_s=0.2",
+            "telemetry.exporter=json",
+            "telemetry.metrics_interval_s=0.5",
+        ],
+    )
     launcher = Launcher(cfg, tmp_path, progress="off")
     try:
         launcher.start()
@@ -47,6 +59,7 @@ def test_rollout_rounds_and_training_share_traces_and_every_service_exports_metr
     assert {"dvla.staleness.mean", "dvla.queue.depth"} <= by_service["actor"]
     assert {"dvla.throughput", "dvla.queue.depth", "dvla.lane.busy_fraction"} <= by_service["rollout"]
     assert {"dvla.control.versions_held", "dvla.control.workers_alive"} <= by_service["weight_control"]
-    trained_total = max(p["value"] for p in points if p["name"] == "dvla.episodes"
-                        and p["attributes"].get("kind") == "trained")
+    trained_total = max(
+        p["value"] for p in points if p["name"] == "dvla.episodes" and p["attributes"].get("kind") == "trained"
+    )
     assert trained_total == 4 * 4  # the last export holds the final count: 4 updates x 4 episodes

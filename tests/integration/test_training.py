@@ -1,4 +1,5 @@
 """The three services as real processes: a short run end to end, and learning."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,18 @@ def run_services(cfg, run_dir: Path):
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_sync_run_two_rollouts(tmp_path, algo):
     n = 3
-    cfg = load_config(None, [f"algo.name={algo}", "env.num_envs=4", "algo.group_size=2", "env.max_episode_steps=15",
-                             "pipeline.num_rollout_workers=2", f"pipeline.num_updates={n}", "control.heartbeat_s=0.2"])
+    cfg = load_config(
+        None,
+        [
+            f"algo.name={algo}",
+            "env.num_envs=4",
+            "algo.group_size=2",
+            "env.max_episode_steps=15",
+            "pipeline.num_rollout_workers=2",
+            f"pipeline.num_updates={n}",
+            "control.heartbeat_s=0.2",
+        ],
+    )
     rc, status, rows, launcher = run_services(cfg, tmp_path)
     logs = "\n".join(c.tail() for c in launcher.children)
     assert rc == 0, logs
@@ -72,9 +83,18 @@ def test_sync_run_two_rollouts(tmp_path, algo):
 @pytest.mark.parametrize("mode", ["disaggregated", "train_async", "rollout_async", "streamer", "swimlane"])
 def test_every_mode_trains_end_to_end(tmp_path, mode):
     n, eta = 4, 1
-    cfg = load_config(None, [f"pipeline.mode={mode}", "env.num_envs=4", "env.max_episode_steps=15",
-                             "pipeline.num_rollout_workers=2", f"pipeline.num_updates={n}",
-                             f"pipeline.max_staleness={eta}", "control.heartbeat_s=0.2"])
+    cfg = load_config(
+        None,
+        [
+            f"pipeline.mode={mode}",
+            "env.num_envs=4",
+            "env.max_episode_steps=15",
+            "pipeline.num_rollout_workers=2",
+            f"pipeline.num_updates={n}",
+            f"pipeline.max_staleness={eta}",
+            "control.heartbeat_s=0.2",
+        ],
+    )
     rc, status, rows, launcher = run_services(cfg, tmp_path)
     assert rc == 0, "\n".join(c.tail() for c in launcher.children)
     assert status.latest_version == n and status.versions[-1].final
@@ -92,10 +112,21 @@ def test_every_mode_trains_end_to_end(tmp_path, mode):
 
 def test_dvla_run_cli_and_sigterm_stops_everything(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "dvla.cli", "run", "--preset", "smoke", f"out_dir={tmp_path}", "name=cli",
-           "pipeline.num_updates=1000", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvla.cli",
+        "run",
+        "--preset",
+        "smoke",
+        f"out_dir={tmp_path}",
+        "name=cli",
+        "pipeline.num_updates=1000",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     metrics = tmp_path / "cli" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(read_metrics(metrics)) < 2:
@@ -111,13 +142,20 @@ def test_dvla_run_cli_and_sigterm_stops_everything(tmp_path):
     time.sleep(0.5)
     alive = [pid for pid in children if _alive(pid)]
     assert not alive, f"orphans left: {alive}\n{out}"
-    port = int(open(tmp_path / "cli" / "logs" / "weight_control.log").read().split("listening on ")[1].split(":")[1].split()[0])
+    port = int(
+        open(tmp_path / "cli" / "logs" / "weight_control.log").read().split("listening on ")[1].split(":")[1].split()[0]
+    )
     assert _port_free(cfg.control.host, port)
 
 
 def test_bad_config_fails_at_start(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dvla.cli", "run", "algo.lr=-3", f"out_dir={tmp_path}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dvla.cli", "run", "algo.lr=-3", f"out_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "'algo.lr'" in r.stderr
     assert not any(tmp_path.iterdir())
 

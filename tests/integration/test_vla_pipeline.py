@@ -1,4 +1,5 @@
 """The tiny VLA trained by the pipeline end to end: camera images and an instruction in, action chunks out."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -18,9 +19,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array_wrap_
 @pytest.mark.parametrize("head,mode", [("discrete", "swimlane"), ("flow", "sync")])
 def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
     n = 3
-    cfg = load_config(None, [f"policy.action_head={head}", f"pipeline.mode={mode}", "env.num_envs=4",
-                             "env.max_episode_steps=12", "env.image_size=64", f"pipeline.num_updates={n}",
-                             "control.heartbeat_s=0.2"], preset="pickcube-vla-tiny")
+    cfg = load_config(
+        None,
+        [
+            f"policy.action_head={head}",
+            f"pipeline.mode={mode}",
+            "env.num_envs=4",
+            "env.max_episode_steps=12",
+            "env.image_size=64",
+            f"pipeline.num_updates={n}",
+            "control.heartbeat_s=0.2",
+        ],
+        preset="pickcube-vla-tiny",
+    )
     rc, status, rows, launcher = run_services(cfg, tmp_path)
     assert rc == 0, "\n".join(c.tail() for c in launcher.children)
     # more than one version was published, and the run ended on the final one

@@ -1,4 +1,5 @@
 """`dvla admin status` against a real weight_control: text, JSON, a refused token, an unreachable server."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,19 @@ def live(monkeypatch):
         c.wait_healthy(10)
         c.register("actor", "actor-0", rendezvous_address="127.0.0.1:29500")
         c.register("rollout", "rollout-0", env_spec=SPEC, num_envs=16, num_shards=2)
-        c.heartbeat("rollout-0", {"policy_version": 3, "num_envs": 16, "env_steps_per_s": 512.0, "inference_queue": 7,
-                                  "episodes_produced": 48, "episodes_sent": 48, "busy_s": 9.0, "loop_s": 10.0})
+        c.heartbeat(
+            "rollout-0",
+            {
+                "policy_version": 3,
+                "num_envs": 16,
+                "env_steps_per_s": 512.0,
+                "inference_queue": 7,
+                "episodes_produced": 48,
+                "episodes_sent": 48,
+                "busy_s": 9.0,
+                "loop_s": 10.0,
+            },
+        )
         c.heartbeat("actor-0", {"staleness_mean": 0.75, "batches_queued": 3})
         c.publish(0, {"w": torch.zeros(4)})
         yield srv
@@ -40,7 +52,9 @@ def test_status_prints_the_run_counters_and_every_worker(live, capsys):
     assert "run running, version 0" in out and "episodes: produced" in out
     rollout = next(line for line in out.splitlines() if line.startswith("rollout-0"))
     assert rollout.split()[1:4] == ["rollout", "member", "1"] and " 512 " in rollout and "0.90" in rollout
-    assert any(line.startswith("actor-0") and line.split()[1:4] == ["actor", "member", "0"] for line in out.splitlines())
+    assert any(
+        line.startswith("actor-0") and line.split()[1:4] == ["actor", "member", "0"] for line in out.splitlines()
+    )
     assert "data-plane epoch 0, 1 rollout worker(s) wanted" in out
     assert rollout.split()[-2:] == ["7", "-"]  # queue: observations waiting for inference; no staleness
     actor = next(line for line in out.splitlines() if line.startswith("actor-0"))
@@ -85,15 +99,21 @@ def test_rescale_verbs_change_the_world_and_bad_ones_are_refused(live, capsys):
     out = capsys.readouterr().out
     assert "2 rollout worker(s) wanted, data-plane epoch 1, 32 episodes per update" in out
     assert "admitted from standby: 1" in out
-    assert main(["admin", "rescale", "--worker", "rollout-1", "--shards", "1", "--control", live.address, "--json"]) == 0
+    assert (
+        main(["admin", "rescale", "--worker", "rollout-1", "--shards", "1", "--control", live.address, "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["episodes_per_update"] == 24
     assert c.heartbeat("rollout-1", {}).num_shards == 1  # the worker learns its shard count from its heartbeat
     assert main(["admin", "rescale", "--rollouts", "1", "--control", live.address]) == 0
     assert "leaving (they finish and send what they hold, then exit): rollout-1" in capsys.readouterr().out
     d = c.heartbeat("rollout-1", {})
     assert (d.membership, d.rank, d.epoch) == ("leaving", -1, 2)
-    for argv, err in ((["--worker", "nobody", "--shards", "2"], "NOT_FOUND"), (["--rollouts", "-1"], "INVALID_ARGUMENT"),
-                      (["--worker", "rollout-0", "--shards", "65"], "INVALID_ARGUMENT"), ([], "needs --rollouts")):
+    for argv, err in (
+        (["--worker", "nobody", "--shards", "2"], "NOT_FOUND"),
+        (["--rollouts", "-1"], "INVALID_ARGUMENT"),
+        (["--worker", "rollout-0", "--shards", "65"], "INVALID_ARGUMENT"),
+        ([], "needs --rollouts"),
+    ):
         assert main(["admin", "rescale", "--control", live.address, *argv]) == 2
         assert err in capsys.readouterr().err
     c.close()
@@ -101,16 +121,25 @@ def test_rescale_verbs_change_the_world_and_bad_ones_are_refused(live, capsys):
 
 def test_checkpoint_waits_until_the_actor_reports_it_written(live, capsys):
     import threading
+
     c = ControlClient(live.address, replace(ControlConfig(), rpc_timeout_s=5.0))
 
     def actor() -> None:  # the actor's side: a request arrives in a heartbeat reply, the report in the next one
         for _ in range(100):
             d = c.heartbeat("actor-0", {})
             if d.checkpoint_request:
-                c.heartbeat("actor-0", {}, Acks(checkpoint_request_done=d.checkpoint_request, checkpoint_version=7,
-                                                checkpoint_path="/runs/x/checkpoints/v000007"))
+                c.heartbeat(
+                    "actor-0",
+                    {},
+                    Acks(
+                        checkpoint_request_done=d.checkpoint_request,
+                        checkpoint_version=7,
+                        checkpoint_path="/runs/x/checkpoints/v000007",
+                    ),
+                )
                 return
             threading.Event().wait(0.05)
+
     t = threading.Thread(target=actor)
     t.start()
     assert main(["admin", "checkpoint", "--control", live.address]) == 0

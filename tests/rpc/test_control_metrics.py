@@ -1,5 +1,6 @@
 """weight_control's metrics (JSON exporter) against a real server: versions and bytes held, the
 latest version, workers alive by role, rejected publishes."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def latest_points(trace_dir) -> dict[tuple[str, tuple], float]:
 
 def test_control_metrics_follow_the_store_and_registry(tmp_path, monkeypatch):
     monkeypatch.delenv("DVLA_TOKEN", raising=False)
-    telemetry.setup(TelemetryConfig(exporter="json", json_dir=str(tmp_path), metrics_interval_s=600.0),
-                    "weight_control")
+    telemetry.setup(
+        TelemetryConfig(exporter="json", json_dir=str(tmp_path), metrics_interval_s=600.0), "weight_control"
+    )
     cfg = replace(ControlConfig(), rpc_timeout_s=5.0, keep_versions=2)
     try:
         with BackgroundServer(cfg, num_rollouts=1) as srv:

@@ -4,6 +4,7 @@ Whatever arrives - random bytes, or well-typed messages with random fields -
 the server answers with a status (never an unhandled error), stays healthy,
 and the version it held still serves bit-exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -35,17 +36,26 @@ METHODS = [
     ("/dvla.v1.Admin/Checkpoint", "unary_unary"),
 ]
 # What a handler may answer; UNKNOWN or INTERNAL would mean an exception escaped it.
-ACCEPTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-            grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DATA_LOSS,
-            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.OUT_OF_RANGE,
-            grpc.StatusCode.DEADLINE_EXCEEDED}
+ACCEPTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 WEIGHTS = {"w": torch.arange(64, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int64)}
 
 
 @pytest.fixture(scope="module")
 def server():
-    cfg = replace(ControlConfig(), chunk_bytes=4096, max_message_bytes=64 * 1024, rpc_timeout_s=5.0,
-                  max_version_bytes=1 << 20)
+    cfg = replace(
+        ControlConfig(), chunk_bytes=4096, max_message_bytes=64 * 1024, rpc_timeout_s=5.0, max_version_bytes=1 << 20
+    )
     with BackgroundServer(cfg, num_rollouts=2) as srv:
         c = ControlClient(srv.address, cfg)
         c.wait_healthy(10)
@@ -90,15 +100,23 @@ def test_random_bytes_at_every_rpc(server, which, messages):
 
 headers = st.builds(
     weights_pb2.WeightHeader,
-    version=st.integers(-2**63, 2**63 - 1), final=st.booleans(),
+    version=st.integers(-(2**63), 2**63 - 1),
+    final=st.booleans(),
     publisher_id=st.sampled_from(["actor-0", "", "rollout-1"]),
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(header=headers, num_tensors=st.integers(0, 3), shape=st.lists(st.integers(-3, 1 << 40), max_size=4),
-       dtype=st.integers(-1, 20), offset=st.integers(0, 1 << 62), nbytes=st.integers(0, 1 << 62),
-       data=st.lists(st.binary(max_size=64), max_size=3), sha=st.text(max_size=70))
+@given(
+    header=headers,
+    num_tensors=st.integers(0, 3),
+    shape=st.lists(st.integers(-3, 1 << 40), max_size=4),
+    dtype=st.integers(-1, 20),
+    offset=st.integers(0, 1 << 62),
+    nbytes=st.integers(0, 1 << 62),
+    data=st.lists(st.binary(max_size=64), max_size=3),
+    sha=st.text(max_size=70),
+)
 def test_well_typed_publishes_with_random_fields(server, header, num_tensors, shape, dtype, offset, nbytes, data, sha):
     _, client, channel = server
     for i in range(num_tensors):

@@ -1,4 +1,5 @@
 """Registry and Admin through a real server."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,12 +29,15 @@ def test_ranks_world_and_status(client):
     assert [w.rank for w in client.status().workers] == [0, 1, 2]
 
 
-@pytest.mark.parametrize("call,code", [
-    (lambda c: c.register("rollout", "r-z", env_spec=None), "INVALID_ARGUMENT"),
-    (lambda c: c.register("actor", "a", rendezvous_address=""), "INVALID_ARGUMENT"),
-    (lambda c: c.register("rollout", "", env_spec=SPEC), "INVALID_ARGUMENT"),
-    (lambda c: c.heartbeat("nobody", {}), "NOT_FOUND"),
-])
+@pytest.mark.parametrize(
+    "call,code",
+    [
+        (lambda c: c.register("rollout", "r-z", env_spec=None), "INVALID_ARGUMENT"),
+        (lambda c: c.register("actor", "a", rendezvous_address=""), "INVALID_ARGUMENT"),
+        (lambda c: c.register("rollout", "", env_spec=SPEC), "INVALID_ARGUMENT"),
+        (lambda c: c.heartbeat("nobody", {}), "NOT_FOUND"),
+    ],
+)
 def test_bad_registry_calls(client, call, code):
     with pytest.raises(RpcFailed) as e:
         call(client)
@@ -62,6 +66,7 @@ def test_a_standby_worker_gives_up_once_the_run_has_finished(publisher):
     import torch
 
     from dvla.membership import RunFinished, join
+
     publisher.register("rollout", "r1", env_spec=SPEC)
     publisher.register("rollout", "r2", env_spec=SPEC)
     done = threading.Timer(0.5, lambda: publisher.publish(0, {"w": torch.zeros(2)}, final=True))

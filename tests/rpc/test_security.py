@@ -1,4 +1,5 @@
 """Token and TLS on a real weight_control: refused calls change nothing; TLS and mutual TLS connect."""
+
 from __future__ import annotations
 
 import shutil
@@ -49,7 +50,7 @@ def test_admin_and_publish_need_the_token_and_a_refused_publish_changes_nothing(
             version, _, fetched = none.fetch(0)
             assert version == 0 and torch.equal(fetched["w"], WEIGHTS["w"])
             with pytest.raises(RpcFailed, match="PERMISSION_DENIED"):  # the token alone is not enough:
-                wrong_id = client(srv.address, server_cfg)              # only the actor publishes
+                wrong_id = client(srv.address, server_cfg)  # only the actor publishes
                 wrong_id.publish(1, WEIGHTS, publisher_id="rollout-7")
             wrong_id.close()
             assert none.register("rollout", "r0", env_spec=SPEC).rank == 1
@@ -84,14 +85,53 @@ def pki(tmp_path_factory):
 
     def run(*args):
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=dvla-test-ca")
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=dvla-test-ca",
+    )
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        )
     return d
 
 
@@ -114,12 +154,23 @@ def test_tls_connects_and_plaintext_clients_are_refused(pki):
 
 
 def test_mutual_tls_requires_a_client_certificate(pki):
-    server_cfg = replace(BASE, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"),
-                         tls_ca=str(pki / "ca.pem"), tls_client_auth=True)
+    server_cfg = replace(
+        BASE,
+        tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server.key"),
+        tls_ca=str(pki / "ca.pem"),
+        tls_client_auth=True,
+    )
     with BackgroundServer(server_cfg) as srv:
-        with_cert = client(srv.address, replace(BASE, tls_ca=str(pki / "ca.pem"),
-                                                tls_client_cert=str(pki / "client.pem"),
-                                                tls_client_key=str(pki / "client.key")))
+        with_cert = client(
+            srv.address,
+            replace(
+                BASE,
+                tls_ca=str(pki / "ca.pem"),
+                tls_client_cert=str(pki / "client.pem"),
+                tls_client_key=str(pki / "client.key"),
+            ),
+        )
         try:
             assert with_cert.status().uptime_s >= 0
         finally:
@@ -132,11 +183,14 @@ def test_mutual_tls_requires_a_client_certificate(pki):
             without.close()
 
 
-@pytest.mark.parametrize("override,field", [
-    ("control.tls_cert=/x.pem", "control.tls_cert"),
-    ("control.tls_client_auth=true", "control.tls_client_auth"),
-    ("control.tls_client_key=/k.pem", "control.tls_client_cert"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("control.tls_cert=/x.pem", "control.tls_cert"),
+        ("control.tls_client_auth=true", "control.tls_client_auth"),
+        ("control.tls_client_key=/k.pem", "control.tls_client_cert"),
+    ],
+)
 def test_inconsistent_tls_settings_name_the_field(override, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
         load_config(None, [override])

@@ -1,4 +1,5 @@
 """A ~100M-parameter VLA version travels through a real weight_control by name, bit-exactly."""
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,10 @@ def test_vla_small_publishes_and_fetches_by_name():
     dst = build_policy(PolicyConfig(name="vla", size="small", chunk_size=4, dtype="float32"), SPEC)
     dst.load_weights(fetched)
     g = torch.Generator().manual_seed(1)
-    obs, images = torch.randn(2, 29, generator=g), torch.randint(0, 256, (2, 128 * 128 * 3), generator=g, dtype=torch.uint8)
+    obs, images = (
+        torch.randn(2, 29, generator=g),
+        torch.randint(0, 256, (2, 128 * 128 * 3), generator=g, dtype=torch.uint8),
+    )
     a = src.act(obs, images, deterministic=True)
     b = dst.act(obs, images, deterministic=True)
     assert torch.equal(a.actions, b.actions) and torch.equal(a.values, b.values)

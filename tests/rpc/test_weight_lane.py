@@ -1,4 +1,5 @@
 """The rollout weight lane against a real server: swaps are never seen half-done."""
+
 from __future__ import annotations
 
 import threading

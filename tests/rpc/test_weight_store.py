@@ -1,4 +1,5 @@
 """The weight store through a real gRPC server on a free port."""
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,7 @@ def test_only_newest_versions_are_kept(client, control_cfg):
     for v in range(5):
         client.publish(v, tensors(v))
     held = [x.version for x in client.status().versions]
-    assert held == [2, 3, 4][-control_cfg.keep_versions:]
+    assert held == [2, 3, 4][-control_cfg.keep_versions :]
     with pytest.raises(RpcFailed) as e:
         client.fetch(0)
     assert e.value.code == "NOT_FOUND"
@@ -64,7 +65,7 @@ def raw_publish(client, header: weights_pb2.WeightHeader, chunks: list[tuple[int
 
 
 def split(buf: bytes, step: int) -> list[tuple[int, bytes]]:
-    return [(o, bytes(buf[o:o + step])) for o in range(0, len(buf), step)]
+    return [(o, bytes(buf[o : o + step])) for o in range(0, len(buf), step)]
 
 
 def publish_code(client, version: int, t: dict, mutate) -> grpc.StatusCode:
@@ -106,16 +107,19 @@ def _second_header(h, c):
     return h, c, (weights_pb2.PublishChunk(header=h),)
 
 
-@pytest.mark.parametrize("version,mutate,code", [
-    (1, lambda h, c: (h, c, ()), grpc.StatusCode.ALREADY_EXISTS),      # duplicate
-    (0, lambda h, c: (h, c, ()), grpc.StatusCode.FAILED_PRECONDITION),  # out of order
-    (2, _truncate, grpc.StatusCode.DATA_LOSS),
-    (2, _corrupt, grpc.StatusCode.DATA_LOSS),                           # checksum mismatch
-    (2, _reorder, grpc.StatusCode.INVALID_ARGUMENT),
-    (2, _overrun, grpc.StatusCode.INVALID_ARGUMENT),
-    (2, _bad_manifest, grpc.StatusCode.INVALID_ARGUMENT),
-    (2, _second_header, grpc.StatusCode.INVALID_ARGUMENT),
-])
+@pytest.mark.parametrize(
+    "version,mutate,code",
+    [
+        (1, lambda h, c: (h, c, ()), grpc.StatusCode.ALREADY_EXISTS),  # duplicate
+        (0, lambda h, c: (h, c, ()), grpc.StatusCode.FAILED_PRECONDITION),  # out of order
+        (2, _truncate, grpc.StatusCode.DATA_LOSS),
+        (2, _corrupt, grpc.StatusCode.DATA_LOSS),  # checksum mismatch
+        (2, _reorder, grpc.StatusCode.INVALID_ARGUMENT),
+        (2, _overrun, grpc.StatusCode.INVALID_ARGUMENT),
+        (2, _bad_manifest, grpc.StatusCode.INVALID_ARGUMENT),
+        (2, _second_header, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
 def test_bad_publish_is_rejected_and_previous_version_still_serves(client, version, mutate, code):
     client.publish(0, tensors(0))
     client.publish(1, tensors(1))
@@ -129,7 +133,9 @@ def test_bad_publish_is_rejected_and_previous_version_still_serves(client, versi
 
 def test_publish_without_header_is_invalid(client):
     with pytest.raises(grpc.RpcError) as e:
-        client.weights.PublishWeights(iter([weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=0, data=b"x"))]), timeout=5)
+        client.weights.PublishWeights(
+            iter([weights_pb2.PublishChunk(data=weights_pb2.DataChunk(offset=0, data=b"x"))]), timeout=5
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.RpcError) as e:
         client.weights.PublishWeights(iter([]), timeout=5)
@@ -173,6 +179,7 @@ def test_watch_sees_each_new_version(client):
             seen.append(ev.version)
             if ev.final:
                 return
+
     t = threading.Thread(target=watcher)
     t.start()
     for v in range(3):

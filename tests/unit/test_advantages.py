@@ -1,4 +1,5 @@
 """Vectorised advantages checked against naive per-episode loops."""
+
 import pytest
 import torch
 
@@ -63,8 +64,9 @@ def test_gae_matches_naive_loop():
 
     for b in range(num_episodes):
         length = int(lengths[b])
-        exp_adv, exp_ret = naive_gae(rewards[b].tolist(), values[b].tolist(), length,
-                                     bool(terminated[b]), float(final_values[b]), gamma, lam)
+        exp_adv, exp_ret = naive_gae(
+            rewards[b].tolist(), values[b].tolist(), length, bool(terminated[b]), float(final_values[b]), gamma, lam
+        )
         torch.testing.assert_close(adv[b, :length], torch.tensor(exp_adv, dtype=torch.float64))
         torch.testing.assert_close(ret[b, :length], torch.tensor(exp_ret, dtype=torch.float64))
         assert (adv[b, length:] == 0).all() and (ret[b, length:] == 0).all()
@@ -74,8 +76,16 @@ def test_gae_bootstraps_only_truncated_episodes():
     rewards = torch.tensor([[1.0], [1.0]])
     values = torch.tensor([[0.5], [0.5]])
     final_values = torch.tensor([2.0, 2.0])
-    adv, ret = gae(rewards, values, torch.ones(2, 1, dtype=torch.bool), torch.tensor([1, 1]),
-                   torch.tensor([True, False]), final_values, gamma=0.9, lam=0.95)
+    adv, ret = gae(
+        rewards,
+        values,
+        torch.ones(2, 1, dtype=torch.bool),
+        torch.tensor([1, 1]),
+        torch.tensor([True, False]),
+        final_values,
+        gamma=0.9,
+        lam=0.95,
+    )
     # terminated: 1 - 0.5; truncated: 1 + 0.9 * 2 - 0.5
     torch.testing.assert_close(adv, torch.tensor([[0.5], [2.3]]))
     torch.testing.assert_close(ret, torch.tensor([[1.0], [2.8]]))

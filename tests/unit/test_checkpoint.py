@@ -1,4 +1,5 @@
 """Checkpoints: round trip, pruning, finding, and a clear error for every bad input."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from dvla.config import AlgoConfig, PolicyConfig, load_config
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
 
-SPEC = EnvSpec(task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3,
-               max_episode_steps=10)
+SPEC = EnvSpec(
+    task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3, max_episode_steps=10
+)
 CFG = load_config(None, ["policy.hidden_sizes=[16, 16]", "pipeline.num_updates=10"], preset="smoke")
 
 
@@ -30,7 +32,7 @@ def make(seed: int = 0, policy_cfg: PolicyConfig = CFG.policy):
 def train_a_little(policy, learner, steps: int = 3) -> None:
     """Optimizer steps (so Adam has moments) and draws from both RNGs."""
     for _ in range(steps):
-        loss = sum((p ** 2).sum() for p in policy.parameters()) + torch.rand(()) * 0
+        loss = sum((p**2).sum() for p in policy.parameters()) + torch.rand(()) * 0
         learner.optimizer.zero_grad()
         loss.backward()
         learner.optimizer.step()
@@ -41,15 +43,17 @@ def save(root: Path, version: int, keep: int = 3, **kw) -> Path:
     policy, learner = make()
     train_a_little(policy, learner)
     return ck.Checkpointer(root, CFG, every_updates=1, keep=keep).save(
-        version, policy, learner, updates=version, env_steps_trained=100 * version, **kw)
+        version, policy, learner, updates=version, env_steps_trained=100 * version, **kw
+    )
 
 
 def test_round_trip_is_exact_for_weights_optimizer_and_rng(tmp_path):
     policy, learner = make(seed=1)
     train_a_little(policy, learner)
     saver = ck.Checkpointer(tmp_path / "checkpoints", CFG, every_updates=2, keep=3)
-    path = saver.save(7, policy, learner, updates=7, env_steps_trained=1234, counters={"trained": 9}, request=2,
-                      wall_s=5.5)
+    path = saver.save(
+        7, policy, learner, updates=7, env_steps_trained=1234, counters={"trained": 9}, request=2, wall_s=5.5
+    )
     assert path == tmp_path / "checkpoints" / "v000007"
     assert (saver.last_version, saver.last_path, saver.request_done) == (7, path, 2)
     # what the original would draw next
@@ -137,13 +141,16 @@ def test_a_missing_file_is_named(tmp_path, name):
         ck.load_checkpoint(path)
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("state.json", "{not json", "state.json is not valid JSON"),
-    ("state.json", "[1]", "state.json must hold an object"),
-    ("weights.safetensors", "garbage", "weights.safetensors is corrupt"),
-    ("optimizer.pt", "garbage", "optimizer.pt is corrupt"),
-    ("rng.safetensors", "garbage", "rng.safetensors is corrupt"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("state.json", "{not json", "state.json is not valid JSON"),
+        ("state.json", "[1]", "state.json must hold an object"),
+        ("weights.safetensors", "garbage", "weights.safetensors is corrupt"),
+        ("optimizer.pt", "garbage", "optimizer.pt is corrupt"),
+        ("rng.safetensors", "garbage", "rng.safetensors is corrupt"),
+    ],
+)
 def test_a_corrupt_file_is_named(tmp_path, name, content, message):
     path = save(tmp_path, 1)
     (path / name).write_text(content)
@@ -194,8 +201,9 @@ def test_weights_that_do_not_fit_the_policy_name_the_first_tensor(tmp_path):
 
 def test_a_checkpoint_must_leave_updates_to_train(tmp_path):
     info = ck.inspect_checkpoint(save(tmp_path, 3))
-    with pytest.raises(ValueError, match="checkpoint is at update 3; pipeline.num_updates=3: raise it to train "
-                                         "further"):
+    with pytest.raises(
+        ValueError, match="checkpoint is at update 3; pipeline.num_updates=3: raise it to train further"
+    ):
         ck.resume_config(info, ["pipeline.num_updates=3"])
     assert ck.resume_config(info, ["pipeline.num_updates=6"]).pipeline.num_updates == 6
 
@@ -227,20 +235,33 @@ def test_dvla_run_resume_refuses_bad_input_before_starting_anything(tmp_path, ca
 
 
 def test_a_vla_round_trips_and_a_resumed_run_builds_it_from_the_checkpoint_copy(tmp_path):
-    spec = EnvSpec(task="PickCube-v1", obs_dim=29, action_dim=4, action_low=(-1.0,) * 4, action_high=(1.0,) * 4,
-                   max_episode_steps=50, image_shape=(64, 64, 3), instruction="pick up the cube")
+    spec = EnvSpec(
+        task="PickCube-v1",
+        obs_dim=29,
+        action_dim=4,
+        action_low=(-1.0,) * 4,
+        action_high=(1.0,) * 4,
+        max_episode_steps=50,
+        image_shape=(64, 64, 3),
+        instruction="pick up the cube",
+    )
     vla = PolicyConfig(name="vla", size="tiny", action_head="flow", chunk_size=2, flow_steps=3, dtype="float32")
-    cfg = replace(CFG, env=replace(CFG.env, obs_mode="rgb", image_size=64),
-                  policy=replace(vla, path=str(tmp_path / "pretrained-gone")))
+    cfg = replace(
+        CFG,
+        env=replace(CFG.env, obs_mode="rgb", image_size=64),
+        policy=replace(vla, path=str(tmp_path / "pretrained-gone")),
+    )
 
     def build(seed: int):
         torch.manual_seed(seed)
         policy = build_policy(vla, spec)
         return policy, Learner(policy, AlgoConfig(), torch.device("cpu"), seed=seed)
+
     policy, learner = build(0)
     train_a_little(policy, learner, steps=1)
     path = ck.Checkpointer(tmp_path / "run" / "checkpoints", cfg, keep=1).save(
-        1, policy, learner, updates=1, env_steps_trained=10)
+        1, policy, learner, updates=1, env_steps_trained=10
+    )
     assert (path / "policy" / "config.json").is_file() and (path / "policy" / "model.safetensors").is_file()
     fresh, fresh_learner = build(1)
     ck.restore(ck.load_checkpoint(tmp_path / "run"), fresh, fresh_learner)

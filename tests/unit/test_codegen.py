@@ -1,4 +1,5 @@
 """The committed protobuf modules are what protoc makes from protos/ now."""
+
 from dvla.rpc import codegen
 
 

@@ -1,4 +1,5 @@
 """Config: presets, YAML and CLI overrides, and errors that name the field."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,18 +27,21 @@ def test_yaml_round_trip(tmp_path):
     assert load_config(f) == cfg
 
 
-@pytest.mark.parametrize("override,field", [
-    ("algo.lr=-1", "algo.lr"),
-    ("algo.lr=fast", "algo.lr"),
-    ("algo.name=dqn", "algo.name"),
-    ("algo.nme=ppo", "algo.nme"),
-    ("env.num_envs=0", "env.num_envs"),
-    ("env.obs_mode=rgb", "env.obs_mode"),
-    ("pipeline.mode=turbo", "pipeline.mode"),
-    ("policy.hidden_sizes=[]", "policy.hidden_sizes"),
-    ("control.port=70000", "control.port"),
-    ("algo=3", "algo"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("algo.lr=-1", "algo.lr"),
+        ("algo.lr=fast", "algo.lr"),
+        ("algo.name=dqn", "algo.name"),
+        ("algo.nme=ppo", "algo.nme"),
+        ("env.num_envs=0", "env.num_envs"),
+        ("env.obs_mode=rgb", "env.obs_mode"),
+        ("pipeline.mode=turbo", "pipeline.mode"),
+        ("policy.hidden_sizes=[]", "policy.hidden_sizes"),
+        ("control.port=70000", "control.port"),
+        ("algo=3", "algo"),
+    ],
+)
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ValueError, match=f"'{field}'"):
         load_config(None, [override])
@@ -56,7 +60,9 @@ def test_missing_file_and_unknown_preset(tmp_path):
 
 
 def test_every_field_is_documented():
-    undocumented = [line for line in describe() if line.rstrip().endswith("\n      ") or line.splitlines()[1].strip() == ""]
+    undocumented = [
+        line for line in describe() if line.rstrip().endswith("\n      ") or line.splitlines()[1].strip() == ""
+    ]
     assert not undocumented
 
 
@@ -78,15 +84,23 @@ def test_modes_add_one_strategy_each():
 
 def test_config_fields_are_also_flags():
     from dvla.cli import dashed_overrides
+
     argv = ["run", "--preset", "smoke", "--policy.path", "/tmp/vla", "--algo.lr=1e-3", "env.num_envs=2"]
-    assert dashed_overrides(argv) == ["run", "--preset", "smoke", "policy.path=/tmp/vla", "algo.lr=1e-3",
-                                      "env.num_envs=2"]
+    assert dashed_overrides(argv) == [
+        "run",
+        "--preset",
+        "smoke",
+        "policy.path=/tmp/vla",
+        "algo.lr=1e-3",
+        "env.num_envs=2",
+    ]
     with pytest.raises(ValueError, match="needs a value"):
         dashed_overrides(["run", "--policy.path"])
 
 
 def test_dvla_run_refuses_a_policy_path_that_is_not_a_vla_checkpoint(tmp_path, capsys):
     from dvla.cli import main
+
     rc = main(["run", "--preset", "pickcube-vla-tiny", "--policy.path", str(tmp_path / "missing")])
     err = capsys.readouterr().err
     assert rc == 2 and "'policy.path'" in err and "does not exist" in err

@@ -1,4 +1,5 @@
 """Every lane over the in-process ports (dvla/inproc.py): no sockets, no process groups, milliseconds each."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,9 @@ class FakeEnvs:
         self.steps = torch.zeros(num_envs)
 
     def _obs(self):
-        return torch.stack([self.steps, torch.arange(self.num_envs, dtype=torch.float32),
-                            torch.ones(self.num_envs)], dim=1)
+        return torch.stack(
+            [self.steps, torch.arange(self.num_envs, dtype=torch.float32), torch.ones(self.num_envs)], dim=1
+        )
 
     def reset(self, seeds):
         self.steps.zero_()
@@ -46,8 +48,13 @@ class FakeEnvs:
     def step(self, actions, active, observe=True):
         self.steps += active.float()
         done = (self.steps >= self.length) & active
-        return StepResult(obs=self._obs(), reward=active.float(), terminated=done,
-                          truncated=torch.zeros(self.num_envs, dtype=torch.bool), success=done)
+        return StepResult(
+            obs=self._obs(),
+            reward=active.float(),
+            terminated=done,
+            truncated=torch.zeros(self.num_envs, dtype=torch.bool),
+            success=done,
+        )
 
     def close(self):
         pass
@@ -70,14 +77,28 @@ class ListSink:
         self.ends.append(epoch_end)
 
 
-def sampler(weights: LocalWeights, control: SetControl, stop: threading.Event, *, background: bool = False,
-            max_staleness: int = 0) -> tuple[Sampler, WeightLane]:
+def sampler(
+    weights: LocalWeights,
+    control: SetControl,
+    stop: threading.Event,
+    *,
+    background: bool = False,
+    max_staleness: int = 0,
+) -> tuple[Sampler, WeightLane]:
     lane = WeightLane(weights, make_policy, stop)
     if background:
         lane.start_thread()
-    s = Sampler(ShardPool.local(FakeEnvs()), lane, control, lambda r, sh, k: (list(range(k)), list(range(k))),
-                max_staleness=max_staleness, batcher=DynamicBatcher(4, 0.0), device=torch.device("cpu"),
-                generator=torch.Generator().manual_seed(0), stop=stop)
+    s = Sampler(
+        ShardPool.local(FakeEnvs()),
+        lane,
+        control,
+        lambda r, sh, k: (list(range(k)), list(range(k))),
+        max_staleness=max_staleness,
+        batcher=DynamicBatcher(4, 0.0),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        stop=stop,
+    )
     return s, lane
 
 
@@ -94,6 +115,7 @@ def test_admission_never_runs_ahead_of_the_bound():
         rounds.append((b.round, int(b.versions[b.step_mask()].min())))
         if len(rounds) >= 2:  # the actor lags: version k comes out only once round k has been sent
             weights.publish(len(rounds) - 1, policy.export_weights(), final=len(rounds) == 4)
+
     s, _ = sampler(weights, control, stop, max_staleness=1)
     assert s.run(ListSink(on_send), rank=1, should_yield=lambda: False) == Outcome.FINAL
     assert [r for r, _ in rounds] == [0, 1, 2, 3]
@@ -103,18 +125,21 @@ def test_admission_never_runs_ahead_of_the_bound():
 def test_a_swap_is_never_seen_half_done():
     weights, stop = LocalWeights(keep=8), threading.Event()
     obs = torch.randn(16, SPEC.obs_dim, generator=torch.Generator().manual_seed(1))
-    versions = {v: {k: torch.full_like(t, 0.01 * (v + 1)) for k, t in make_policy().export_weights().items()}
-                for v in range(12)}
+    versions = {
+        v: {k: torch.full_like(t, 0.01 * (v + 1)) for k, t in make_policy().export_weights().items()} for v in range(12)
+    }
     expected = {}
     for v, w in versions.items():
         ref = make_policy()
         ref.load_weights(w)
         expected[v] = ref.act(obs, deterministic=True).actions
     lane = WeightLane(weights, make_policy, stop).start_thread()
+
     def publish():
         for v, w in versions.items():
             weights.publish(v, w, final=v == 11)
             time.sleep(0.02)
+
     publisher = threading.Thread(target=publish)
     publisher.start()
     assert lane.wait_loaded(0, timeout_s=10)
@@ -138,6 +163,7 @@ def test_pause_and_yield_happen_at_safe_points():
 
     def pause_after_first(b):
         control.directives = dataclasses.replace(control.directives, state="paused")
+
     sink = ListSink(pause_after_first)
     outcome = {}
     t = threading.Thread(target=lambda: outcome.setdefault("o", s.run(sink, rank=1, should_yield=yield_now.is_set)))
@@ -160,6 +186,7 @@ def test_inline_weights_take_the_newest_version_at_each_round():
 
     def on_send(b):
         stop.set()
+
     s, lane = sampler(weights, control, stop, max_staleness=1)
     s.run(ListSink(on_send), rank=1, should_yield=lambda: False)
     assert lane.version == 1 and not lane.background
@@ -168,12 +195,22 @@ def test_inline_weights_take_the_newest_version_at_each_round():
 # ---------------------------------------------------------------- actor lanes
 def batch_of(version: int, n: int = 2, length: int = 2):
     from dvla.types import TrajectoryBatch
+
     t = length
-    return TrajectoryBatch(obs=torch.ones(n, t, 3), actions=torch.zeros(n, t, 2), log_probs=torch.zeros(n, t),
-                           values=torch.zeros(n, t), rewards=torch.ones(n, t), dones=torch.zeros(n, t, dtype=torch.bool),
-                           versions=torch.full((n, t), version), lengths=torch.full((n,), t),
-                           terminated=torch.ones(n, dtype=torch.bool), success=torch.ones(n, dtype=torch.bool),
-                           final_obs=torch.ones(n, 3), group_ids=torch.arange(n))
+    return TrajectoryBatch(
+        obs=torch.ones(n, t, 3),
+        actions=torch.zeros(n, t, 2),
+        log_probs=torch.zeros(n, t),
+        values=torch.zeros(n, t),
+        rewards=torch.ones(n, t),
+        dones=torch.zeros(n, t, dtype=torch.bool),
+        versions=torch.full((n, t), version),
+        lengths=torch.full((n,), t),
+        terminated=torch.ones(n, dtype=torch.bool),
+        success=torch.ones(n, dtype=torch.bool),
+        final_obs=torch.ones(n, 3),
+        group_ids=torch.arange(n),
+    )
 
 
 def actor_side(hub: LocalHub, capacity: int, stop: threading.Event):
@@ -200,6 +237,7 @@ def test_the_receive_lane_applies_backpressure_and_loses_nothing():
             sink.send(batch_of(0))
             sent.append(i)
         sink.send_end()
+
     producer = threading.Thread(target=produce)
     producer.start()
     time.sleep(0.3)
@@ -226,9 +264,17 @@ def test_training_drops_stale_episodes_and_follows_the_world():
                 ledger.receive(b.num_episodes)
                 ledger.take(b.num_episodes)
             return b
+
     target = [4]
-    trainer = Trainer(learner, Inbox([batch_of(3), batch_of(1), batch_of(2), batch_of(3)]), ledger,
-                      progress, max_staleness=1, streamer=False, episodes_per_update=lambda: target[0])
+    trainer = Trainer(
+        learner,
+        Inbox([batch_of(3), batch_of(1), batch_of(2), batch_of(3)]),
+        ledger,
+        progress,
+        max_staleness=1,
+        streamer=False,
+        episodes_per_update=lambda: target[0],
+    )
     g = trainer.next_global_batch()
     assert g.num_episodes == 4 and ledger.snapshot()["dropped"] == 2  # version 1 is 2 behind v3: dropped
     record = trainer.update(g)
@@ -250,6 +296,7 @@ def test_publish_runs_off_the_training_thread_newest_first():
             slow.wait(5)
             self.versions.append(version)
             return 0
+
     sink = SlowSink()
     lane = PublishLane(sink, "actor")
     off = OffThread(lane.submit)
@@ -284,10 +331,17 @@ def test_a_cancelled_epoch_moves_on_to_the_next_one():
 @pytest.mark.parametrize("mode", ["lockstep", "swimlane"])
 def test_a_run_in_one_process_trains_every_version_and_loses_nothing(mode):
     swimlane = mode == "swimlane"
-    run = run_local(PolicyConfig(hidden_sizes=(8,)), AlgoConfig(update_epochs=1, num_minibatches=1),
-                    lambda: FakeEnvs(num_envs=4, length=3), num_rollouts=2, num_updates=4,
-                    max_staleness=1 if swimlane else 0, streamer=swimlane, background_weights=swimlane,
-                    timeout_s=30)
+    run = run_local(
+        PolicyConfig(hidden_sizes=(8,)),
+        AlgoConfig(update_epochs=1, num_minibatches=1),
+        lambda: FakeEnvs(num_envs=4, length=3),
+        num_rollouts=2,
+        num_updates=4,
+        max_staleness=1 if swimlane else 0,
+        streamer=swimlane,
+        background_weights=swimlane,
+        timeout_s=30,
+    )
     assert run.versions[0] == 0 and run.versions[-1] == 4 and run.versions == sorted(set(run.versions))
     assert len(run.records) == 4 and all(r["train/samples"] > 0 for r in run.records)
     led = run.ledger
@@ -301,11 +355,23 @@ def test_the_sampling_lane_sends_its_counters_with_each_batch_and_no_heartbeat()
     weights, control, stop = LocalWeights(), SetControl(), threading.Event()
     weights.publish(0, make_policy().export_weights())
     lane = WeightLane(weights, make_policy, stop)
-    s = Sampler(ShardPool.local(FakeEnvs()), lane, control, lambda r, sh, k: (list(range(k)), list(range(k))),
-                max_staleness=1000, batcher=DynamicBatcher(4, 0.0), device=torch.device("cpu"), generator=None,
-                stop=stop, worker_key=42)
+    s = Sampler(
+        ShardPool.local(FakeEnvs()),
+        lane,
+        control,
+        lambda r, sh, k: (list(range(k)), list(range(k))),
+        max_staleness=1000,
+        batcher=DynamicBatcher(4, 0.0),
+        device=torch.device("cpu"),
+        generator=None,
+        stop=stop,
+        worker_key=42,
+    )
     sink = ListSink(lambda b: len(sink.batches) == 3 and stop.set())
     s.run(sink, rank=1, should_yield=lambda: False)
-    assert [(b.sender.worker_key, b.sender.episodes_sent, b.sender.env_steps_produced) for b in sink.batches] == \
-        [(42, 4, 12), (42, 8, 24), (42, 12, 36)]
+    assert [(b.sender.worker_key, b.sender.episodes_sent, b.sender.env_steps_produced) for b in sink.batches] == [
+        (42, 4, 12),
+        (42, 8, 24),
+        (42, 12, 36),
+    ]
     assert control.beats == 0  # the control plane is off the sampling path

@@ -1,4 +1,5 @@
 """Losses checked against numbers worked out by hand."""
+
 import math
 
 import pytest
@@ -47,6 +48,7 @@ def test_value_loss_rejects_broadcasting_shapes():
 
 def test_decoupled_loss_equals_plain_loss_when_behaviour_is_proximal():
     from dvla.algo.losses import behaviour_weights
+
     g = torch.Generator().manual_seed(0)
     logp = torch.randn(64, generator=g, requires_grad=True)
     old = torch.randn(64, generator=g)
@@ -63,6 +65,7 @@ def test_decoupled_loss_equals_plain_loss_when_behaviour_is_proximal():
 
 def test_behaviour_weights_are_clamped_ratios():
     from dvla.algo.losses import behaviour_weights
+
     prox = torch.tensor([0.0, 0.0, 1.0])
     behav = torch.tensor([0.0, 1.0, 0.0])
     w = behaviour_weights(prox, behav, max_weight=2.0)

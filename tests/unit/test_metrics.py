@@ -1,4 +1,5 @@
 """MetricsLog: JSON lines, and the same scalars in TensorBoard event files."""
+
 from __future__ import annotations
 
 import struct
@@ -15,8 +16,8 @@ def read_events(directory) -> list:
         raw = path.read_bytes()
         pos = 0
         while pos + 12 <= len(raw):
-            (length,) = struct.unpack("<Q", raw[pos:pos + 8])
-            data = raw[pos + 12:pos + 12 + length]
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            data = raw[pos + 12 : pos + 12 + length]
             pos += 12 + length + 4
             e = event_pb2.Event()
             e.ParseFromString(data)

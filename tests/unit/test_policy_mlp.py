@@ -1,4 +1,5 @@
 """MLPPolicy: the Policy contract on a small state policy."""
+
 import pytest
 import torch
 from safetensors.torch import load as st_load
@@ -8,8 +9,9 @@ from dvla.config import PolicyConfig
 from dvla.policy import REGISTRY, MLPPolicy, build_policy
 from dvla.types import EnvSpec
 
-SPEC = EnvSpec(task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3,
-               action_high=(1.0,) * 3, max_episode_steps=10)
+SPEC = EnvSpec(
+    task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3, max_episode_steps=10
+)
 CFG = PolicyConfig(hidden_sizes=(16, 16))
 
 

@@ -1,4 +1,5 @@
 """VLAPolicy: the Policy contract on the tiny VLA, both action heads, and the transformers save format."""
+
 import json
 from dataclasses import replace
 
@@ -12,15 +13,24 @@ from dvla.policy import REGISTRY, build_policy
 from dvla.policy.vla import DvlaVLAModel, VLAPolicy, build_vla, vla_config
 from dvla.types import EnvSpec
 
-SPEC = EnvSpec(task="PickCube-v1", obs_dim=29, action_dim=4, action_low=(-1.0,) * 4, action_high=(1.0,) * 4,
-               max_episode_steps=50, image_shape=(64, 64, 3), instruction="pick up the cube")
+SPEC = EnvSpec(
+    task="PickCube-v1",
+    obs_dim=29,
+    action_dim=4,
+    action_low=(-1.0,) * 4,
+    action_high=(1.0,) * 4,
+    max_episode_steps=50,
+    image_shape=(64, 64, 3),
+    instruction="pick up the cube",
+)
 HEADS = ["discrete", "flow"]
 N = 6
 
 
 def make_cfg(head: str, **kw) -> PolicyConfig:
-    return PolicyConfig(name="vla", size="tiny", action_head=head, chunk_size=2, num_bins=32, flow_steps=3,
-                        dtype="float32", **kw)
+    return PolicyConfig(
+        name="vla", size="tiny", action_head=head, chunk_size=2, num_bins=32, flow_steps=3, dtype="float32", **kw
+    )
 
 
 def make_policy(head: str, seed: int = 0, **kw) -> VLAPolicy:
@@ -83,7 +93,7 @@ def test_flow_chunk_is_chain_end():
     policy = make_policy("flow")
     obs, images = inputs()
     out = policy.act(obs, images)
-    torch.testing.assert_close(out.chunk.reshape(N, -1), out.actions[:, -2 * SPEC.action_dim:])
+    torch.testing.assert_close(out.chunk.reshape(N, -1), out.actions[:, -2 * SPEC.action_dim :])
 
 
 def test_deterministic_and_seeded_act_reproducible(head_policy):
@@ -141,8 +151,9 @@ def test_export_and_load_weights_into_fresh_policy(head_policy):
     assert any(k.startswith("model.vision.") for k in weights) and any(k.startswith("model.backbone.") for k in weights)
     assert any(k.startswith("model.head.") for k in weights)
     fresh = make_policy(head, seed=1)
-    assert not torch.equal(fresh.evaluate(obs, out.actions, images).log_probs,
-                           policy.evaluate(obs, out.actions, images).log_probs)
+    assert not torch.equal(
+        fresh.evaluate(obs, out.actions, images).log_probs, policy.evaluate(obs, out.actions, images).log_probs
+    )
     fresh.load_weights(weights)
     a, b = policy.evaluate(obs, out.actions, images), fresh.evaluate(obs, out.actions, images)
     assert torch.equal(a.log_probs, b.log_probs) and torch.equal(a.values, b.values)

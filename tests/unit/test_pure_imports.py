@@ -1,4 +1,5 @@
 """Pure modules must not reach for the network, the filesystem, the clock, an event loop or the wire format."""
+
 import ast
 import importlib
 import inspect
@@ -22,10 +23,17 @@ def imported_modules(module_name: str) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("module_name", [
-    "dvla.algo.advantages", "dvla.algo.losses",
-    "dvla.control.store", "dvla.control.registry", "dvla.control.run", "dvla.control.errors",
-])
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "dvla.algo.advantages",
+        "dvla.algo.losses",
+        "dvla.control.store",
+        "dvla.control.registry",
+        "dvla.control.run",
+        "dvla.control.errors",
+    ],
+)
 def test_pure_module_imports(module_name):
     modules = imported_modules(module_name)
     assert {m.split(".")[0] for m in modules} & FORBIDDEN == set()

@@ -1,4 +1,5 @@
 """The registry's world by epoch: who is a member, which ranks, when a new epoch starts (no server, fake clock)."""
+
 from __future__ import annotations
 
 import pytest

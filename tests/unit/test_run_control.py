@@ -1,4 +1,5 @@
 """RunControl: the run's state, pause and resume, checkpoint requests, rescaling and totals (no server, fake clock)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -100,8 +101,9 @@ def test_checkpoint_requests_are_numbered_and_acknowledged_by_the_actors_heartbe
     assert (w.role, acked, run.checkpoint_done) == (Role.ROLLOUT, False, 0)
     w, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=0))
     assert (w, acked) == (actor, False)
-    w, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=1, checkpoint_version=7,
-                                            checkpoint_path="/ckpt/7"))
+    w, acked = run.on_heartbeat(
+        "actor-0", {}, Acks(checkpoint_request_done=1, checkpoint_version=7, checkpoint_path="/ckpt/7")
+    )
     assert acked and run.checkpoint_done == 1
     assert run.checkpoint_written(1) and not run.checkpoint_written(2)
     assert run.checkpoint_result() == (7, "/ckpt/7")
@@ -117,13 +119,16 @@ def test_a_heartbeat_from_an_unknown_worker_is_refused():
         run.on_heartbeat("nobody", {})
 
 
-@pytest.mark.parametrize("num_rollouts,worker_id,num_shards,message", [
-    (-1, "", 0, "must be >= 0"),
-    (0, "r0", -2, "must be >= 0"),
-    (0, "r0", 0, "give worker_id and num_shards together"),
-    (0, "", 2, "give worker_id and num_shards together"),
-    (0, "", 0, "nothing to rescale"),
-])
+@pytest.mark.parametrize(
+    "num_rollouts,worker_id,num_shards,message",
+    [
+        (-1, "", 0, "must be >= 0"),
+        (0, "r0", -2, "must be >= 0"),
+        (0, "r0", 0, "give worker_id and num_shards together"),
+        (0, "", 2, "give worker_id and num_shards together"),
+        (0, "", 0, "nothing to rescale"),
+    ],
+)
 def test_rescale_arguments_are_checked(num_rollouts, worker_id, num_shards, message):
     run = with_workers()
     with pytest.raises(InvalidArgument, match=message):
@@ -147,17 +152,36 @@ def test_totals_sum_every_workers_last_report_and_count_what_is_in_flight():
     assert set(run.totals().values()) == {0}
     run.on_heartbeat("r0", {"episodes_produced": 10, "episodes_sent": 9, "env_steps_produced": 500})
     run.on_heartbeat("r1", {"episodes_produced": 6, "episodes_sent": 6})
-    run.on_heartbeat("actor-0", {"episodes_received": 12, "episodes_trained": 8, "episodes_dropped": 1,
-                                 "episodes_queued": 2, "episodes_in_training": 1})
+    run.on_heartbeat(
+        "actor-0",
+        {
+            "episodes_received": 12,
+            "episodes_trained": 8,
+            "episodes_dropped": 1,
+            "episodes_queued": 2,
+            "episodes_in_training": 1,
+        },
+    )
     t = run.totals()
-    assert t == {"env_steps_produced": 500, "episodes_produced": 16, "episodes_sent": 15, "episodes_received": 12,
-                 "episodes_trained": 8, "episodes_dropped": 1, "episodes_queued": 2, "episodes_in_training": 1,
-                 "episodes_in_flight": 16 - 8 - 1, "episodes_unsent": 16 - 15, "episodes_on_wire": 15 - 12}
+    assert t == {
+        "env_steps_produced": 500,
+        "episodes_produced": 16,
+        "episodes_sent": 15,
+        "episodes_received": 12,
+        "episodes_trained": 8,
+        "episodes_dropped": 1,
+        "episodes_queued": 2,
+        "episodes_in_training": 1,
+        "episodes_in_flight": 16 - 8 - 1,
+        "episodes_unsent": 16 - 15,
+        "episodes_on_wire": 15 - 12,
+    }
     assert all(type(v) is int for v in t.values())
     # produced = trained + dropped + in flight, and in flight by place adds up here
     assert t["episodes_produced"] == t["episodes_trained"] + t["episodes_dropped"] + t["episodes_in_flight"]
-    assert t["episodes_in_flight"] == (t["episodes_unsent"] + t["episodes_on_wire"] + t["episodes_queued"]
-                                       + t["episodes_in_training"])
+    assert t["episodes_in_flight"] == (
+        t["episodes_unsent"] + t["episodes_on_wire"] + t["episodes_queued"] + t["episodes_in_training"]
+    )
     run.on_heartbeat("r0", {"episodes_produced": 11, "episodes_sent": 11})  # a newer report replaces the last
     assert run.totals()["episodes_produced"] == 17
 
@@ -180,15 +204,21 @@ def test_what_the_actor_received_counts_as_sent_though_the_rollout_has_not_repor
     run.registry.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=77)
     run.on_heartbeat("r0", {"episodes_produced": 8, "episodes_sent": 8, "env_steps_produced": 400})
     # the rollout sent two more batches since; the actor has received (and reports) both
-    run.on_heartbeat("actor-0", {"episodes_received": 24, "episodes_trained": 16},
-                     senders=[SenderCounts(77, episodes_produced=24, episodes_sent=24, env_steps_produced=1200),
-                              SenderCounts(12345, episodes_produced=99, episodes_sent=99, env_steps_produced=9)])
+    run.on_heartbeat(
+        "actor-0",
+        {"episodes_received": 24, "episodes_trained": 16},
+        senders=[
+            SenderCounts(77, episodes_produced=24, episodes_sent=24, env_steps_produced=1200),
+            SenderCounts(12345, episodes_produced=99, episodes_sent=99, env_steps_produced=9),
+        ],
+    )
     t = run.totals()
     assert (t["episodes_produced"], t["episodes_sent"], t["env_steps_produced"]) == (24, 24, 1200)
     assert t["episodes_on_wire"] == 0 and t["episodes_in_flight"] == 8  # unknown keys count for nobody
     # an older view never replaces a newer one; the rollout's own newer report wins where it is ahead
-    run.on_heartbeat("actor-0", {"episodes_received": 24, "episodes_trained": 16},
-                     senders=[SenderCounts(77, 16, 16, 800)])
+    run.on_heartbeat(
+        "actor-0", {"episodes_received": 24, "episodes_trained": 16}, senders=[SenderCounts(77, 16, 16, 800)]
+    )
     run.on_heartbeat("r0", {"episodes_produced": 32, "episodes_sent": 32, "env_steps_produced": 1600})
     t = run.totals()
     assert (t["episodes_produced"], t["episodes_sent"], t["episodes_on_wire"]) == (32, 32, 8)

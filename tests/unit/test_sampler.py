@@ -1,4 +1,5 @@
 """The sampling lane, one round of an in-process shard, against a small fake env batch with known episode ends."""
+
 from __future__ import annotations
 
 import threading
@@ -33,9 +34,17 @@ def collect_episodes(envs, slot, seeds, group_ids, generator, device):
     """One round of `envs` through the sampling lane (the round's seeds and group ids as given)."""
     stop = threading.Event()
     sink = OneRound(stop)
-    sampler = Sampler(ShardPool.local(envs), slot, SetControl(), lambda r, s, k: (seeds, group_ids),
-                      max_staleness=0, batcher=DynamicBatcher(envs.num_envs, 0.0), device=device,
-                      generator=generator, stop=stop)
+    sampler = Sampler(
+        ShardPool.local(envs),
+        slot,
+        SetControl(),
+        lambda r, s, k: (seeds, group_ids),
+        max_staleness=0,
+        batcher=DynamicBatcher(envs.num_envs, 0.0),
+        device=device,
+        generator=generator,
+        stop=stop,
+    )
     assert sampler.run(sink, rank=1, should_yield=lambda: False) == Outcome.STOP
     (batch,) = sink.batches
     assert batch.worker_rank == 1 and sampler.counts.episodes_sent == envs.num_envs
@@ -64,8 +73,13 @@ class CountingEnvs:
     def step(self, actions, active, observe=True):
         self.steps += active.float()
         term = torch.tensor([s >= e for s, e in zip(self.steps.tolist(), self.ends)]) & active
-        return StepResult(obs=self._obs(), reward=active.float(), terminated=term,
-                          truncated=torch.zeros(self.num_envs, dtype=torch.bool), success=term)
+        return StepResult(
+            obs=self._obs(),
+            reward=active.float(),
+            terminated=term,
+            truncated=torch.zeros(self.num_envs, dtype=torch.bool),
+            success=term,
+        )
 
 
 class Slot:

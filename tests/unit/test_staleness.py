@@ -7,11 +7,20 @@ from dvla.types import TrajectoryBatch
 def batch(versions: list[list[int]], lengths: list[int], groups: list[int]) -> TrajectoryBatch:
     b, t = len(versions), len(versions[0])
     z = torch.zeros(b, t)
-    return TrajectoryBatch(obs=torch.zeros(b, t, 1), actions=torch.zeros(b, t, 1), log_probs=z, values=z, rewards=z,
-                           dones=torch.zeros(b, t, dtype=torch.bool), versions=torch.tensor(versions),
-                           lengths=torch.tensor(lengths), terminated=torch.zeros(b, dtype=torch.bool),
-                           success=torch.zeros(b, dtype=torch.bool), final_obs=torch.zeros(b, 1),
-                           group_ids=torch.tensor(groups))
+    return TrajectoryBatch(
+        obs=torch.zeros(b, t, 1),
+        actions=torch.zeros(b, t, 1),
+        log_probs=z,
+        values=z,
+        rewards=z,
+        dones=torch.zeros(b, t, dtype=torch.bool),
+        versions=torch.tensor(versions),
+        lengths=torch.tensor(lengths),
+        terminated=torch.zeros(b, dtype=torch.bool),
+        success=torch.zeros(b, dtype=torch.bool),
+        final_obs=torch.zeros(b, 1),
+        group_ids=torch.tensor(groups),
+    )
 
 
 def test_oldest_real_step_decides_and_padding_is_ignored():

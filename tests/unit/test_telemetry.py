@@ -1,5 +1,6 @@
 """dvla.telemetry with the real OpenTelemetry SDK and the JSON exporters: worker metrics, one-off
 gauges, span parents and links across a (simulated) process boundary, and 'none' doing nothing."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,27 @@ from dvla.config import TelemetryConfig
 from dvla.tracechart import load_spans
 
 STATS = {
-    "env_steps_per_s": 512.0, "busy_s": 3.0, "wait_s": 1.0, "send_s": 0.5, "weights_s": 0.25, "loop_s": 5.0,
-    "episodes_produced": 48, "episodes_sent": 40, "episodes_received": 39, "episodes_trained": 30,
-    "episodes_dropped": 2, "episodes_queued": 7, "batches_queued": 3, "inference_queue": 5,
-    "staleness_mean": 0.5, "staleness_max": 2, "policy_version": 9, "num_envs": 16,
-    "env_steps_produced": 4800, "env_steps_trained": 3000, "updates": 4,
+    "env_steps_per_s": 512.0,
+    "busy_s": 3.0,
+    "wait_s": 1.0,
+    "send_s": 0.5,
+    "weights_s": 0.25,
+    "loop_s": 5.0,
+    "episodes_produced": 48,
+    "episodes_sent": 40,
+    "episodes_received": 39,
+    "episodes_trained": 30,
+    "episodes_dropped": 2,
+    "episodes_queued": 7,
+    "batches_queued": 3,
+    "inference_queue": 5,
+    "staleness_mean": 0.5,
+    "staleness_max": 2,
+    "policy_version": 9,
+    "num_envs": 16,
+    "env_steps_produced": 4800,
+    "env_steps_trained": 3000,
+    "updates": 4,
 }
 
 
@@ -73,7 +90,8 @@ def test_busy_fraction_is_lane_seconds_over_loop_seconds(traces):
     telemetry.flush()
     for lane in ("busy", "wait", "send", "weights"):
         assert latest(traces, "dvla.lane.busy_fraction", worker="a0", lane=lane) == pytest.approx(
-            STATS[f"{lane}_s"] / STATS["loop_s"])
+            STATS[f"{lane}_s"] / STATS["loop_s"]
+        )
     assert not points(traces, "dvla.lane.busy_fraction", worker="idle"), "loop_s <= 0 must give no fraction"
     assert latest(traces, "dvla.envs", worker="idle") == 4
     assert not points(traces, "dvla.throughput", worker="idle"), "a missing key must not be observed"
@@ -179,8 +197,10 @@ def test_span_parent_and_links_round_trip_through_the_json_exporter(traces):
     assert by_name["training.backward"]["parent_span_id"] == mb["span_id"]
     assert telemetry.context_of(micro)[:2] == (remote[0], int(mb["span_id"], 16))
     step = by_name["training.optimizer_step"]
-    assert step["links"] == [{"trace_id": rnd["trace_id"], "span_id": rnd["span_id"]},
-                             {"trace_id": f"{remote[0]:032x}", "span_id": f"{remote[1]:016x}"}]
+    assert step["links"] == [
+        {"trace_id": rnd["trace_id"], "span_id": rnd["span_id"]},
+        {"trace_id": f"{remote[0]:032x}", "span_id": f"{remote[1]:016x}"},
+    ]
     assert step["parent_span_id"] is None and step["trace_id"] not in (rnd["trace_id"], mb["trace_id"])
 
 

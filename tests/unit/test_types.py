@@ -1,4 +1,5 @@
 """TrajectoryBatch: padding, masks and concat."""
+
 import pytest
 import torch
 
@@ -42,7 +43,10 @@ def test_step_mask_and_returns():
 
 
 def test_concat_pads_shorter_batch():
-    short, long = make_batch([2, 3], num_steps=3, seed=1, round_=4), make_batch([5, 1, 4], num_steps=5, seed=2, round_=7)
+    short, long = (
+        make_batch([2, 3], num_steps=3, seed=1, round_=4),
+        make_batch([5, 1, 4], num_steps=5, seed=2, round_=7),
+    )
     out = TrajectoryBatch.concat([short, long])
 
     assert out.num_episodes == 5 and out.obs.shape == (5, 5, D) and out.actions.shape == (5, 5, A)

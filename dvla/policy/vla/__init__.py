@@ -4,6 +4,7 @@ Samples (ActOutput.actions, what evaluate scores), with C = chunk_size, A = acti
   discrete: S = C*A, the chosen bin index of each (chunk step, action dim), as float32
   flow:     S = (K+1)*C*A, the whole denoising chain [x_0, ..., x_K] flattened; the env chunk is x_K
 """
+
 from __future__ import annotations
 
 import json
@@ -49,17 +50,19 @@ class VLAPolicy(Policy):
         self.model.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, spec: EnvSpec, dtype: str = "auto") -> "VLAPolicy":
+    def from_pretrained(cls, directory: str | os.PathLike, spec: EnvSpec, dtype: str = "auto") -> VLAPolicy:
         """Load a saved DvlaVLAModel strictly and check it fits `spec`."""
         directory = os.fspath(directory)
         check_pretrained_dir(directory)
         config = DvlaVLAConfig.from_pretrained(directory)
         _check_fits(config, spec, directory)
         # Load in float32 (exact for bf16 weights), then cast the trunk, so heads stay float32.
-        model, info = DvlaVLAModel.from_pretrained(directory, config=config, dtype=torch.float32,
-                                                   output_loading_info=True)
-        problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys",
-                                                                    "mismatched_keys") and v}
+        model, info = DvlaVLAModel.from_pretrained(
+            directory, config=config, dtype=torch.float32, output_loading_info=True
+        )
+        problems = {
+            k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+        }
         if problems:
             raise ValueError(f"vla checkpoint '{directory}' does not match the model: {problems}")
         # transformers (5.x) leaves the tensors as views into the mapped file, at offsets that are not
@@ -86,8 +89,10 @@ class VLAPolicy(Policy):
         if images.dtype != torch.uint8:
             raise ValueError(f"images have dtype {images.dtype}, expected torch.uint8")
         if images.shape != (n, self.processor.num_pixels):
-            raise ValueError(f"images have shape {tuple(images.shape)}, expected [{n}, {self.processor.num_pixels}] "
-                             f"(flattened {tuple(cfg.image_shape)})")
+            raise ValueError(
+                f"images have shape {tuple(images.shape)}, expected [{n}, {self.processor.num_pixels}] "
+                f"(flattened {tuple(cfg.image_shape)})"
+            )
         if instructions is None:
             instructions = [cfg.instruction] * n
         elif len(instructions) != n or not all(isinstance(s, str) for s in instructions):
@@ -98,8 +103,10 @@ class VLAPolicy(Policy):
 
     def _check_actions(self, actions: Tensor, n: int) -> None:
         if not isinstance(actions, Tensor) or actions.shape != (n, self.sample_dim):
-            raise ValueError(f"actions have shape {tuple(getattr(actions, 'shape', ()))}, "
-                             f"expected [{n}, {self.sample_dim}] ({self.action_head} head sample)")
+            raise ValueError(
+                f"actions have shape {tuple(getattr(actions, 'shape', ()))}, "
+                f"expected [{n}, {self.sample_dim}] ({self.action_head} head sample)"
+            )
         if not actions.is_floating_point():
             raise ValueError(f"actions have dtype {actions.dtype}, expected float32")
 
@@ -144,8 +151,9 @@ class VLAPolicy(Policy):
             sample, chunk = chain.reshape(n, -1), model.to_env_actions(chain[:, -1])
         return ActOutput(actions=sample, log_probs=log_probs, values=model.value_from(pooled), chunk=chunk)
 
-    def evaluate(self, obs: Tensor, actions: Tensor, images: Tensor | None = None,
-                 instructions: list[str] | None = None) -> EvalOutput:
+    def evaluate(
+        self, obs: Tensor, actions: Tensor, images: Tensor | None = None, instructions: list[str] | None = None
+    ) -> EvalOutput:
         model, cfg = self.model, self.model.config
         inputs = self._inputs(obs, images, instructions)
         n = obs.shape[0]
@@ -173,9 +181,11 @@ def _draw(fn, shape: tuple[int, ...], generator: torch.Generator | None, device:
 
 
 def _check_fits(config: DvlaVLAConfig, spec: EnvSpec, directory: str) -> None:
-    for name, saved, env in (("action_dim", config.action_dim, spec.action_dim),
-                             ("state_dim", config.state_dim, spec.obs_dim),
-                             ("image_shape", tuple(config.image_shape), tuple(spec.image_shape))):
+    for name, saved, env in (
+        ("action_dim", config.action_dim, spec.action_dim),
+        ("state_dim", config.state_dim, spec.obs_dim),
+        ("image_shape", tuple(config.image_shape), tuple(spec.image_shape)),
+    ):
         if saved != env:
             raise ValueError(f"vla checkpoint '{directory}' has {name} {saved}, but the env has {env}")
 
@@ -200,8 +210,10 @@ def check_pretrained_dir(directory: str | os.PathLike) -> None:
         raise ValueError(f"vla checkpoint '{directory}': config.json is not valid JSON ({e})") from None
     if raw.get("model_type") != MODEL_TYPE:
         held = raw.get("architectures") or raw.get("model_type") or "an unknown architecture"
-        raise ValueError(f"vla checkpoint '{directory}' holds {held} (model_type "
-                         f"'{raw.get('model_type')}'), not a '{MODEL_TYPE}' model")
+        raise ValueError(
+            f"vla checkpoint '{directory}' holds {held} (model_type "
+            f"'{raw.get('model_type')}'), not a '{MODEL_TYPE}' model"
+        )
 
 
 def build_vla(cfg: PolicyConfig, spec: EnvSpec) -> VLAPolicy:
@@ -224,4 +236,12 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["DvlaVLAConfig", "DvlaVLAModel", "VLAPolicy", "VLAProcessor", "build_vla", "check_pretrained_dir", "vla_config"]
+__all__ = [
+    "DvlaVLAConfig",
+    "DvlaVLAModel",
+    "VLAPolicy",
+    "VLAProcessor",
+    "build_vla",
+    "check_pretrained_dir",
+    "vla_config",
+]

@@ -5,6 +5,7 @@ Sizes (parameters with chunk 4 and action dim 4; the heads add little):
   small  ~100M   one GPU (128 px, 64 patches; 6-layer vision, 14-layer backbone at 768)
   1b     ~1.06B  SigLIP-base-like vision (224 px) + a 2048-wide, 16-layer backbone
 """
+
 from __future__ import annotations
 
 import math
@@ -108,27 +109,49 @@ def vla_config(size: str, head: str, spec: EnvSpec, policy_cfg: PolicyConfig) ->
         raise ValueError(f"unknown vla size '{size}'; choose {', '.join(_PRESETS)}")
     if head not in HEADS:
         raise ValueError(f"unknown vla action head '{head}'; choose discrete or flow")
-    (img, patch, v_hidden, v_layers, v_heads, v_inter), (t_hidden, t_layers, t_heads, t_kv, t_inter), expert = _PRESETS[size]
+    (img, patch, v_hidden, v_layers, v_heads, v_inter), (t_hidden, t_layers, t_heads, t_kv, t_inter), expert = _PRESETS[
+        size
+    ]
     vocab_size, pad_id = text_vocab()
     vision = SiglipVisionConfig(
-        image_size=img, patch_size=patch, hidden_size=v_hidden, num_hidden_layers=v_layers,
-        num_attention_heads=v_heads, intermediate_size=v_inter, attention_dropout=0.0,
+        image_size=img,
+        patch_size=patch,
+        hidden_size=v_hidden,
+        num_hidden_layers=v_layers,
+        num_attention_heads=v_heads,
+        intermediate_size=v_inter,
+        attention_dropout=0.0,
         vision_use_head=False,  # the MAP pooling head is unused: we keep every patch token
     )
     text = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=t_hidden, num_hidden_layers=t_layers, num_attention_heads=t_heads,
-        num_key_value_heads=t_kv, intermediate_size=t_inter, max_position_embeddings=1024,
-        attention_dropout=0.0, tie_word_embeddings=False, use_cache=False, pad_token_id=pad_id,
+        vocab_size=vocab_size,
+        hidden_size=t_hidden,
+        num_hidden_layers=t_layers,
+        num_attention_heads=t_heads,
+        num_key_value_heads=t_kv,
+        intermediate_size=t_inter,
+        max_position_embeddings=1024,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+        use_cache=False,
+        pad_token_id=pad_id,
     )
     return DvlaVLAConfig(
-        vision_config=vision, text_config=text, action_head=head,
-        chunk_size=policy_cfg.chunk_size, action_dim=spec.action_dim,
-        action_low=list(spec.action_low), action_high=list(spec.action_high),
-        num_bins=policy_cfg.num_bins, flow_steps=policy_cfg.flow_steps,
-        flow_noise_std=policy_cfg.flow_noise_std, expert_hidden_size=expert,
+        vision_config=vision,
+        text_config=text,
+        action_head=head,
+        chunk_size=policy_cfg.chunk_size,
+        action_dim=spec.action_dim,
+        action_low=list(spec.action_low),
+        action_high=list(spec.action_high),
+        num_bins=policy_cfg.num_bins,
+        flow_steps=policy_cfg.flow_steps,
+        flow_noise_std=policy_cfg.flow_noise_std,
+        expert_hidden_size=expert,
         init_action_std=policy_cfg.init_action_std,
-        state_dim=spec.obs_dim, use_state=policy_cfg.use_state, image_shape=list(spec.image_shape),
+        state_dim=spec.obs_dim,
+        use_state=policy_cfg.use_state,
+        image_shape=list(spec.image_shape),
         value_head=policy_cfg.value_head,
         instruction=spec.instruction,
     )
-

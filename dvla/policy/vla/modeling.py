@@ -9,6 +9,7 @@
 
 The heads run in float32 even when the trunk is bfloat16, so log-probs are computed in float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,7 +129,7 @@ class DvlaVLAModel(PreTrainedModel):
         elif isinstance(module, (TimeFeatures, ActionBounds)):
             module.reset_buffers()
 
-    def cast_trunk(self, dtype: torch.dtype) -> "DvlaVLAModel":
+    def cast_trunk(self, dtype: torch.dtype) -> DvlaVLAModel:
         """Trunk in `dtype`; the action and value heads stay float32 (log-prob math)."""
         self.to(dtype)
         self.head.float()
@@ -145,8 +146,9 @@ class DvlaVLAModel(PreTrainedModel):
         x = x.float().view(x.shape[0], self.config.chunk_size, self.config.action_dim)
         return self.action_bounds(x)
 
-    def run_backbone(self, pixel_values: Tensor, state: Tensor, input_ids: Tensor, text_mask: Tensor,
-                     with_queries: bool) -> tuple[Tensor, Tensor | None]:
+    def run_backbone(
+        self, pixel_values: Tensor, state: Tensor, input_ids: Tensor, text_mask: Tensor, with_queries: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """pooled [N, hidden] (last prefix token) and, if with_queries, the queries' hidden [N, C*A, hidden]."""
         dtype = self.trunk_dtype
         n = pixel_values.shape[0]
@@ -165,8 +167,9 @@ class DvlaVLAModel(PreTrainedModel):
         # Positions skip the (left) padding inside the prefix, so a row's result does not
         # depend on how long the other instructions in its batch are.
         position_ids = (mask.cumsum(dim=1) - 1).clamp_(min=0)
-        hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+        hidden = self.backbone(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         pooled = hidden[:, num_prefix - 1]
         return pooled, (hidden[:, num_prefix:] if with_queries else None)
 

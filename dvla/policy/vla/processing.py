@@ -5,6 +5,7 @@ Images arrive as uint8 [N, H*W*3] (flattened HWC); they become [N, 3, S, S] in [
 byte-wise by ByT5Tokenizer (no vocabulary file) and left-padded, so the last text token,
 the one the model pools, is always real.
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,9 @@ class VLAProcessor:
         x = images.to(device, non_blocking=True).view(-1, h, w, 3).permute(0, 3, 1, 2)
         x = x.to(torch.float32, memory_format=torch.contiguous_format).mul_(2.0 / 255.0).sub_(1.0)
         if (h, w) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return x.to(dtype)
 
     def _ids(self, text: str) -> list[int]:
@@ -69,8 +71,8 @@ class VLAProcessor:
         ids_u = torch.full((len(unique), length), self.pad_id, dtype=torch.long)
         mask_u = torch.zeros((len(unique), length), dtype=torch.long)
         for i, ids in enumerate(unique):
-            ids_u[i, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            mask_u[i, length - len(ids):] = 1
+            ids_u[i, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask_u[i, length - len(ids) :] = 1
         if len(unique) == 1:  # the usual case: every row shares one instruction
             n = len(instructions)
             return ids_u.expand(n, -1).to(device), mask_u.expand(n, -1).to(device)
