@@ -12,6 +12,21 @@ from dvla.config import MODES, PRESETS, RunConfig, describe, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    try:
+        argv = dashed_overrides(sys.argv[1:] if argv is None else list(argv))
+    except ValueError as e:
+        ap.error(str(e))
+    # Overrides may follow options too (argparse gives a positional list only one run of tokens).
+    args, extra = ap.parse_known_args(argv)
+    stray = [t for t in extra if t.startswith("-") or "=" not in t]
+    if stray:
+        ap.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(getattr(args, "overrides", []) or []) + extra
+    return {"admin": admin, "bench": bench_command, "run": run_command}[args.cmd](args)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dvla", description="Asynchronous RL for robot policies (D-VLA on ManiSkill3)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train on this machine: weight_control, actor and rollouts as separate processes")
@@ -39,10 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         help="bench this preset's task and model (e.g. a VLA) instead of the balanced MLP default",
     )
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
-    try:
-        argv = dashed_overrides(sys.argv[1:] if argv is None else list(argv))
-    except ValueError as e:
-        ap.error(str(e))
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
     a.add_argument(
         "verb",
@@ -65,53 +76,49 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.add_argument("--config", default=os.environ.get("DVLA_CONFIG"), help="YAML config (token and TLS settings)")
     a.add_argument("overrides", nargs="*", help="section.field=value, e.g. control.tls_ca=ca.pem")
-    # Overrides may follow options too (argparse gives a positional list only one run of tokens).
-    args, extra = ap.parse_known_args(argv)
-    stray = [t for t in extra if t.startswith("-") or "=" not in t]
-    if stray:
-        ap.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = list(getattr(args, "overrides", []) or []) + extra
-    if args.cmd == "admin":
-        return admin(args)
-    if args.cmd == "bench":
-        from dvla.bench import run_bench
+    return ap
 
-        try:
-            run_bench(
-                [m for m in args.modes.split(",") if m],
-                args.overrides,
-                Path(args.out_dir),
-                publish_check=not args.no_publish_check,
-                preset=args.preset,
-            )
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+
+def bench_command(args: argparse.Namespace) -> int:
+    from dvla.bench import run_bench
+
+    try:
+        run_bench(
+            [m for m in args.modes.split(",") if m],
+            args.overrides,
+            Path(args.out_dir),
+            publish_check=not args.no_publish_check,
+            preset=args.preset,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.help_config:
+        print("\n".join(describe()))
         return 0
-    if args.cmd == "run":
-        if args.help_config:
-            print("\n".join(describe()))
-            return 0
-        resume = None
-        try:
-            if args.resume:
-                cfg, resume = resume_config(args)
-            else:
-                cfg = load_config(args.config, args.overrides, args.preset)
-            if cfg.policy.path:  # fail now, not in every process after start-up
-                from dvla.policy.vla import check_pretrained_dir
+    resume = None
+    try:
+        if args.resume:
+            cfg, resume = resume_config(args)
+        else:
+            cfg = load_config(args.config, args.overrides, args.preset)
+        if cfg.policy.path:  # fail now, not in every process after start-up
+            from dvla.policy.vla import check_pretrained_dir
 
-                try:
-                    check_pretrained_dir(cfg.policy.path)
-                except ValueError as e:
-                    raise ValueError(f"config field 'policy.path': {e}") from None
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        from dvla.launch import run
+            try:
+                check_pretrained_dir(cfg.policy.path)
+            except ValueError as e:
+                raise ValueError(f"config field 'policy.path': {e}") from None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from dvla.launch import run
 
-        return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar", resume=resume)
-    return 2
+    return run(cfg, progress="lines" if args.no_progress or not sys.stderr.isatty() else "bar", resume=resume)
 
 
 def resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:

@@ -240,87 +240,83 @@ def run_local(
     lane on a thread of its own, the actor's training lane in the caller's. The same lanes as
     services/*/loop.py wire over gRPC and torch.distributed."""
     weights, hub, stop, finished = LocalWeights(), LocalHub(capacity=1), threading.Event(), threading.Event()
-    size, cpu = num_rollouts + 1, torch.device("cpu")
     envs = [make_envs() for _ in range(num_rollouts)]
-    spec, per_update = envs[0].spec, sum(e.num_envs for e in envs)
+    size, per_update = num_rollouts + 1, sum(e.num_envs for e in envs)
 
     def control(rank: int) -> SetControl:
-        return SetControl(
-            Directives(
-                state=RunState.RUNNING,
-                epoch=0,
-                rank=rank,
-                world_size=size,
-                membership=Membership.MEMBER,
-                episodes_per_update=per_update,
-            )
-        )
+        d = Directives(RunState.RUNNING, epoch=0, rank=rank, world_size=size, membership=Membership.MEMBER)
+        return SetControl(dataclasses.replace(d, episodes_per_update=per_update))
 
-    samplers, threads = [], []
-    for rank in range(1, size):
-        lane = WeightLane(weights, lambda: build_policy(policy_cfg, spec).eval(), stop)
-        if background_weights:
-            lane.start_thread()
-        sampler = Sampler(
-            ShardPool.local(envs[rank - 1]),
-            lane,
-            control(rank),
-            lambda r, s, k, rank=rank: ([hash((seed, rank, r, i)) % (1 << 31) for i in range(k)], list(range(k))),
-            max_staleness=max_staleness,
-            batcher=DynamicBatcher(envs[rank - 1].num_envs, 0.0),
-            device=cpu,
-            generator=torch.Generator().manual_seed(seed + rank),
-            stop=stop,
-        )
-        cycle = EpochCycle(hub.plane(), sampler.control, stop, give_up=lambda lane=lane: lane.final)
-        threads.append(
-            threading.Thread(
-                target=sampler.run_epochs, args=(cycle, World(0, rank, size)), name=f"rollout-{rank}", daemon=True
-            )
-        )
-        samplers.append(sampler)
-    for t in threads:
-        t.start()
+    rollouts = [
+        _rollout(World(0, rank, size), envs[rank - 1], weights, hub.plane(), control(rank), stop, policy_cfg,
+                 max_staleness, background_weights, seed)
+        for rank in range(1, size)
+    ]  # fmt: skip
     try:
         torch.manual_seed(seed)
-        policy = build_policy(policy_cfg, spec)
-        learner = Learner(policy, algo_cfg, cpu, seed=seed)
+        policy = build_policy(policy_cfg, envs[0].spec)
+        learner = Learner(policy, algo_cfg, torch.device("cpu"), seed=seed)
         cycle = EpochCycle(hub.plane(), control(0), stop, give_up=finished.is_set)
         ledger, progress = EpisodeLedger(), Progress(version=0)
         inbox = ReceiveLane(cycle, cycle.enter(World(0, 0, size)), queue_batches, ledger, stop).start()
-        trainer = Trainer(
-            learner,
-            inbox,
-            ledger,
-            progress,
-            max_staleness=max_staleness,
-            streamer=streamer,
-            episodes_per_update=lambda: per_update,
-        )
+        trainer = Trainer(learner, inbox, ledger, progress, max_staleness=max_staleness, streamer=streamer,
+                          episodes_per_update=lambda: per_update)  # fmt: skip
         lane = PublishLane(weights, "actor")
         publisher = OffThread(lane.submit) if background_weights else lane
-        publisher.submit(0, policy.export_weights())
-        records = []
-        while progress.updates < num_updates:
-            batch = trainer.next_global_batch()
-            if batch is None:
-                raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
-            records.append(trainer.update(batch))
-            publisher.submit(progress.updates, policy.export_weights(), final=progress.updates == num_updates)
-            progress.version = progress.updates
+        records = _train(trainer, publisher, policy, num_updates)
         finished.set()
         publisher.flush()
         trainer.drain()
-        for t in threads:
+        for _, t in rollouts:
             t.join(timeout_s)
             if t.is_alive():
                 raise TimeoutError(f"{t.name} did not finish within {timeout_s:.0f} s")
-        return LocalRun(
-            lane.published,
-            records,
-            ledger.snapshot(),
-            sum(s.counts.episodes_produced for s in samplers),
-            sum(s.counts.episodes_sent for s in samplers),
-        )
+        counts = [s.counts for s, _ in rollouts]
+        produced, sent = sum(c.episodes_produced for c in counts), sum(c.episodes_sent for c in counts)
+        return LocalRun(lane.published, records, ledger.snapshot(), produced, sent)
     finally:
         stop.set()
+
+
+def _rollout(
+    world: World,
+    envs,
+    weights: LocalWeights,
+    plane: LocalPlane,
+    control: SetControl,
+    stop: threading.Event,
+    policy_cfg: PolicyConfig,
+    max_staleness: int,
+    background_weights: bool,
+    seed: int,
+) -> tuple[Sampler, threading.Thread]:
+    """One rollout's lanes, its sampling lane started on a thread of its own."""
+    lane = WeightLane(weights, lambda: build_policy(policy_cfg, envs.spec).eval(), stop)
+    if background_weights:
+        lane.start_thread()
+
+    def seeds(round_: int, shard: int, k: int) -> tuple[list[int], list[int]]:
+        return [hash((seed, world.rank, round_, i)) % (1 << 31) for i in range(k)], list(range(k))
+
+    sampler = Sampler(ShardPool.local(envs), lane, control, seeds, max_staleness=max_staleness,
+                      batcher=DynamicBatcher(envs.num_envs, 0.0), device=torch.device("cpu"),
+                      generator=torch.Generator().manual_seed(seed + world.rank), stop=stop)  # fmt: skip
+    cycle = EpochCycle(plane, control, stop, give_up=lambda: lane.final)
+    thread = threading.Thread(target=sampler.run_epochs, args=(cycle, world), name=f"rollout-{world.rank}", daemon=True)
+    thread.start()
+    return sampler, thread
+
+
+def _train(trainer: Trainer, publisher, policy, num_updates: int) -> list[dict]:
+    """The actor's loop: v0, then an update and a version per global batch; the last version is final."""
+    progress = trainer.progress
+    publisher.submit(0, policy.export_weights())
+    records = []
+    while progress.updates < num_updates:
+        batch = trainer.next_global_batch()
+        if batch is None:
+            raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
+        records.append(trainer.update(batch))
+        publisher.submit(progress.updates, policy.export_weights(), final=progress.updates == num_updates)
+        progress.version = progress.updates
+    return records

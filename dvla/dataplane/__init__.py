@@ -1,13 +1,12 @@
 """Data plane: trajectories from rollout workers to the actor over torch.distributed."""
 
-from dvla.dataplane.transport import (
+from dvla.dataplane.transport import TrajectoryReceiver, TrajectorySender
+from dvla.dataplane.wire import (
     KIND_END,
     KIND_EPOCH_END,
     KIND_TRAJECTORIES,
     WIRE_VERSION,
     Header,
-    TrajectoryReceiver,
-    TrajectorySender,
     check_header,
     decode_payload,
     encode_batch,

@@ -59,16 +59,9 @@ def run_actor(
     """Train cfg.pipeline.num_updates updates; with `resume` (a checkpoint or run folder), continue from it:
     its weights, optimizer and RNG states, its version N published first, updates N+1 onwards."""
     p, run_dir = cfg.pipeline, Path(run_dir)
-    ckpt = load_checkpoint(resume) if resume is not None else None  # a bad checkpoint fails before joining
-    if ckpt is not None:
-        check_can_continue(ckpt, p.num_updates)
-    resumed_from = str(ckpt.path.resolve()) if ckpt is not None else ""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.yaml").exists():
-        (run_dir / "config.yaml").write_text(config_text(cfg, resumed_from))
+    ckpt = open_run_dir(cfg, run_dir, resume)
     ledger = EpisodeLedger()
     progress = Progress(updates=ckpt.updates, env_steps_trained=ckpt.env_steps_trained) if ckpt else Progress()
-    start_version, start_steps = (ckpt.version, ckpt.env_steps_trained) if ckpt else (0, 0)
     report = ActorReport(ledger, progress)
     client = ControlClient(control, cfg.control)
     metrics = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
@@ -87,70 +80,23 @@ def run_actor(
         if world is None:
             raise RuntimeError("stopped before the data plane formed")
         report.dataplane_epoch = world.epoch
-        spec = client.env_spec(client.world())
-        if spec is None:
-            raise RuntimeError("the data plane formed but no rollout reported an env spec")
-
-        torch.manual_seed(cfg.seed)
-        device = resolve_device(cfg.device)
-        policy = build_policy(cfg.policy, spec).to(device)
-        learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
-        if ckpt is not None:
-            restore(ckpt, policy, learner)
-            log.info(
-                "resumed from %s: v%d, %d updates, %d env steps trained",
-                resumed_from,
-                ckpt.version,
-                ckpt.updates,
-                ckpt.env_steps_trained,
-            )
-        checkpoints = CheckpointDuty(run_dir, cfg, resumed_from, report, heartbeat, ckpt.wall_s if ckpt else 0.0)
+        policy, learner = build_learner(cfg, client, ckpt)
+        checkpoints = CheckpointDuty(run_dir, cfg, ckpt, report, heartbeat)
         checkpoints.attach(policy, learner)
-        ckpt = None  # the tensors are in the policy and optimizer now
+        start_version, ckpt = (ckpt.version if ckpt else 0), None  # its tensors are in the policy and optimizer
         inbox = report.inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
         trainer = Trainer(
-            learner,
-            inbox,
-            ledger,
-            progress,
-            max_staleness=p.staleness,
-            streamer=p.streamer,
+            learner, inbox, ledger, progress, max_staleness=p.staleness, streamer=p.streamer,
             episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
             idle=lambda: checkpoints.if_requested(heartbeat.checkpoint_request),
-        )
+        )  # fmt: skip
         lane = PublishLane(client, worker_id)
         publisher = OffThread(lane.submit) if p.background_weights else lane
-        publisher.submit(start_version, policy.export_weights())
-        progress.version = start_version
-        log.info("published v%d; mode %s, updates %d..%d", start_version, p.mode, progress.updates + 1, p.num_updates)
-        t0 = time.monotonic()
-
-        while progress.updates < p.num_updates and not stop.is_set():
-            batch = trainer.next_global_batch()
-            if batch is None:
-                raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
-            record = trainer.update(batch)
-            if p.slow_actor_s:
-                time.sleep(p.slow_actor_s)
-            t_pub = time.monotonic()
-            final = progress.updates == p.num_updates
-            publisher.submit(progress.updates, policy.export_weights(), final=final)
-            progress.version = progress.updates
-            if final:
-                finished.set()
-            publish_s = time.monotonic() - t_pub
-            checkpoint_s = checkpoints.if_due(heartbeat.checkpoint_request)
-            report.after_update(record, start_steps, t0, lane.publish_s, inbox.epoch, inbox.queue.qsize())
-            log_update(metrics, report, record, time.monotonic() - t0, publish_s, checkpoint_s, inbox.blocked_s)
-        publisher.flush()
-        trainer.drain()
-        checkpoints.write(heartbeat.checkpoint_request, final=True)  # with the counters after the drain
-        plot_metrics(
-            run_dir / "metrics.jsonl",
-            run_dir / "training.png",
-            title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})",
-        )
+        actor = Actor(cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished)
+        actor.train(start_version, stop=stop)
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
+                     title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})")  # fmt: skip
         log.info("done: %d updates; episodes %s", progress.updates, ledger.snapshot())
         return report()
     finally:
@@ -165,30 +111,77 @@ def run_actor(
         client.close()
 
 
-def log_update(
-    metrics: MetricsLog,
-    report: ActorReport,
-    record: dict,
-    wall_s: float,
-    publish_s: float,
-    checkpoint_s: float,
-    receive_blocked_s: float,
-) -> None:
-    p, ledger = report.progress, report.ledger.snapshot()
-    metrics.write(
-        {
-            "version": p.version,
-            "update": p.updates,
-            "env_steps": p.env_steps_trained,
-            "episodes": ledger["trained"],
-            "episodes_received": ledger["received"],
-            "episodes_dropped": ledger["dropped"],
-            "episodes_queued": ledger["queued"],
-            "env_steps_per_s": report.env_steps_per_s,
-            "wall_s": wall_s,
-            "time/publish_s": publish_s,
-            "time/checkpoint_s": checkpoint_s,
-            "time/receive_blocked_s": receive_blocked_s,
-            **record,
-        }
-    )
+class Actor:
+    """The training lane's loop, in named steps: next global batch, update, publish, checkpoint if due, log."""
+
+    def __init__(self, cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished):
+        self.cfg, self.trainer, self.publisher, self.lane, self.policy = cfg, trainer, publisher, lane, policy
+        self.checkpoints, self.heartbeat, self.report, self.metrics = checkpoints, heartbeat, report, metrics
+        self.finished, self.progress = finished, trainer.progress
+
+    def train(self, start_version: int, stop: threading.Event) -> None:
+        p, progress = self.cfg.pipeline, self.progress
+        self.publisher.submit(start_version, self.policy.export_weights())
+        progress.version, start_steps, t0 = start_version, progress.env_steps_trained, time.monotonic()
+        log.info("published v%d; mode %s, updates %d..%d", start_version, p.mode, progress.updates + 1, p.num_updates)
+        while progress.updates < p.num_updates and not stop.is_set():
+            batch = self.trainer.next_global_batch()
+            if batch is None:
+                raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
+            record = self.trainer.update(batch)
+            if p.slow_actor_s:
+                time.sleep(p.slow_actor_s)
+            publish_s = self.publish(final=progress.updates == p.num_updates)
+            checkpoint_s = self.checkpoints.if_due(self.heartbeat.checkpoint_request)
+            self.log(record, start_steps, t0, publish_s, checkpoint_s)
+        self.publisher.flush()
+        self.trainer.drain()
+        self.checkpoints.write(self.heartbeat.checkpoint_request, final=True)  # with the counters after the drain
+
+    def publish(self, final: bool) -> float:
+        """Hand the new version to the publish lane; the seconds the training lane spent on it."""
+        t = time.monotonic()
+        self.publisher.submit(self.progress.updates, self.policy.export_weights(), final=final)
+        self.progress.version = self.progress.updates
+        if final:
+            self.finished.set()
+        return time.monotonic() - t
+
+    def log(self, record: dict, start_steps: int, t0: float, publish_s: float, checkpoint_s: float) -> None:
+        inbox, report = self.trainer.inbox, self.report
+        report.after_update(record, start_steps, t0, self.lane.publish_s, inbox.epoch, inbox.queue.qsize())
+        p, ledger = self.progress, report.ledger.snapshot()
+        self.metrics.write({
+            "version": p.version, "update": p.updates, "env_steps": p.env_steps_trained,
+            "episodes": ledger["trained"], "episodes_received": ledger["received"],
+            "episodes_dropped": ledger["dropped"], "episodes_queued": ledger["queued"],
+            "env_steps_per_s": report.env_steps_per_s, "wall_s": time.monotonic() - t0, "time/publish_s": publish_s,
+            "time/checkpoint_s": checkpoint_s, "time/receive_blocked_s": inbox.blocked_s, **record,
+        })  # fmt: skip
+
+
+def open_run_dir(cfg: RunConfig, run_dir: Path, resume: Path | None):
+    """The checkpoint to resume from (checked before joining: a bad one fails fast), and config.yaml written."""
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    if ckpt is not None:
+        check_can_continue(ckpt, cfg.pipeline.num_updates)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():
+        (run_dir / "config.yaml").write_text(config_text(cfg, str(ckpt.path.resolve()) if ckpt else ""))
+    return ckpt
+
+
+def build_learner(cfg: RunConfig, client: ControlClient, ckpt) -> tuple:
+    """The policy for the rollouts' env spec, and its learner; restored from `ckpt` when resuming."""
+    spec = client.env_spec(client.world())
+    if spec is None:
+        raise RuntimeError("the data plane formed but no rollout reported an env spec")
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    policy = build_policy(cfg.policy, spec).to(device)
+    learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
+    if ckpt is not None:
+        restore(ckpt, policy, learner)
+        log.info("resumed from %s: v%d, %d updates, %d env steps trained", ckpt.path, ckpt.version, ckpt.updates,
+                 ckpt.env_steps_trained)  # fmt: skip
+    return policy, learner

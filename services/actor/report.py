@@ -70,17 +70,12 @@ class ActorReport:
 class CheckpointDuty:
     """Writes checkpoints when due (periodic, Admin.Checkpoint, the end) and acknowledges requests."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        cfg: RunConfig,
-        resumed_from: str,
-        report: ActorReport,
-        control: Control,
-        prior_wall_s: float,
-    ):
+    def __init__(self, run_dir: Path, cfg: RunConfig, resumed, report: ActorReport, control: Control):
+        """resumed: the checkpoint this run continues (None: a new run)."""
+        resumed_from = str(resumed.path.resolve()) if resumed is not None else ""
         self.checkpointer = Checkpointer(run_dir / CHECKPOINTS, cfg, resumed_from=resumed_from)
-        self.report, self.control, self.prior_wall_s = report, control, prior_wall_s
+        self.report, self.control = report, control
+        self.prior_wall_s = resumed.wall_s if resumed is not None else 0.0
         self.policy = self.learner = None
         self.t0 = time.monotonic()
 

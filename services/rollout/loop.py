@@ -69,11 +69,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     device = resolve_device(cfg.device)
     torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
     p = cfg.pipeline
-    pool = (
-        ShardPool.processes(cfg.env, p.num_shards, cfg.policy.chunk_size, cfg.telemetry)
-        if p.sharded
-        else ShardPool.local(make_env_batch(cfg.env, device))
-    )
+    pool = (ShardPool.processes(cfg.env, p.num_shards, cfg.policy.chunk_size, cfg.telemetry) if p.sharded
+            else ShardPool.local(make_env_batch(cfg.env, device)))  # fmt: skip
     client = ControlClient(control, cfg.control)
     report = Report(pool, sharded=p.sharded)
     telemetry.observe_worker("rollout", worker_id, report)
@@ -82,16 +79,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
         try:
-            reg = join(
-                client,
-                "rollout",
-                worker_id,
-                env_spec=pool.spec,
-                num_envs=cfg.env.num_envs,
-                num_shards=p.num_shards if p.sharded else 0,
-                stop=stop,
-                worker_key=worker_key,
-            )
+            reg = join(client, "rollout", worker_id, env_spec=pool.spec, num_envs=cfg.env.num_envs,
+                       num_shards=p.num_shards if p.sharded else 0, stop=stop, worker_key=worker_key)  # fmt: skip
         except RunFinished as e:
             log.info("%s", e)
             return report()
@@ -104,27 +93,17 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             lane.start_thread()
         torch.manual_seed(cfg.seed + reg.rank)
         sampler = Sampler(
-            pool,
-            lane,
-            heartbeat,
-            lambda r, s, k: episode_seeds(cfg, worker_id, r, s, k),
-            max_staleness=p.staleness,
-            batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s),
-            device=device,
-            generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank),
-            stop=stop,
-            step_delay_s=p.slow_rollout_s,
-            worker_key=worker_key,
-        )
+            pool, lane, heartbeat, lambda r, s, k: episode_seeds(cfg, worker_id, r, s, k),
+            max_staleness=p.staleness, batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s),
+            device=device, generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank), stop=stop,
+            step_delay_s=p.slow_rollout_s, worker_key=worker_key,
+        )  # fmt: skip
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
         sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size), on_epoch=report.in_epoch)
-        log.info(
-            "done: %d episodes, %d env steps, versions %s",
-            sampler.counts.episodes_sent,
-            sampler.counts.env_steps_produced,
-            lane.versions_used,
-        )
+        c = sampler.counts
+        log.info("done: %d episodes, %d env steps, versions %s", c.episodes_sent, c.env_steps_produced,
+                 lane.versions_used)  # fmt: skip
         return report()
     finally:
         stop.set()  # ends the weight lane's watch

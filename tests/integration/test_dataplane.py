@@ -20,7 +20,7 @@ from dvla.dataplane import (
     decode_payload,
     encode_batch,
 )
-from dvla.dataplane.transport import KIND_END, MAGIC, end_header
+from dvla.dataplane.wire import HEADER_LEN, KIND_END, MAGIC, end_header
 from dvla.dataplane.world import DataPlane
 from dvla.net import free_port
 from dvla.types import TrajectoryBatch, World
@@ -235,10 +235,12 @@ def test_trace_context_survives_select_but_not_a_concat_of_different_ones():
     assert TrajectoryBatch.concat([a]).trace_context == a.trace_context
 
 
-def corrupt(index: int, value: int) -> torch.Tensor:
+def corrupt(*index_value: int) -> torch.Tensor:
+    """Batch 0's header with header[i] = v for each (i, v) pair given."""
     header, _ = encode_batch(make_batch(1, 0))
     assert header[9] == 0, "batch 0 has no trace context"
-    header[index] = value
+    for index, value in zip(index_value[::2], index_value[1::2]):
+        header[index] = value
     return header
 
 
@@ -275,9 +277,11 @@ def end_with_trace() -> torch.Tensor:
         (with_trace(15, -1), "malformed trace context"),
         (corrupt(13, 5), "no trace context"),
         (end_with_trace(), "no trace context"),
-        (torch.zeros(16, dtype=torch.int64), "magic"),
-        (torch.zeros(15, dtype=torch.int64), r"int64\[16\]"),
-        (corrupt(0, MAGIC).float(), r"int64\[16\]"),
+        (corrupt(17, 3, 18, 4), "more sent than produced"),  # the sender's counters (wire v4)
+        (corrupt(19, -1), "negative"),
+        (torch.zeros(HEADER_LEN, dtype=torch.int64), "magic"),
+        (torch.zeros(HEADER_LEN - 1, dtype=torch.int64), rf"int64\[{HEADER_LEN}\]"),
+        (corrupt(0, MAGIC).float(), rf"int64\[{HEADER_LEN}\]"),
     ],
 )
 def test_bad_header_raises_value_error(header, message):

@@ -14,7 +14,7 @@ import traceback
 import torch
 
 from dvla.dataplane import TrajectoryReceiver, TrajectorySender
-from dvla.dataplane.transport import KIND_END, KIND_EPOCH_END
+from dvla.dataplane.wire import KIND_END, KIND_EPOCH_END
 from dvla.dataplane.world import DataPlane
 from dvla.net import free_port
 from dvla.types import TrajectoryBatch, World

@@ -66,7 +66,7 @@ def test_concat_pads_shorter_batch():
 
 
 def test_the_header_carries_the_senders_counters_and_refuses_impossible_ones():
-    from dvla.dataplane.transport import check_header, decode_payload, encode_batch
+    from dvla.dataplane.wire import check_header, decode_payload, encode_batch
     from dvla.types import SenderCounts
 
     b = make_batch([2, 3], num_steps=3, seed=1, round_=5)
