@@ -235,10 +235,11 @@ def run_local(
     queue_batches: int = 4,
     seed: int = 0,
     timeout_s: float = 120.0,
+    device: str = "cpu",
 ) -> LocalRun:
     """A whole run with every lane in this process, over the in-memory ports: each rollout's sampling
     lane on a thread of its own, the actor's training lane in the caller's. The same lanes as
-    services/*/loop.py wire over gRPC and torch.distributed."""
+    services/*/loop.py wire over gRPC and torch.distributed. `device` runs inference and training there."""
     weights, hub, stop, finished = LocalWeights(), LocalHub(capacity=1), threading.Event(), threading.Event()
     envs = [make_envs() for _ in range(num_rollouts)]
     size, per_update = num_rollouts + 1, sum(e.num_envs for e in envs)
@@ -249,13 +250,13 @@ def run_local(
 
     rollouts = [
         _rollout(World(0, rank, size), envs[rank - 1], weights, hub.plane(), control(rank), stop, policy_cfg,
-                 max_staleness, background_weights, seed)
+                 max_staleness, background_weights, seed, torch.device(device))
         for rank in range(1, size)
     ]  # fmt: skip
     try:
         torch.manual_seed(seed)
-        policy = build_policy(policy_cfg, envs[0].spec)
-        learner = Learner(policy, algo_cfg, torch.device("cpu"), seed=seed)
+        policy = build_policy(policy_cfg, envs[0].spec).to(device)
+        learner = Learner(policy, algo_cfg, torch.device(device), seed=seed)
         cycle = EpochCycle(hub.plane(), control(0), stop, give_up=finished.is_set)
         ledger, progress = EpisodeLedger(), Progress(version=0)
         inbox = ReceiveLane(cycle, cycle.enter(World(0, 0, size)), queue_batches, ledger, stop).start()
@@ -289,9 +290,10 @@ def _rollout(
     max_staleness: int,
     background_weights: bool,
     seed: int,
+    device: torch.device,
 ) -> tuple[Sampler, threading.Thread]:
     """One rollout's lanes, its sampling lane started on a thread of its own."""
-    lane = WeightLane(weights, lambda: build_policy(policy_cfg, envs.spec).eval(), stop)
+    lane = WeightLane(weights, lambda: build_policy(policy_cfg, envs.spec).to(device).eval(), stop)
     if background_weights:
         lane.start_thread()
 
@@ -299,8 +301,8 @@ def _rollout(
         return [hash((seed, world.rank, round_, i)) % (1 << 31) for i in range(k)], list(range(k))
 
     sampler = Sampler(ShardPool.local(envs), lane, control, seeds, max_staleness=max_staleness,
-                      batcher=DynamicBatcher(envs.num_envs, 0.0), device=torch.device("cpu"),
-                      generator=torch.Generator().manual_seed(seed + world.rank), stop=stop)  # fmt: skip
+                      batcher=DynamicBatcher(envs.num_envs, 0.0), device=device,
+                      generator=torch.Generator(device=device).manual_seed(seed + world.rank), stop=stop)  # fmt: skip
     cycle = EpochCycle(plane, control, stop, give_up=lambda: lane.final)
     thread = threading.Thread(target=sampler.run_epochs, args=(cycle, world), name=f"rollout-{world.rank}", daemon=True)
     thread.start()
