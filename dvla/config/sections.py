@@ -205,8 +205,8 @@ class PipelineConfig:
         return self.stage < MODES.index("train_async")
 
     @property
-    def staleness(self) -> int:
-        """The eta in force: 0 in the lockstep modes."""
+    def max_staleness_in_force(self) -> int:
+        """max_staleness as the mode applies it: 0 in the lockstep modes."""
         return 0 if self.lockstep else self.max_staleness
 
     @property

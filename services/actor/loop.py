@@ -87,7 +87,7 @@ def run_actor(
         inbox = report.inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
         trainer = Trainer(
-            learner, inbox, ledger, progress, max_staleness=p.staleness, streamer=p.streamer,
+            learner, inbox, ledger, progress, max_staleness=p.max_staleness_in_force, streamer=p.streamer,
             episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
             idle=lambda: checkpoints.if_requested(heartbeat.checkpoint_request),
         )  # fmt: skip

@@ -94,8 +94,9 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         torch.manual_seed(cfg.seed + reg.rank)
         sampler = Sampler(
             pool, lane, heartbeat, lambda r, s, k: episode_seeds(cfg, worker_id, r, s, k),
-            max_staleness=p.staleness, batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s),
-            device=device, generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank), stop=stop,
+            max_staleness=p.max_staleness_in_force,
+            batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s), device=device,
+            generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank), stop=stop,
             step_delay_s=p.slow_rollout_s, worker_key=worker_key,
         )  # fmt: skip
         report.attach(sampler, lane)

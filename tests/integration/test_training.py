@@ -99,7 +99,7 @@ def test_every_mode_trains_end_to_end(tmp_path, mode):
     assert rc == 0, "\n".join(c.tail() for c in launcher.children)
     assert status.latest_version == n and status.versions[-1].final
     assert [r["version"] for r in rows] == list(range(1, n + 1))
-    bound = cfg.pipeline.staleness
+    bound = cfg.pipeline.max_staleness_in_force
     for r in rows:
         trained_on = r["version"] - 1
         # every step came from a version the actor published, at most eta behind

@@ -40,7 +40,7 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
     for r in rows:
         # every trained chunk was stamped with a version the actor had published before the update
         assert r["versions_used"] and all(0 <= v < r["version"] for v in r["versions_used"])
-        assert r["version"] - 1 - min(r["versions_used"]) <= cfg.pipeline.staleness
+        assert r["version"] - 1 - min(r["versions_used"]) <= cfg.pipeline.max_staleness_in_force
         # where the rollout ran the actor's own weights, act's log-prob is the actor's to float tolerance
         if r["versions_used"] == [r["version"] - 1]:
             assert r["check/behaviour_logp_gap"] < 1e-3

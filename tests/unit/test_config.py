@@ -68,9 +68,9 @@ def test_every_field_is_documented():
 
 def test_modes_add_one_strategy_each():
     p = lambda mode, *o: load_config(None, [f"pipeline.mode={mode}", *o]).pipeline  # noqa: E731
-    assert (p("sync").staleness, p("sync").pinned, p("sync").sharded) == (0, False, False)
-    assert (p("disaggregated").staleness, p("disaggregated").pinned) == (0, True)
-    assert (p("train_async").staleness, p("train_async").sharded) == (1, False)
+    assert (p("sync").max_staleness_in_force, p("sync").pinned, p("sync").sharded) == (0, False, False)
+    assert (p("disaggregated").max_staleness_in_force, p("disaggregated").pinned) == (0, True)
+    assert (p("train_async").max_staleness_in_force, p("train_async").sharded) == (1, False)
     assert p("rollout_async").sharded and not p("rollout_async").streamer
     assert p("streamer").streamer and not p("streamer").background_weights
     assert p("swimlane").background_weights and p("swimlane").sharded
