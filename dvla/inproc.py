@@ -48,7 +48,6 @@ class LocalWeights:
     def __init__(self, keep: int = 4, max_version_bytes: int = 1 << 34):
         self.store = VersionStore(keep, max_version_bytes, clock_ns=time.time_ns)
         self._cond = threading.Condition()
-        self.fetches = 0
 
     def _event(self) -> VersionEvent:
         v = self.store.latest
@@ -76,7 +75,6 @@ class LocalWeights:
             v = self.store.latest if version is None else self.store.get(version)
             if v is None:
                 raise NotFound("no version has been published yet")
-            self.fetches += 1
         return v.version, v.final, unpack(v.manifest, bytearray(v.data), verify=True)
 
     def watch(self, after_version: int, stop: threading.Event | None = None) -> Iterator[VersionEvent]:

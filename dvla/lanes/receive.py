@@ -38,7 +38,6 @@ class ReceiveLane:
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
         self.blocked_s = 0.0  # time spent waiting for room in the queue
         self._senders: dict[int, SenderCounts] = {}  # worker key -> the newest counters a batch carried
-        self.epochs_formed = 1
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
 
@@ -62,7 +61,6 @@ class ReceiveLane:
                     return
                 log.info("data-plane epoch %d formed: %d rollout(s)", world.epoch, world.size - 1)
                 self.world = world
-                self.epochs_formed += 1
         except BaseException as e:
             log.exception("receive lane failed")
             self.error = e

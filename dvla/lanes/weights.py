@@ -35,7 +35,6 @@ class WeightLane:
         self._loading = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
-        self.fetches = 0
         self.fetch_s = 0.0  # fetching + loading into the shadow copy
         self.swap_pauses_s: list[float] = []
         self.versions_used: list[int] = []
@@ -128,7 +127,6 @@ class WeightLane:
                 with self._cond:
                     self._loading = False
                     self._pending = (version, final)
-                    self.fetches += 1
                     self._cond.notify_all()
         finally:
             self.fetch_s += time.monotonic() - t
