@@ -72,3 +72,18 @@ def test_pure_module_imports(module_name):
     assert {m.split(".")[0] for m in modules} & FORBIDDEN == set()
     bad = {m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_DVLA)}
     assert bad == set(), f"{module_name} imports {sorted(bad)}"
+
+
+LANES = sorted(
+    info.name for info in pkgutil.iter_modules(importlib.import_module("dvla.lanes").__path__, "dvla.lanes.")
+)
+OFF_LIMITS_FOR_LANES = {"grpc", "services", "dvla.rpc", "dvla.proto", "dvla.dataplane", "dvla.membership",
+                        "dvla.launch", "dvla.control", "torch.distributed"}  # fmt: skip
+
+
+@pytest.mark.parametrize("module_name", [*LANES, "dvla.ports"])
+def test_lanes_depend_on_ports_not_on_a_transport(module_name):
+    """A lane runs over real or in-memory ports alike: it never reaches for gRPC, a process group or a service."""
+    modules = imported_modules(module_name)
+    bad = {m for m in modules if any(m == f or m.startswith(f + ".") for f in OFF_LIMITS_FOR_LANES)}
+    assert bad == set(), f"{module_name} imports {sorted(bad)}"
