@@ -4,7 +4,9 @@ Every field has a docstring (the string literal under it); `dvla run --help-conf
 prints them. Overrides come from a YAML file and from `section.field=value` pairs,
 and every value is checked at start: a bad one raises ValueError naming the field.
 
-    sections.py  the dataclasses (EnvConfig ... RunConfig), MODES and their validation
+    sections.py  the learning sections (env, policy, algo, pipeline), MODES, and RunConfig over all
+    runtime.py   the machinery's sections (control, dataplane, telemetry, checkpoint)
+    check.py     how a section reports a bad field
     presets.py   the preset functions and PRESETS, the table `--preset` chooses from
     loading.py   load_config (preset, then YAML, then overrides), describe, to_dict, to_yaml
 
