@@ -123,14 +123,14 @@ class Sampler:
         return Outcome.STOP
 
     def _admit(self, should_yield: Callable[[], bool]) -> Outcome | None:
-        """Start a round on every idle shard admission control lets through."""
-        idle = [s for s in self.pool.shards if s.state == ShardState.IDLE and not s.retiring]
-        if not idle:
-            return None
-        policy, version = self.lane.current()
-        for s in idle:
+        """Start a round on every idle shard admission control lets through.
+
+        A weight lane without a thread of its own pulls here, at each round start: the newest version
+        (one look-up when nothing is new), and waits when the round needs a version not out yet.
+        """
+        for s in [s for s in self.pool.shards if s.state == ShardState.IDLE and not s.retiring]:
             need = min_version(s.round, self.max_staleness)
-            if version < need and not self.lane.background:
+            if not self.lane.background:
                 t = time.monotonic()
                 ok = self.lane.wait_loaded(need, interrupt=should_yield)  # a rescale must not wait on it
                 self.pool.parked_s += time.monotonic() - t
@@ -140,7 +140,7 @@ class Sampler:
                     if should_yield():
                         return None  # the next pass holds every shard and yields once all are quiet
                     return Outcome.FINAL
-                policy, version = self.lane.current()
+            policy, version = self.lane.current()
             if version >= need:
                 self._start_round(s, policy)
         return None

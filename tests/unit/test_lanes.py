@@ -179,17 +179,22 @@ def test_pause_and_yield_happen_at_safe_points():
 
 
 def test_inline_weights_take_the_newest_version_at_each_round():
+    """Without a thread of its own, the weight lane pulls the newest version at each round start, even
+    when admission control would let the round run on the older one."""
     weights, control, stop = LocalWeights(), SetControl(), threading.Event()
     policy = make_policy()
     weights.publish(0, policy.export_weights())
-    weights.publish(1, policy.export_weights())
+    firsts = []
 
     def on_send(b):
-        stop.set()
+        firsts.append(int(b.versions[0, 0]))
+        weights.publish(len(firsts), policy.export_weights())  # the next version is out before the next round
+        if len(firsts) == 3:
+            stop.set()
 
-    s, lane = sampler(weights, control, stop, max_staleness=1)
+    s, lane = sampler(weights, control, stop, max_staleness=1000)
     s.run(ListSink(on_send), rank=1, should_yield=lambda: False)
-    assert lane.version == 1 and not lane.background
+    assert firsts == [0, 1, 2] and not lane.background
 
 
 # ---------------------------------------------------------------- actor lanes
