@@ -18,6 +18,7 @@ from dvla.config import RunConfig
 from dvla.metrics import read_metrics
 from dvla.net import free_port
 from dvla.proto.v1 import common_pb2 as pb
+from dvla.types import RunState
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -167,7 +168,10 @@ class Launcher:
                 if time.monotonic() >= next_look and actor.proc.poll() is None:
                     next_look = time.monotonic() + 1.0
                     try:
-                        self.follow_rescale(client.world())
+                        # Once the final version is out, rollouts exit by themselves while the actor still
+                        # writes its last checkpoint: none of them is to be replaced.
+                        if client.latest().state != RunState.FINISHED:
+                            self.follow_rescale(client.world())
                     except RpcFailed:
                         pass  # weight_control's own exit is reported below
                 for c in self.children:
