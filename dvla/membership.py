@@ -141,8 +141,10 @@ class Heartbeat:
         while not self.stop_event.wait(self.period_s):
             self.beat()
 
-    def stop(self) -> None:
-        """Stop the thread and send one last report, so final counters reach the status API."""
+    def stop(self, left_dataplane: bool = True) -> None:
+        """Stop the thread and send one last report, so final counters reach the status API; by default
+        it also acknowledges that this worker has left the data plane for good (a leaver becomes LEFT)."""
+        self.acks = replace(self.acks, left_dataplane=left_dataplane or self.acks.left_dataplane)
         self.stop_event.set()
         self.thread.join(self.period_s + 5)
         self.beat()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -105,7 +104,6 @@ def run_actor(
             plane.close()
         report.dataplane_epoch = -1  # before the last heartbeat, as the rollouts do
         if heartbeat is not None:
-            heartbeat.acks = replace(heartbeat.acks, left_dataplane=True)
             heartbeat.stop()
         metrics.close()
         client.close()

@@ -27,7 +27,6 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import replace
 
 import torch
 
@@ -112,7 +111,6 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             plane.close()
         report.dataplane_epoch = -1
         if heartbeat is not None:
-            heartbeat.acks = replace(heartbeat.acks, left_dataplane=True)  # the last heartbeat says so
             heartbeat.stop()
         pool.close()
         client.close()
