@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from dvla.config import AlgoConfig, PolicyConfig
+from dvla.config import AlgoConfig, PolicyConfig, VlaConfig
 from dvla.envs import StepResult
 from dvla.inproc import run_local
 from dvla.types import EnvSpec
@@ -63,7 +63,9 @@ def main() -> None:
     ap.add_argument("--heads", default="discrete,flow")
     args = ap.parse_args()
     for head in args.heads.split(","):
-        policy = PolicyConfig(name="vla", size=args.size, action_head=head, chunk_size=2, dtype=args.dtype)
+        policy = PolicyConfig(
+            name="vla", chunk_size=2, dtype=args.dtype, vla=VlaConfig(size=args.size, action_head=head)
+        )
         t = time.monotonic()
         run = run_local(policy, AlgoConfig(update_epochs=2, num_minibatches=2), lambda: CameraEnvs(), num_rollouts=2,
                         num_updates=args.updates, max_staleness=1, streamer=True, background_weights=True,

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from dvla.config import PolicyConfig
+from dvla.config import PolicyConfig, VlaConfig
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
 
@@ -44,7 +44,7 @@ def timed(fn, repeats: int) -> float:
 
 def measure(size: str, head: str, act_batch: int, train_batch: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    policy = build_policy(PolicyConfig(name="vla", size=size, action_head=head, chunk_size=4), SPEC)
+    policy = build_policy(PolicyConfig(name="vla", chunk_size=4, vla=VlaConfig(size=size, action_head=head)), SPEC)
     g = torch.Generator().manual_seed(0)
     n = max(act_batch, train_batch)
     obs = torch.randn(n, SPEC.obs_dim, generator=g)

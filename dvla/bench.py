@@ -30,7 +30,7 @@ from dvla.metrics import read_metrics
 # rollouts have one core, and two shard processes on one core only add IPC
 # (measured: rollout_async 283 env steps/s with 2 shards vs 412 with 1).
 BALANCED = [
-    "policy.hidden_sizes=[1024, 1024, 1024]",
+    "policy.mlp.hidden_sizes=[1024, 1024, 1024]",
     "env.num_envs=16",
     "pipeline.num_rollout_workers=1",
     "pipeline.num_updates=15",
@@ -245,12 +245,9 @@ def run_bench(
     else:
         base = load_config(None, PRESET_BENCH + list(overrides), preset)
         why = f"the preset '{preset}' with a shorter run"
-    model = (
-        f"{base.policy.name} {list(base.policy.hidden_sizes)}"
-        if base.policy.name == "mlp"
-        else f"vla-{base.policy.size} ({base.policy.action_head} head, chunks of {base.policy.chunk_size}), "
-        f"{base.env.image_size}x{base.env.image_size} RGB"
-    )
+    model = base.policy.summary()
+    if base.env.obs_mode == "rgb":
+        model += f", {base.env.image_size}x{base.env.image_size} RGB"
     out = out_root / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     note = (

@@ -4,7 +4,8 @@ Every field has a docstring (the string literal under it); `dvla run --help-conf
 prints them. Overrides come from a YAML file and from `section.field=value` pairs,
 and every value is checked at start: a bad one raises ValueError naming the field.
 
-    sections.py  the learning sections (env, policy, algo, pipeline), MODES, and RunConfig over all
+    sections.py  the learning sections (env, algo, pipeline), MODES, and RunConfig over all
+    policy.py    the policy section: what every family shares, and policy.mlp / policy.vla
     runtime.py   the machinery's sections (control, dataplane, telemetry, checkpoint)
     check.py     how a section reports a bad field
     presets.py   the preset functions and PRESETS, the table `--preset` chooses from
@@ -16,6 +17,7 @@ Import from `dvla.config`; the submodules are how it is laid out, not part of it
 from __future__ import annotations
 
 from dvla.config.loading import describe, load_config, parse_override, to_dict, to_yaml
+from dvla.config.policy import MlpConfig, VlaConfig
 from dvla.config.presets import (
     PRESETS,
     preset_pickcube_vla_small,
@@ -46,7 +48,9 @@ __all__ = [
     "DataPlaneConfig",
     "EnvConfig",
     "PipelineConfig",
+    "MlpConfig",
     "PolicyConfig",
+    "VlaConfig",
     "RunConfig",
     "TelemetryConfig",
     "describe",

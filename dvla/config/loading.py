@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import logging
 import textwrap
 import typing
 from dataclasses import fields, is_dataclass, replace
@@ -20,6 +21,8 @@ import yaml
 
 from dvla.config.presets import PRESETS
 from dvla.config.sections import RunConfig
+
+log = logging.getLogger("dvla.config")
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -89,10 +92,32 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     raise AssertionError(f"unsupported config type {tp} for {name}")
 
 
+def _moved(cfg: Any, updates: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Flat keys a section has since moved into a nested one (its MOVED map), put where they live now."""
+    moved = getattr(type(cfg), "MOVED", {})
+    if not any(k in moved for k in updates):
+        return updates
+    out: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key in moved:
+            section = moved[key]
+            log.warning("config field '%s%s' is now '%s%s.%s'; read it there", prefix, key, prefix, section, key)
+            nested = out.setdefault(section, {})
+            if not isinstance(nested, dict):
+                raise ValueError(f"config field '{prefix}{section}' is a section; give it a mapping")
+            nested.setdefault(key, value)  # the new spelling wins when both are given
+        elif key in out and isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
 def _apply(cfg: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(type(cfg))
     known = {f.name for f in fields(cfg)}
     changes = {}
+    updates = _moved(cfg, updates, prefix)
     for key, value in updates.items():
         name = f"{prefix}{key}"
         if key not in known:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dvla.config.sections import AlgoConfig, EnvConfig, PipelineConfig, PolicyConfig, RunConfig
+from dvla.config.policy import PolicyConfig, VlaConfig
+from dvla.config.sections import AlgoConfig, EnvConfig, PipelineConfig, RunConfig
 
 
 def preset_pushcube() -> RunConfig:
@@ -45,7 +46,7 @@ def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
             num_envs=8,
             max_episode_steps=50,
         ),
-        policy=PolicyConfig(name="vla", size="tiny", action_head=head, chunk_size=4),
+        policy=PolicyConfig(name="vla", chunk_size=4, vla=VlaConfig(size="tiny", action_head=head)),
         # measured on 2 CPU cores: ~50 env steps/s, 60 updates in ~9 min, mean return 2.9 -> 3.7
         algo=AlgoConfig(lr=2e-4, update_epochs=4, num_minibatches=2),
         pipeline=PipelineConfig(mode="swimlane", num_rollout_workers=1, num_shards=2, num_updates=60),
@@ -55,9 +56,8 @@ def preset_pickcube_vla_tiny(head: str = "discrete") -> RunConfig:
 def preset_pickcube_vla_small() -> RunConfig:
     """The ~100M-parameter VLA on PickCube-v1: for a GPU (bf16, physx_cuda), slow on a CPU."""
     cfg = preset_pickcube_vla_tiny()
-    return replace(
-        cfg, name="pickcube-vla-small", policy=replace(cfg.policy, size="small"), env=replace(cfg.env, num_envs=32)
-    )
+    policy = replace(cfg.policy, vla=replace(cfg.policy.vla, size="small"))
+    return replace(cfg, name="pickcube-vla-small", policy=policy, env=replace(cfg.env, num_envs=32))
 
 
 PRESETS = {

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from dvla.config.check import check as _check
+from dvla.config.policy import PolicyConfig
 from dvla.config.runtime import CheckpointConfig, ControlConfig, DataPlaneConfig, TelemetryConfig
+
+_READS = {"state": "the state vector", "rgb": "camera images"}
 
 
 @dataclass(frozen=True)
@@ -47,69 +50,6 @@ class EnvConfig:
         )
         _check(self.max_episode_steps > 0, "env.max_episode_steps", "must be > 0")
         _check(self.num_envs > 0, "env.num_envs", "must be > 0")
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    name: str = "mlp"
-    """Policy family, chosen by name from dvla.policy.REGISTRY."""
-    hidden_sizes: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the MLP trunk."""
-    init_log_std: float = -0.5
-    """Initial log standard deviation of the Gaussian action distribution."""
-    value_head: bool = True
-    """Build a value head (needed by PPO+GAE; GRPO ignores it)."""
-    size: str = "tiny"
-    """VLA size preset: 'tiny' (CPU, seconds per step), 'small' (~100M parameters) or '1b' (GPUs)."""
-    action_head: str = "discrete"
-    """VLA action head: 'discrete' (256 bins per action dim, chunk decoded in parallel: OpenVLA-OFT) or
-    'flow' (flow matching with noise injected in the denoising steps, so log-probs are tractable: pi0 + flow-SDE)."""
-    chunk_size: int = 1
-    """C, env actions per policy decision (the MLP takes 1; VLA presets use 4)."""
-    num_bins: int = 256
-    """Discrete head: bins per action dimension."""
-    flow_steps: int = 4
-    """Flow head: K denoising steps per decision."""
-    use_state: bool = True
-    """VLA: read the robot state (proprioception) as one token next to the image and the instruction."""
-    init_action_std: float = 0.3
-    """VLA from fresh weights: std (in the head's [-1, 1] range) of the initial action distribution: the
-    discrete head's prior over bins, the scale of the flow head's starting noise."""
-    flow_noise_std: float = 0.3
-    """Flow head: initial std sigma of the injected noise (sigma * sqrt(1/K) per denoising step; learned from there)."""
-    path: str = ""
-    """Local directory of a saved VLA (transformers format: config.json + model.safetensors) to start from."""
-    dtype: str = "auto"
-    """Parameter dtype of a VLA: 'auto' (bfloat16 with CUDA, else float32), 'float32' or 'bfloat16'."""
-
-    def validate(self) -> None:
-        _check(self.name in ("mlp", "vla"), "policy.name", f"unknown '{self.name}'; choose 'mlp' or 'vla'")
-        _check(
-            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
-            "policy.hidden_sizes",
-            "need one or more positive widths",
-        )
-        _check(self.size in ("tiny", "small", "1b"), "policy.size", f"unknown '{self.size}'; choose tiny, small or 1b")
-        _check(
-            self.action_head in ("discrete", "flow"),
-            "policy.action_head",
-            f"unknown '{self.action_head}'; choose discrete or flow",
-        )
-        _check(self.chunk_size >= 1, "policy.chunk_size", "must be >= 1")
-        _check(
-            self.name != "mlp" or self.chunk_size == 1,
-            "policy.chunk_size",
-            "the mlp policy acts one step at a time; use 1",
-        )
-        _check(self.num_bins >= 2, "policy.num_bins", "must be >= 2")
-        _check(self.flow_steps >= 1, "policy.flow_steps", "must be >= 1")
-        _check(self.flow_noise_std > 0, "policy.flow_noise_std", "must be > 0")
-        _check(0 < self.init_action_std <= 10, "policy.init_action_std", "must be in (0, 10]")
-        _check(
-            self.dtype in ("auto", "float32", "bfloat16"),
-            "policy.dtype",
-            f"unknown '{self.dtype}'; choose auto, float32 or bfloat16",
-        )
 
 
 @dataclass(frozen=True)
@@ -274,16 +214,13 @@ class RunConfig:
             v = getattr(self, f.name)
             if is_dataclass(v):
                 v.validate()
-        if self.policy.name == "mlp":
-            _check(
-                self.env.obs_mode == "state",
-                "env.obs_mode",
-                "the mlp policy reads the state vector; use env.obs_mode=state, or policy.name=vla for camera images",
-            )
-        else:
-            _check(
-                self.env.obs_mode == "rgb", "env.obs_mode", "the vla policy reads camera images; use env.obs_mode=rgb"
-            )
+        family = self.policy.family
+        _check(
+            self.env.obs_mode == family.obs_mode,
+            "env.obs_mode",
+            f"the {self.policy.name} policy reads {_READS[family.obs_mode]}; use env.obs_mode={family.obs_mode}"
+            " (or choose the policy family that reads what the env gives: policy.name)",
+        )
         shards = self.pipeline.num_shards if self.pipeline.sharded else 1
         _check(
             self.env.num_envs % shards == 0,

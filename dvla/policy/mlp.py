@@ -42,9 +42,9 @@ class MLPPolicy(Policy):
         self.chunk_size, self.sample_dim = 1, spec.action_dim
         # Small last-layer std keeps initial means near 0, so early actions are
         # driven by log_std rather than by a random trunk.
-        self.actor_mean = _mlp(spec.obs_dim, cfg.hidden_sizes, spec.action_dim, 0.01)
-        self.actor_log_std = nn.Parameter(torch.full((spec.action_dim,), float(cfg.init_log_std)))
-        self.critic = _mlp(spec.obs_dim, cfg.hidden_sizes, 1, 1.0) if cfg.value_head else None
+        self.actor_mean = _mlp(spec.obs_dim, cfg.mlp.hidden_sizes, spec.action_dim, 0.01)
+        self.actor_log_std = nn.Parameter(torch.full((spec.action_dim,), float(cfg.mlp.init_log_std)))
+        self.critic = _mlp(spec.obs_dim, cfg.mlp.hidden_sizes, 1, 1.0) if cfg.value_head else None
 
     def _check_obs(self, obs: Tensor) -> None:
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:

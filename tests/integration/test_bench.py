@@ -15,7 +15,7 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
     out = run_bench(
         ["sync", "swimlane"],
         [
-            "policy.hidden_sizes=[64, 64]",
+            "policy.mlp.hidden_sizes=[64, 64]",
             "env.num_envs=4",
             "env.max_episode_steps=10",
             "pipeline.num_updates=3",

@@ -22,7 +22,7 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
     cfg = load_config(
         None,
         [
-            f"policy.action_head={head}",
+            f"policy.vla.action_head={head}",
             f"pipeline.mode={mode}",
             "env.num_envs=4",
             "env.max_episode_steps=12",

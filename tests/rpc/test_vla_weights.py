@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dvla.config import ControlConfig, PolicyConfig
+from dvla.config import ControlConfig, PolicyConfig, VlaConfig
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 from dvla.types import EnvSpec
@@ -25,7 +25,7 @@ def digest(t: torch.Tensor) -> str:
 
 def test_vla_small_publishes_and_fetches_by_name():
     torch.manual_seed(0)
-    src = build_policy(PolicyConfig(name="vla", size="small", chunk_size=4, dtype="float32"), SPEC)
+    src = build_policy(PolicyConfig(name="vla", chunk_size=4, dtype="float32", vla=VlaConfig(size="small")), SPEC)
     weights = src.export_weights()
     num_params = sum(p.numel() for p in src.parameters())
     assert 85e6 <= num_params <= 115e6
@@ -48,7 +48,7 @@ def test_vla_small_publishes_and_fetches_by_name():
     for name, t in weights.items():
         assert fetched[name].dtype == t.dtype and fetched[name].shape == t.shape
         assert digest(fetched[name]) == digest(t), name
-    dst = build_policy(PolicyConfig(name="vla", size="small", chunk_size=4, dtype="float32"), SPEC)
+    dst = build_policy(PolicyConfig(name="vla", chunk_size=4, dtype="float32", vla=VlaConfig(size="small")), SPEC)
     dst.load_weights(fetched)
     g = torch.Generator().manual_seed(1)
     obs, images = (

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from dvla.config import PolicyConfig
+from dvla.config import MlpConfig, PolicyConfig
 from dvla.lanes.weights import WeightLane
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("publisher")
 
 
 def make_policy():
-    return build_policy(PolicyConfig(hidden_sizes=(16, 16)), SPEC).eval()
+    return build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(16, 16))), SPEC).eval()
 
 
 def weights_of(version: int) -> dict[str, torch.Tensor]:

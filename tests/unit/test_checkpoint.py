@@ -13,14 +13,14 @@ from safetensors.torch import save_file
 from dvla import checkpoint as ck
 from dvla.algo.learner import Learner
 from dvla.cli import main
-from dvla.config import AlgoConfig, PolicyConfig, load_config
+from dvla.config import AlgoConfig, MlpConfig, PolicyConfig, VlaConfig, load_config
 from dvla.policy import build_policy
 from dvla.types import EnvSpec
 
 SPEC = EnvSpec(
     task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3, max_episode_steps=10
 )
-CFG = load_config(None, ["policy.hidden_sizes=[16, 16]", "pipeline.num_updates=10"], preset="smoke")
+CFG = load_config(None, ["policy.mlp.hidden_sizes=[16, 16]", "pipeline.num_updates=10"], preset="smoke")
 
 
 def make(seed: int = 0, policy_cfg: PolicyConfig = CFG.policy):
@@ -179,7 +179,7 @@ def test_version_mismatch_between_state_and_weights(tmp_path):
 
 def test_weights_that_do_not_fit_the_policy_name_the_first_tensor(tmp_path):
     ckpt = ck.load_checkpoint(save(tmp_path, 1))
-    wider, learner = make(policy_cfg=replace(CFG.policy, hidden_sizes=(32, 16)))
+    wider, learner = make(policy_cfg=replace(CFG.policy, mlp=MlpConfig(hidden_sizes=(32, 16))))
     before = {k: v.clone() for k, v in wider.state_dict().items()}
     shapes = r"does not fit the policy: '(\w|\.)+' has shape \(16, 5\), the policy's \(32, 5\)"
     with pytest.raises(ValueError, match=shapes):
@@ -245,7 +245,9 @@ def test_a_vla_round_trips_and_a_resumed_run_builds_it_from_the_checkpoint_copy(
         image_shape=(64, 64, 3),
         instruction="pick up the cube",
     )
-    vla = PolicyConfig(name="vla", size="tiny", action_head="flow", chunk_size=2, flow_steps=3, dtype="float32")
+    vla = PolicyConfig(
+        name="vla", chunk_size=2, dtype="float32", vla=VlaConfig(size="tiny", action_head="flow", flow_steps=3)
+    )
     cfg = replace(
         CFG,
         env=replace(CFG.env, obs_mode="rgb", image_size=64),

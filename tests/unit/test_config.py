@@ -15,13 +15,13 @@ def test_presets_validate():
 def test_overrides_and_yaml(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("algo:\n  lr: 0.001\nenv:\n  num_envs: 4\n")
-    cfg = load_config(f, ["algo.lr=5e-4", "policy.hidden_sizes=[32, 32]", "pipeline.num_updates=7"])
+    cfg = load_config(f, ["algo.lr=5e-4", "policy.mlp.hidden_sizes=[32, 32]", "pipeline.num_updates=7"])
     assert cfg.algo.lr == 5e-4 and cfg.env.num_envs == 4
-    assert cfg.policy.hidden_sizes == (32, 32) and cfg.pipeline.num_updates == 7
+    assert cfg.policy.mlp.hidden_sizes == (32, 32) and cfg.pipeline.num_updates == 7
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load_config(None, ["algo.name=grpo", "policy.hidden_sizes=[8]"])
+    cfg = load_config(None, ["algo.name=grpo", "policy.mlp.hidden_sizes=[8]"])
     f = tmp_path / "c.yaml"
     f.write_text(to_yaml(cfg))
     assert load_config(f) == cfg
@@ -37,7 +37,7 @@ def test_yaml_round_trip(tmp_path):
         ("env.num_envs=0", "env.num_envs"),
         ("env.obs_mode=rgb", "env.obs_mode"),
         ("pipeline.mode=turbo", "pipeline.mode"),
-        ("policy.hidden_sizes=[]", "policy.hidden_sizes"),
+        ("policy.mlp.hidden_sizes=[]", "policy.mlp.hidden_sizes"),
         ("control.port=70000", "control.port"),
         ("algo=3", "algo"),
     ],
@@ -110,3 +110,30 @@ def test_dvla_run_refuses_a_policy_path_that_is_not_a_vla_checkpoint(tmp_path, c
     rc = main(["run", "--preset", "pickcube-vla-tiny", "--policy.path", str(tmp_path / "other")])
     err = capsys.readouterr().err
     assert rc == 2 and "'policy.path'" in err and "bert" in err
+
+
+def test_policy_family_sections():
+    vla = load_config(None, preset="pickcube-vla-tiny-flow").policy
+    assert (vla.name, vla.family, vla.vla.action_head) == ("vla", vla.vla, "flow")
+    assert vla.summary() == "vla-tiny (flow head, chunks of 4)"
+    assert load_config(None).policy.summary() == "mlp [256, 256]"
+    with pytest.raises(ValueError, match="'policy.chunk_size'.*one step at a time"):
+        load_config(None, ["policy.chunk_size=4"])
+    with pytest.raises(ValueError, match="'policy.vla.action_head'"):
+        load_config(None, ["policy.vla.action_head=diffusion"], preset="pickcube-vla-tiny")
+    with pytest.raises(ValueError, match="'env.obs_mode'.*the vla policy reads camera images"):
+        load_config(None, ["policy.name=vla"])
+
+
+def test_flat_policy_keys_still_load(tmp_path, caplog):
+    """Configs written before the family sections (run folders, checkpoints) load into them, with a warning."""
+    f = tmp_path / "old.yaml"
+    f.write_text("policy:\n  name: vla\n  size: tiny\n  action_head: flow\n  flow_steps: 3\n  chunk_size: 2\n")
+    with caplog.at_level("WARNING", logger="dvla.config"):
+        cfg = load_config(f, ["policy.vla.flow_steps=5"], preset="pickcube-vla-tiny")
+    assert (cfg.policy.vla.action_head, cfg.policy.vla.flow_steps, cfg.policy.chunk_size) == ("flow", 5, 2)
+    assert "'policy.action_head' is now 'policy.vla.action_head'" in caplog.text
+    old = load_config(None, ["policy.hidden_sizes=[32]", "policy.init_log_std=-1"])
+    assert (old.policy.mlp.hidden_sizes, old.policy.mlp.init_log_std) == ((32,), -1.0)
+    both = load_config(None, ["policy.hidden_sizes=[32]", "policy.mlp.hidden_sizes=[64]"])
+    assert both.policy.mlp.hidden_sizes == (64,)  # the new spelling wins

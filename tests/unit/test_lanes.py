@@ -11,7 +11,7 @@ import torch
 
 from dvla.algo.batching import DynamicBatcher
 from dvla.algo.learner import Learner
-from dvla.config import AlgoConfig, PolicyConfig
+from dvla.config import AlgoConfig, MlpConfig, PolicyConfig
 from dvla.counters import EpisodeLedger
 from dvla.envs import StepResult
 from dvla.inproc import LocalHub, LocalWeights, SetControl, run_local
@@ -62,7 +62,7 @@ class FakeEnvs:
 
 def make_policy():
     torch.manual_seed(0)
-    return build_policy(PolicyConfig(hidden_sizes=(8,)), SPEC)
+    return build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(8,))), SPEC)
 
 
 class ListSink:
@@ -337,7 +337,7 @@ def test_a_cancelled_epoch_moves_on_to_the_next_one():
 def test_a_run_in_one_process_trains_every_version_and_loses_nothing(mode):
     swimlane = mode == "swimlane"
     run = run_local(
-        PolicyConfig(hidden_sizes=(8,)),
+        PolicyConfig(mlp=MlpConfig(hidden_sizes=(8,))),
         AlgoConfig(update_epochs=1, num_minibatches=1),
         lambda: FakeEnvs(num_envs=4, length=3),
         num_rollouts=2,

@@ -5,14 +5,14 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dvla.config import PolicyConfig
+from dvla.config import MlpConfig, PolicyConfig
 from dvla.policy import REGISTRY, MLPPolicy, build_policy
 from dvla.types import EnvSpec
 
 SPEC = EnvSpec(
     task="Fake-v0", obs_dim=5, action_dim=3, action_low=(-1.0,) * 3, action_high=(1.0,) * 3, max_episode_steps=10
 )
-CFG = PolicyConfig(hidden_sizes=(16, 16))
+CFG = PolicyConfig(mlp=MlpConfig(hidden_sizes=(16, 16)))
 
 
 def make_policy(seed: int = 0, cfg: PolicyConfig = CFG) -> MLPPolicy:
@@ -116,14 +116,14 @@ def test_gradients_reach_all_parameters():
 
 
 def test_no_value_head_gives_zero_values():
-    policy = make_policy(cfg=PolicyConfig(hidden_sizes=(8,), value_head=False))
+    policy = make_policy(cfg=PolicyConfig(mlp=MlpConfig(hidden_sizes=(8,)), value_head=False))
     assert policy.critic is None
     assert torch.equal(policy.act(obs()).values, torch.zeros(6))
     assert not any(k.startswith("critic") for k in policy.export_weights())
 
 
 def test_init_log_std_and_orthogonal_init():
-    policy = make_policy(cfg=PolicyConfig(hidden_sizes=(16,), init_log_std=-1.25))
+    policy = make_policy(cfg=PolicyConfig(mlp=MlpConfig(hidden_sizes=(16,), init_log_std=-1.25)))
     torch.testing.assert_close(policy.actor_log_std.detach(), torch.full((3,), -1.25))
     w = policy.actor_mean[0].weight.detach()  # [16, 5], orthogonal columns scaled by sqrt(2)
     torch.testing.assert_close(w.T @ w, 2.0 * torch.eye(5), atol=1e-5, rtol=0)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig
 
-from dvla.config import PolicyConfig
+from dvla.config import PolicyConfig, VlaConfig
 from dvla.policy import REGISTRY, build_policy
 from dvla.policy.vla import DvlaVLAModel, VLAPolicy, build_vla, vla_config
 from dvla.types import EnvSpec
@@ -28,9 +28,8 @@ N = 6
 
 
 def make_cfg(head: str, **kw) -> PolicyConfig:
-    return PolicyConfig(
-        name="vla", size="tiny", action_head=head, chunk_size=2, num_bins=32, flow_steps=3, dtype="float32", **kw
-    )
+    vla = VlaConfig(size="tiny", action_head=head, num_bins=32, flow_steps=3)
+    return PolicyConfig(name="vla", chunk_size=2, dtype="float32", vla=vla, **kw)
 
 
 def make_policy(head: str, seed: int = 0, **kw) -> VLAPolicy:
@@ -229,7 +228,9 @@ def test_parameter_counts(head):
     assert sum(p.numel() for p in make_policy(head).parameters()) < 5e6
     for size, low, high in (("small", 85e6, 115e6), ("1b", 0.9e9, 1.3e9)):
         with torch.device("meta"):
-            model = DvlaVLAModel(vla_config(size, head, SPEC, replace(cfg, size=size, chunk_size=4)))
+            model = DvlaVLAModel(
+                vla_config(size, head, SPEC, replace(cfg, vla=replace(cfg.vla, size=size), chunk_size=4))
+            )
         assert low <= sum(p.numel() for p in model.parameters()) <= high, size
 
 
@@ -251,7 +252,7 @@ def test_flow_log_prob_matches_naive_loop():
 
 def test_proprioception_is_optional():
     with_state = build_vla(PolicyConfig(name="vla", chunk_size=4), SPEC)
-    without = build_vla(PolicyConfig(name="vla", chunk_size=4, use_state=False), SPEC)
+    without = build_vla(PolicyConfig(name="vla", chunk_size=4, vla=VlaConfig(use_state=False)), SPEC)
     assert with_state.model.state_proj is not None and without.model.state_proj is None
     obs, images = inputs()
     a = without.act(obs, images, deterministic=True)

@@ -7,7 +7,7 @@ import threading
 import torch
 
 from dvla.algo.batching import DynamicBatcher
-from dvla.config import PolicyConfig
+from dvla.config import MlpConfig, PolicyConfig
 from dvla.envs import StepResult
 from dvla.inproc import SetControl
 from dvla.lanes.sampling import Outcome, Sampler
@@ -102,7 +102,7 @@ class Slot:
 
 def test_episodes_end_where_the_env_says():
     envs = CountingEnvs(ends=[2, 5, 100], max_steps=6)
-    slot = Slot(build_policy(PolicyConfig(hidden_sizes=(8,)), envs.spec))
+    slot = Slot(build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(8,))), envs.spec))
     b = collect_episodes(envs, slot, [0, 1, 2], [10, 11, 12], torch.Generator().manual_seed(0), torch.device("cpu"))
     assert b.lengths.tolist() == [2, 5, 6]
     assert b.terminated.tolist() == [True, True, False] and b.success.tolist() == [True, True, False]
@@ -135,7 +135,7 @@ class RepeatChunks(torch.nn.Module):
 
 def test_chunks_run_c_steps_per_decision_and_stop_where_the_episode_ends():
     envs = CountingEnvs(ends=[2, 5, 100], max_steps=6)
-    slot = Slot(RepeatChunks(build_policy(PolicyConfig(hidden_sizes=(8,)), envs.spec), chunk_size=3))
+    slot = Slot(RepeatChunks(build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(8,))), envs.spec), chunk_size=3))
     b = collect_episodes(envs, slot, [0, 1, 2], [10, 11, 12], torch.Generator().manual_seed(0), torch.device("cpu"))
     # env 0 ends inside its first chunk, env 1 inside its second, env 2 hits ceil(6 / 3) decisions
     assert b.lengths.tolist() == [1, 2, 2]

@@ -222,7 +222,7 @@ def build_vla(cfg: PolicyConfig, spec: EnvSpec) -> VLAPolicy:
         raise ValueError("the vla policy needs camera images: set env.obs_mode='rgb'")
     if cfg.path:
         return VLAPolicy.from_pretrained(cfg.path, spec, dtype=cfg.dtype)
-    model = DvlaVLAModel(vla_config(cfg.size, cfg.action_head, spec, cfg))
+    model = DvlaVLAModel(vla_config(cfg.vla.size, cfg.vla.action_head, spec, cfg))
     return VLAPolicy(model.cast_trunk(resolve_dtype(cfg.dtype)))
 
 
