@@ -4,6 +4,7 @@
     trajectories  TrajectorySink (a rollout sends rounds)     TrajectorySource (the actor receives them)
     data plane    Plane: form / leave a data-plane epoch, and the sink or source of the epoch formed
     directives    Control: what weight_control last told this worker (pause, epoch, shards, checkpoints)
+    actor group   ActorGroup: the other actor ranks training the same policy (Solo when there are none)
 
 The services wire real implementations: the gRPC client (dvla/rpc/client.py)
 for weights, torch.distributed (dvla/dataplane/) for trajectories, the
@@ -147,4 +148,32 @@ class Control(Protocol):
 
     def acknowledge(self, **done) -> None:
         """Tell weight_control of something done (fields of dvla.types.Acks), now."""
+        ...
+
+
+class ActorGroup(Protocol):
+    """The actor ranks that train one policy together, each on its share of the global batch.
+
+    The learner sums what must be global (minibatch sizes, advantage moments, loss terms, stats)
+    through it, so K ranks compute the update one rank would compute on the union of their data.
+    """
+
+    rank: int
+    size: int
+    collective_forward: bool
+    """Every forward is a collective (FSDP gathers parameters): all ranks must make the same calls."""
+    grad_scale: float
+    """Factor on each rank's loss so the strategy's gradient reduction (a mean over ranks) yields the sum."""
+
+    def wrap(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """Prepare `policy` for training in the group; returns the module whose forward trains it."""
+        ...
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """`t` reduced over the ranks ('sum', 'min' or 'max'), in place; returned."""
+        ...
+
+    def full_weights(self, policy: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """The whole policy as CPU tensors on rank 0 (None on the others): one version, gathered once.
+        A collective: every rank calls it."""
         ...

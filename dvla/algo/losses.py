@@ -12,6 +12,7 @@ def clipped_surrogate(
     advantages: Tensor,  # [N]
     clip_eps: float,
     weights: Tensor | None = None,  # [N] per-step weights, e.g. behaviour_weights(); None = 1
+    denom: float | None = None,  # divide sums by this instead of N (a rank's share of a larger minibatch)
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped objective, as a loss to minimise.
 
@@ -22,7 +23,8 @@ def clipped_surrogate(
 
     Stats are detached 0-dim tensors so a caller on GPU decides when to sync:
     'clip_frac' (share of steps with |ratio - 1| > clip_eps) and 'approx_kl'
-    (the low-variance estimator mean((r - 1) - log r), as in CleanRL).
+    (the low-variance estimator mean((r - 1) - log r), as in CleanRL). With `denom`, loss and stats
+    are sums over the N steps divided by denom, so shares of one minibatch add up to its mean.
     """
     if not (log_probs.shape == old_log_probs.shape == advantages.shape) or log_probs.dim() != 1:
         raise ValueError(
@@ -38,21 +40,23 @@ def clipped_surrogate(
         if weights.shape != per_step.shape:
             raise ValueError(f"weights {tuple(weights.shape)} must be [N] like advantages {tuple(advantages.shape)}")
         per_step = per_step * weights.detach()
-    loss = per_step.mean()
+    mean = torch.mean if denom is None else (lambda t: t.sum() / denom)
+    loss = mean(per_step)
     with torch.no_grad():
         stats = {
-            "clip_frac": ((ratio - 1.0).abs() > clip_eps).float().mean(),
-            "approx_kl": ((ratio - 1.0) - log_ratio).mean(),
+            "clip_frac": mean(((ratio - 1.0).abs() > clip_eps).float()),
+            "approx_kl": mean((ratio - 1.0) - log_ratio),
         }
     return loss, stats
 
 
-def value_loss(values: Tensor, returns: Tensor) -> Tensor:
-    """0.5 * mean squared error between [N] value predictions and [N] returns."""
+def value_loss(values: Tensor, returns: Tensor, denom: float | None = None) -> Tensor:
+    """0.5 * mean squared error between [N] value predictions and [N] returns (the sum / denom if given)."""
     # Same shape required: [N] vs [N, 1] would silently broadcast to [N, N].
     if values.shape != returns.shape:
         raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} must have the same shape")
-    return 0.5 * (values - returns).square().mean()
+    sq = (values - returns).square()
+    return 0.5 * (sq.mean() if denom is None else sq.sum() / denom)
 
 
 def behaviour_weights(prox_log_probs: Tensor, behaviour_log_probs: Tensor, max_weight: float) -> Tensor:

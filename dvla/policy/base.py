@@ -65,6 +65,12 @@ class Policy(torch.nn.Module, abc.ABC):
     ) -> EvalOutput:
         """Log-probs, entropy and values of given [N, S] samples, with grad."""
 
+    def forward(
+        self, obs: Tensor, actions: Tensor, images: Tensor | None = None, instructions: list[str] | None = None
+    ) -> EvalOutput:
+        """evaluate(): the training forward, so wrappers that hook forward (DDP, FSDP) see it."""
+        return self.evaluate(obs, actions, images, instructions)
+
     @abc.abstractmethod
     def value(self, obs: Tensor, images: Tensor | None = None, instructions: list[str] | None = None) -> Tensor:
         """[N] value estimates, with grad; wrap in torch.no_grad() to bootstrap rollouts."""
