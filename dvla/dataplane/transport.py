@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,40 +46,67 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def comm_device() -> torch.device:
-    """Where message tensors must live for the current backend."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+class Link:
+    """One data-plane epoch's process group: point-to-point messages between its ranks.
+
+    A group of its own, not torch.distributed's default group: an actor's default group is its
+    actor group (FSDP/DDP), which lives for the whole run while data-plane epochs come and go.
+    """
+
+    def __init__(self, backend: str, store: dist.Store, rank: int, size: int, timeout: timedelta):
+        self.backend, self.rank, self.size = backend, rank, size
+        if backend == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timeout
+            self.group = dist.ProcessGroupNCCL(store, rank, size, options)
+        else:
+            self.device = torch.device("cpu")
+            self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
+
+    def send(self, t: torch.Tensor, dst: int) -> None:
+        self.group.send([t], dst, 0).wait()
+
+    def irecv(self, t: torch.Tensor, src: int) -> dist.Work:
+        return self.group.recv([t], src, 0)
+
+    def recv(self, t: torch.Tensor, src: int) -> None:
+        self.group.recv([t], src, 0).wait()
+
+    def close(self) -> None:
+        """Tear the group down; receives still posted on it end (with an error their waiters ignore)."""
+        group, self.group = self.group, None
+        if group is not None:
+            group.shutdown() if self.backend == "nccl" else group.abort()
 
 
 # ------------------------------------------------------------------ send / receive
 class TrajectorySender:
-    """Sends batches to rank `dst`; each call returns once the data has left."""
+    """Sends batches to rank `dst` of `link`; each call returns once the data has left."""
 
-    def __init__(self, dst: int = 0):
-        self.dst = dst
-        self.device = comm_device()
+    def __init__(self, link: Link, dst: int = 0):
+        self.link, self.dst = link, dst
+        self.device = link.device
         self.num_sent = 0
 
     def send(self, batch: TrajectoryBatch) -> None:
         header, payload = encode_batch(batch)
-        dist.send(header.to(self.device), dst=self.dst)
-        dist.send(payload.to(self.device), dst=self.dst)
+        self.link.send(header.to(self.device), self.dst)
+        self.link.send(payload.to(self.device), self.dst)
         self.num_sent += 1
 
     def send_end(self, epoch_end: int | None = None) -> None:
         """END: this sender is done for the run; with epoch_end=e, it only leaves data-plane epoch e."""
         kind, epoch = (KIND_END, 0) if epoch_end is None else (KIND_EPOCH_END, epoch_end)
-        dist.send(end_header(dist.get_rank(), kind, epoch).to(self.device), dst=self.dst)
+        self.link.send(end_header(self.link.rank, kind, epoch).to(self.device), self.dst)
 
 
 class _PostedHeader:
     """One header irecv posted to one source, asked without blocking whether it has arrived."""
 
-    def __init__(self, src: int, device: torch.device, use_waiter_thread: bool):
-        self.tensor = torch.empty(HEADER_LEN, dtype=torch.int64, device=device)
-        self.work = dist.irecv(self.tensor, src=src)
+    def __init__(self, link: Link, src: int, use_waiter_thread: bool):
+        self.tensor = torch.empty(HEADER_LEN, dtype=torch.int64, device=link.device)
+        self.work = link.irecv(self.tensor, src)
         self._flag: threading.Event | None = None
         self._error: BaseException | None = None
         if use_waiter_thread:
@@ -107,18 +135,18 @@ class _PostedHeader:
 
 
 class TrajectoryReceiver:
-    """Receives batches from `sources` in arrival order until each has sent END.
+    """Receives batches from `sources` (ranks of `link`) in arrival order until each has sent END.
 
     Batches come back on the backend's device (CUDA under NCCL), as views into
     one buffer per message.
     """
 
-    def __init__(self, sources: list[int], max_elements: int = DEFAULT_MAX_ELEMENTS):
+    def __init__(self, link: Link, sources: list[int], max_elements: int = DEFAULT_MAX_ELEMENTS):
         if not sources or len(set(sources)) != len(sources):
             raise ValueError(f"receiver needs distinct source ranks, got {sources}")
-        self.max_elements = max_elements
-        self.device = comm_device()
-        self._use_waiter_threads = dist.get_backend() != "nccl"
+        self.link, self.max_elements = link, max_elements
+        self.device = link.device
+        self._use_waiter_threads = link.backend != "nccl"
         self._posted = {src: self._post(src) for src in sources}
         self._order = deque(sources)  # round robin: a busy source cannot starve the others
         self.num_received = {src: 0 for src in sources}
@@ -153,7 +181,7 @@ class TrajectoryReceiver:
             sleep_s = min(2 * sleep_s, _MAX_POLL_S)
 
     def _post(self, src: int) -> _PostedHeader:
-        return _PostedHeader(src, self.device, self._use_waiter_threads)
+        return _PostedHeader(self.link, src, self._use_waiter_threads)
 
     def _ready_source(self) -> int | None:
         for k, src in enumerate(self._order):
@@ -177,7 +205,7 @@ class TrajectoryReceiver:
             self.ended[src] = header.kind
             return None
         payload = torch.empty(header.payload_bytes, dtype=torch.uint8, device=self.device)
-        dist.recv(payload, src=src)
+        self.link.recv(payload, src)
         # Only now: a header irecv posted earlier would have matched this payload.
         self._posted[src] = self._post(src)
         self.num_received[src] += 1

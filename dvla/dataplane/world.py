@@ -1,7 +1,8 @@
 """Re-forming the data plane: one rendezvous store for the run, one process group per epoch.
 
 The actor (rank 0) hosts a TCPStore at its rendezvous address for the whole
-run. Epoch e forms a fresh torch.distributed default group under the store
+run. Epoch e forms a fresh process group of its own (a Link, never
+torch.distributed's default group, which an actor group holds) under the store
 prefix 'e<e>/': every rank arrives at a barrier and the last to arrive sets
 'go'. A rank that learns the epoch is obsolete before 'go' (a newer epoch
 started, the run ended, it is stopping) cancels the barrier for everyone with a
@@ -17,7 +18,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from dvla.dataplane.transport import TrajectoryReceiver, TrajectorySender, resolve_backend
+from dvla.dataplane.transport import Link, TrajectoryReceiver, TrajectorySender, resolve_backend
 from dvla.net import split_address
 from dvla.types import World
 
@@ -40,12 +41,13 @@ class DataPlane:
         store_timeout = timedelta(seconds=min(timeout_s, 60.0))
         self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=store_timeout)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
+        self.link: Link | None = None  # that epoch's group
 
     def form(self, world: World, abort: Callable[[], bool] = lambda: False, poll_s: float = 0.02) -> bool:
         """Join epoch `world.epoch` as `world.rank` of `world.size`. False if the epoch was cancelled (by
         abort() here or on another rank); True once the group is formed."""
         epoch, rank, world_size = world.epoch, world.rank, world.size
-        if dist.is_initialized():
+        if self.link is not None:
             raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
         if not 0 <= rank < world_size:
             raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
@@ -62,27 +64,28 @@ class DataPlane:
                     return False
                 break  # 'go' won the race: everyone else is forming now, so must we
             time.sleep(poll_s)
-        dist.init_process_group(
-            self.backend,
-            store=dist.PrefixStore(f"e{epoch}/pg/", self.store),
-            rank=rank,
-            world_size=world_size,
-            timeout=self.timeout,
-        )
+        self.link = Link(self.backend, dist.PrefixStore(f"e{epoch}/pg/", self.store), rank, world_size, self.timeout)
         self.epoch = epoch
         return True
 
     def leave(self) -> None:
         """Tear down this epoch's group (the store stays for the next one)."""
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self.epoch = -1
 
-    def sink(self) -> TrajectorySender:
-        return TrajectorySender(dst=0)
+    def _formed(self) -> Link:
+        if self.link is None:
+            raise RuntimeError("form a data-plane epoch first")
+        return self.link
+
+    def sink(self, dst: int = 0) -> TrajectorySender:
+        """Sends to data-plane rank `dst` (this rollout's home actor)."""
+        return TrajectorySender(self._formed(), dst)
 
     def source(self, ranks: list[int]) -> TrajectoryReceiver:
-        return TrajectoryReceiver(ranks)
+        return TrajectoryReceiver(self._formed(), ranks)
 
     def close(self) -> None:
         self.leave()

@@ -14,8 +14,6 @@ import pytest
 import torch
 
 from dvla.dataplane import (
-    TrajectoryReceiver,
-    TrajectorySender,
     check_header,
     decode_payload,
     encode_batch,
@@ -91,8 +89,8 @@ def same_bits(a: TrajectoryBatch, b: TrajectoryBatch) -> bool:
     )
 
 
-def _receive(results: mp.Queue, go) -> None:
-    rx = TrajectoryReceiver(SENDERS)
+def _receive(plane: DataPlane, results: mp.Queue, go) -> None:
+    rx = plane.source(SENDERS)
     try:
         rx.recv(timeout_s=0.2)  # senders wait for `go`, so nothing can be here yet
         timed_out = False
@@ -129,9 +127,9 @@ def _receive(results: mp.Queue, go) -> None:
     )
 
 
-def _send(rank: int, results: mp.Queue, go) -> None:
+def _send(plane: DataPlane, rank: int, results: mp.Queue, go) -> None:
     assert go.wait(20), "receiver never said go"
-    tx = TrajectorySender(dst=0)
+    tx = plane.sink(dst=0)
     sent = []
     for index in range(NUM_MESSAGES):
         batch = make_batch(rank, index)
@@ -146,9 +144,9 @@ def _worker(rank: int, port: int, results: mp.Queue, go) -> None:
         plane = DataPlane(f"127.0.0.1:{port}", is_host=rank == 0, backend="gloo", timeout_s=20)
         assert plane.form(World(0, rank, WORLD_SIZE))
         if rank == 0:
-            _receive(results, go)
+            _receive(plane, results, go)
         else:
-            _send(rank, results, go)
+            _send(plane, rank, results, go)
         plane.close()
     except BaseException:
         results.put(("error", rank, traceback.format_exc()))

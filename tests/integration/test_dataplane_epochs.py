@@ -13,7 +13,6 @@ import traceback
 
 import torch
 
-from dvla.dataplane import TrajectoryReceiver, TrajectorySender
 from dvla.dataplane.wire import KIND_END, KIND_EPOCH_END
 from dvla.dataplane.world import DataPlane
 from dvla.net import free_port
@@ -43,8 +42,8 @@ def batch(rank: int, index: int) -> TrajectoryBatch:
     )
 
 
-def receive_all(sources: list[int]) -> tuple[list[float], dict[int, int]]:
-    rx = TrajectoryReceiver(sources)
+def receive_all(dp: DataPlane, sources: list[int]) -> tuple[list[float], dict[int, int]]:
+    rx = dp.source(sources)
     got = []
     while rx.open_sources:
         src, b = rx.recv(timeout_s=60)
@@ -57,15 +56,15 @@ def host(address: str, out) -> None:
     try:
         dp = DataPlane(address, is_host=True, backend="gloo", timeout_s=60)
         assert dp.form(World(0, 0, 3))
-        out.put(("e0", receive_all([1, 2])))
+        out.put(("e0", receive_all(dp, [1, 2])))
         dp.leave()
         assert dp.form(World(1, 0, 2))
-        out.put(("e1", receive_all([1])))
+        out.put(("e1", receive_all(dp, [1])))
         dp.leave()
         t = time.monotonic()
         out.put(("e2", dp.form(World(2, 0, 3)), time.monotonic() - t))  # rank 2 never comes; rank 1 cancels
         assert dp.form(World(3, 0, 2))
-        out.put(("e3", receive_all([1])))
+        out.put(("e3", receive_all(dp, [1])))
         dp.close()
     except BaseException:
         out.put(("error", traceback.format_exc()))
@@ -75,7 +74,7 @@ def sender(address: str, rank: int, out) -> None:
     try:
         dp = DataPlane(address, is_host=False, backend="gloo", timeout_s=60)
         assert dp.form(World(0, rank, 3))
-        tx = TrajectorySender()
+        tx = dp.sink()
         for i in range(2):
             tx.send(batch(rank, i))
         tx.send_end(epoch_end=0)
@@ -83,14 +82,14 @@ def sender(address: str, rank: int, out) -> None:
         if rank == 2:
             return  # scaled away
         assert dp.form(World(1, rank, 2))
-        TrajectorySender().send(batch(rank, 10))
-        TrajectorySender().send_end(epoch_end=1)
+        dp.sink().send(batch(rank, 10))
+        dp.sink().send_end(epoch_end=1)
         dp.leave()
         time.sleep(0.3)
         out.put(("cancel", dp.form(World(2, rank, 3), abort=lambda: True)))
         assert dp.form(World(3, rank, 2))
-        TrajectorySender().send(batch(rank, 30))
-        TrajectorySender().send_end()
+        dp.sink().send(batch(rank, 30))
+        dp.sink().send_end()
         dp.close()
     except BaseException:
         out.put(("error", traceback.format_exc()))
