@@ -1,7 +1,8 @@
 """K actor ranks training one policy: the ActorGroup port over torch.distributed (DDP or FSDP2).
 
-The group is this process's default process group, formed once for the run from a rendezvous that
-actor rank 0 hosts (gloo on CPU, NCCL on CUDA); the data plane keeps its own groups apart from it.
+The group is this process's default process group, formed once for the run on the data plane's
+store (which actor rank 0 hosts) under its own prefix (gloo on CPU, NCCL on CUDA); the data plane's
+epochs are groups of their own beside it.
 
     ddp   every rank holds the whole policy; gradients are averaged by DistributedDataParallel.
     fsdp  FSDP2 (`fully_shard` over a 1-D device mesh of the ranks): parameters, gradients and Adam
@@ -14,7 +15,9 @@ loss shares back into the sum. Publishing gathers the whole policy on rank 0, on
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -27,15 +30,27 @@ STRATEGIES = ("ddp", "fsdp")
 _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 
 
-def form(rendezvous: str, rank: int, size: int, backend: str = "auto", timeout_s: float = 600.0) -> str:
-    """Join the actor group as `rank` of `size` (rank 0 hosts the store at `rendezvous`); its backend."""
+def form(
+    rank: int,
+    size: int,
+    backend: str = "auto",
+    timeout_s: float = 600.0,
+    store: dist.Store | None = None,
+    rendezvous: str = "",
+) -> str:
+    """Join the actor group as `rank` of `size`, on `store` (the data plane's, under 'actors/') or on a
+    store of its own at `rendezvous` that rank 0 hosts; returns the backend."""
     if dist.is_initialized():
         raise RuntimeError("this process is already in a default process group; the actor group needs it")
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    host, port = split_address(rendezvous, "actor-group rendezvous")
-    store = dist.TCPStore(host, port, world_size=size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
-    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if store is None:
+        host, port = split_address(rendezvous, "actor-group rendezvous")
+        store = dist.TCPStore(host, port, world_size=size, is_master=rank == 0, timeout=timeout)
+    store = dist.PrefixStore("actors/", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    log.info("actor group formed: rank %d of %d (%s)", rank, size, backend)
     return backend
 
 
@@ -48,6 +63,42 @@ def leave() -> None:
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+
+
+def save_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Every rank of the actor group writes its optimizer state into `folder` (torch.distributed.checkpoint:
+    a file per rank plus metadata, read back by any number of ranks). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    dcp.save({"optimizer": get_optimizer_state_dict(policy, optimizer)}, checkpoint_id=str(folder))
+
+
+def load_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """The optimizer state save_optimizer wrote, resharded to this process's group (or to one process
+    outside any group). A collective in a group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = {"optimizer": get_optimizer_state_dict(policy, optimizer)}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_optimizer_state_dict(policy, optimizer, state["optimizer"])
+
+
+def load_optimizer_state(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """One actor's optimizer.pt (parameters numbered in policy.parameters() order) into an optimizer over
+    sharded parameters: renamed to parameter names, then sharded by torch. Every rank passes it all."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n for n, _ in policy.named_parameters()]
+    groups = state["param_groups"]
+    if sum(len(g["params"]) for g in groups) != len(names):
+        raise ValueError(f"it holds {sum(len(g['params']) for g in groups)} parameters, the policy {len(names)}")
+    named = {
+        "state": {names[int(i)]: s for i, s in state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in groups],
+    }
+    set_optimizer_state_dict(policy, optimizer, named, options=StateDictOptions(full_state_dict=True))
 
 
 class DistGroup:
@@ -108,6 +159,8 @@ class DistGroup:
         for unit in getattr(policy, "fsdp_units", lambda: [])():
             fully_shard(unit, **kw)  # each unit (a transformer layer) gathered only while it runs
         fully_shard(policy, **kw)
+        # evaluate() returns views (a squeezed value, a sliced chunk) that the learner never changes in place
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         for method in ("evaluate", "value", "act"):
             register_fsdp_forward_method(policy, method)
         return policy

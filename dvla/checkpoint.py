@@ -2,11 +2,12 @@
 
     <run folder>/checkpoints/v000012/     one folder per policy version (v{version:06d})
         weights.safetensors    the policy (metadata: version)
-        optimizer.pt           the optimizer's state_dict (torch.save; loaded back with weights_only)
+        optimizer.pt           the optimizer's state_dict (torch.save; loaded back with weights_only), or
+        optimizer/             an actor group's: torch.distributed.checkpoint, one shard file per rank
         rng.safetensors        torch's global RNG (+ CUDA's) and the learner's shuffling generator
         state.json             version, updates, env steps trained, counters, wall time, request, resumed_from
         config.yaml            the run's config (token redacted)
-        policy/                VLAs only: config.json + model.safetensors, which `policy.path` loads
+        policy/                VLAs of one actor: config.json + model.safetensors, which `policy.path` loads
 
 A checkpoint is written to a hidden temporary folder and renamed into place, so a
 crash never leaves half of one, and older ones are deleted only after the new one
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +33,8 @@ from dvla.config import RunConfig, load_config, parse_override, to_yaml
 
 CHECKPOINTS = "checkpoints"  # the folder under a run folder
 FORMAT = 1  # state.json 'format': bumped when the layout changes incompatibly
-FILES = ("state.json", "weights.safetensors", "optimizer.pt", "rng.safetensors", "config.yaml")
+FILES = ("state.json", "weights.safetensors", "rng.safetensors", "config.yaml")
+OPTIMIZER_FILE, OPTIMIZER_DIR = "optimizer.pt", "optimizer"  # one of them: one actor, or an actor group
 
 
 class Trainable(Protocol):
@@ -101,17 +104,26 @@ class Checkpointer:
         request: int = 0,
         wall_s: float = 0.0,
         final: bool = False,
+        weights: dict[str, torch.Tensor] | None = None,
+        write_optimizer: Callable[[Path], None] | None = None,
     ) -> Path:
-        """Write checkpoint v{version} (replacing one of the same version), then prune; returns its folder."""
+        """Write checkpoint v{version} (replacing one of the same version), then prune; returns its folder.
+
+        An actor group's rank 0 passes the whole policy's `weights` (gathered) and `write_optimizer`,
+        which writes the sharded optimizer state into the folder it is given, with the other ranks."""
         path = self.root / checkpoint_name(version)
-        tmp = self.root / f".{path.name}.tmp"
+        tmp = self.staging(version)
         if tmp.exists():
             shutil.rmtree(tmp)  # left by a crash mid-write
         tmp.mkdir(parents=True)
-        save_file(policy.export_weights(), str(tmp / "weights.safetensors"), metadata={"version": str(version)})
-        torch.save(learner.optimizer.state_dict(), tmp / "optimizer.pt")
+        weights = policy.export_weights() if weights is None else weights
+        save_file(weights, str(tmp / "weights.safetensors"), metadata={"version": str(version)})
+        if write_optimizer is None:
+            torch.save(learner.optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        else:
+            write_optimizer(tmp / OPTIMIZER_DIR)
         save_file(rng_states(learner.generator), str(tmp / "rng.safetensors"))
-        if hasattr(policy, "save_pretrained"):
+        if hasattr(policy, "save_pretrained") and write_optimizer is None:  # an FSDP policy holds shards only
             policy.save_pretrained(tmp / "policy")
         state = {
             "format": FORMAT,
@@ -129,10 +141,19 @@ class Checkpointer:
         _fsync_tree(tmp)  # the rename must not land before the data (power loss)
         _replace_dir(tmp, path)
         _fsync(self.root)
-        self.last_version, self.last_path, self._last_updates = version, path, updates
-        self.request_done = max(self.request_done, request)
+        self.mark_written(version, path, updates, request)
         self._prune()
         return path
+
+    def staging(self, version: int) -> Path:
+        """Where checkpoint v{version} is written before it is renamed into place."""
+        return self.root / f".{checkpoint_name(version)}.tmp"
+
+    def mark_written(self, version: int, path: Path, updates: int, request: int) -> None:
+        """What save() remembers; an actor group's other ranks, which write only their optimizer shards
+        (into staging()), call it too, so that they take the same decisions in due()."""
+        self.last_version, self.last_path, self._last_updates = version, path, updates
+        self.request_done = max(self.request_done, request)
 
     def _prune(self) -> None:
         """Older checkpoints past `keep`, and temporary folders left by a crash (this is the only writer)."""
@@ -225,8 +246,9 @@ class CheckpointInfo:
 @dataclass
 class Checkpoint(CheckpointInfo):
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    optimizer_state: dict = field(default_factory=dict)
+    optimizer_state: dict = field(default_factory=dict)  # empty when optimizer_dir holds it
     rng: dict[str, torch.Tensor] = field(default_factory=dict)  # see rng_states()
+    optimizer_dir: Path | None = None  # an actor group's sharded optimizer state (torch.distributed.checkpoint)
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -235,6 +257,8 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     for name in FILES:
         if not (path / name).is_file():
             raise ValueError(f"checkpoint '{path}' has no {name}")
+    if not (path / OPTIMIZER_FILE).is_file() and not (path / OPTIMIZER_DIR / ".metadata").is_file():
+        raise ValueError(f"checkpoint '{path}' has no {OPTIMIZER_FILE} (nor an actor group's {OPTIMIZER_DIR}/)")
     try:
         state = json.loads((path / "state.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -279,19 +303,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         weights = load_file(str(p / "weights.safetensors"))
     except Exception as e:
         raise ValueError(f"checkpoint '{p}': weights.safetensors is corrupt ({e})") from None
-    try:
-        optimizer_state = torch.load(p / "optimizer.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"checkpoint '{p}': optimizer.pt is corrupt ({e})") from None
-    if not isinstance(optimizer_state, dict) or "state" not in optimizer_state or "param_groups" not in optimizer_state:
-        raise ValueError(f"checkpoint '{p}': optimizer.pt does not hold an optimizer state_dict")
+    optimizer_state, optimizer_dir = {}, None
+    if (p / OPTIMIZER_FILE).is_file():
+        optimizer_state = _load_optimizer_file(p)
+    else:
+        optimizer_dir = p / OPTIMIZER_DIR
     try:
         rng = load_file(str(p / "rng.safetensors"))
     except Exception as e:
         raise ValueError(f"checkpoint '{p}': rng.safetensors is corrupt ({e})") from None
     if "torch" not in rng:
         raise ValueError(f"checkpoint '{p}': rng.safetensors has no 'torch' state")
-    return Checkpoint(**info.__dict__, weights=weights, optimizer_state=optimizer_state, rng=rng)
+    return Checkpoint(
+        **info.__dict__, weights=weights, optimizer_state=optimizer_state, rng=rng, optimizer_dir=optimizer_dir
+    )
+
+
+def _load_optimizer_file(p: Path) -> dict:
+    try:
+        optimizer_state = torch.load(p / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(f"checkpoint '{p}': optimizer.pt is corrupt ({e})") from None
+    if not isinstance(optimizer_state, dict) or "state" not in optimizer_state or "param_groups" not in optimizer_state:
+        raise ValueError(f"checkpoint '{p}': optimizer.pt does not hold an optimizer state_dict")
+    return optimizer_state
 
 
 # ---------------------------------------------------------------- resuming
@@ -358,12 +393,34 @@ def check_fits(ckpt_path: Path, weights: dict[str, torch.Tensor], policy: torch.
 
 def restore(ckpt: Checkpoint, policy: torch.nn.Module, learner: Trainable) -> None:
     """Load weights, optimizer state and RNG states into a freshly built policy and learner."""
+    restore_weights(ckpt, policy)
+    restore_training(ckpt, learner)
+
+
+def restore_weights(ckpt: Checkpoint, policy: torch.nn.Module) -> None:
+    """The weights alone: into the policy before an actor group wraps (and shards) it."""
     check_fits(ckpt.path, ckpt.weights, policy)
     policy.load_weights(ckpt.weights)
+
+
+def restore_training(
+    ckpt: Checkpoint,
+    learner: Trainable,
+    load_optimizer_dir: Callable[[Path], None] | None = None,
+    load_optimizer_state: Callable[[dict], None] | None = None,
+) -> None:
+    """Optimizer and RNG states into a learner built over the restored policy. A checkpoint whose
+    optimizer state is sharded (optimizer/) is read by `load_optimizer_dir` (the actor group's); one
+    actor's optimizer.pt by `load_optimizer_state` where given (sharded parameters), else as it is."""
     try:
-        learner.optimizer.load_state_dict(ckpt.optimizer_state)
+        if ckpt.optimizer_dir is None:
+            (load_optimizer_state or learner.optimizer.load_state_dict)(ckpt.optimizer_state)
+        elif load_optimizer_dir is None:
+            raise ValueError("it is sharded (optimizer/); read it through an actor group")
+        else:
+            load_optimizer_dir(ckpt.optimizer_dir)
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"checkpoint '{ckpt.path}': optimizer.pt does not fit the optimizer ({e})") from None
+        raise ValueError(f"checkpoint '{ckpt.path}': the optimizer state does not fit the optimizer ({e})") from None
     torch.set_rng_state(ckpt.rng["torch"])
     cuda = [ckpt.rng[k] for k in sorted((k for k in ckpt.rng if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

@@ -148,8 +148,8 @@ class LocalPlane:
             raise RuntimeError("no data-plane epoch is formed")
         return self.world
 
-    def sink(self) -> LocalSink:
-        w = self._formed()
+    def sink(self, dst: int = 0) -> LocalSink:
+        w = self._formed()  # one actor in process: every rollout's home
         return LocalSink(self.hub._queue(w.epoch), w)
 
     def source(self, ranks: list[int]) -> LocalSource:

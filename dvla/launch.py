@@ -111,18 +111,19 @@ class Launcher:
             client.close()
         actor_cores, rollout_cores = placement(cfg)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
-        self.spawn(
-            "actor",
-            "services.actor",
-            "--control",
-            address,
-            "--run-dir",
-            str(self.run_dir),
-            "--worker-id",
-            "actor-0",
-            *resume,
-            cores=actor_cores,
-        )
+        for k in range(cfg.pipeline.num_actors):  # ranks go by registration; rank 0 writes run_dir's metrics
+            self.spawn(
+                "actor" if k == 0 else f"actor-{k}",
+                "services.actor",
+                "--control",
+                address,
+                "--run-dir",
+                str(self.run_dir),
+                "--worker-id",
+                f"actor-{k}",
+                *resume,
+                cores=actor_cores,
+            )
         self.address, self._rollout_cores, self._next_rollout = address, rollout_cores, 0
         for _ in range(cfg.pipeline.num_rollout_workers):
             self.spawn_rollout()
@@ -155,11 +156,12 @@ class Launcher:
         return started
 
     def wait(self) -> int:
-        """Until the actor finishes (0) or any process fails (its exit code)."""
+        """Until the actors finish (0) or any process fails (its exit code)."""
         from dvla.rpc.client import ControlClient, RpcFailed
 
         bar = _Progress(self.cfg, self.run_dir / "metrics.jsonl", self.progress)
-        actor = next(c for c in self.children if c.name == "actor")
+        actors = [c for c in self.children if c.name == "actor" or c.name.startswith("actor-")]
+        actor = actors[0]
         client = ControlClient(self.address, self.cfg.control)
         next_look = 0.0
         try:
@@ -183,7 +185,7 @@ class Launcher:
                             file=sys.stderr,
                         )
                         return rc
-                if actor.proc.poll() == 0:
+                if all(a.proc.poll() == 0 for a in actors):
                     rollouts = [c for c in self.children if c.name.startswith("rollout")]
                     for c in rollouts:
                         try:
@@ -197,6 +199,11 @@ class Launcher:
         finally:
             bar.close()
             client.close()
+
+
+def _actors(cfg: RunConfig) -> str:
+    k = cfg.pipeline.num_actors
+    return "actor" if k == 1 else f"{k} actor ranks ({cfg.actor.strategy})"
 
 
 def placement(cfg: RunConfig) -> tuple[set[int] | None, set[int] | None]:
@@ -287,7 +294,8 @@ def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> in
     try:
         address = launcher.start()
         print(
-            f"weight_control at {address}; actor + {cfg.pipeline.num_rollout_workers} rollout worker(s) started "
+            f"weight_control at {address}; {_actors(cfg)} + {cfg.pipeline.num_rollout_workers} rollout worker(s) "
+            "started "
             f"(logs in {run_dir / 'logs'})",
             flush=True,
         )

@@ -47,8 +47,9 @@ class Directives:
     membership: Membership = Membership.UNKNOWN
     num_shards: int = 0  # rollout: env shards to run (0: no instruction)
     checkpoint_request: int = 0  # actor: newest Admin.Checkpoint request number
-    episodes_per_update: int = 0  # actor: one round of every member's active envs (0: unknown)
+    episodes_per_update: int = 0  # actor: its share of a global batch, one round of its rollouts' envs (0: unknown)
     rendezvous_address: str = ""
+    num_actors: int = 1  # K: data-plane ranks 0..K-1 are the actor group's
 
     @property
     def paused(self) -> bool:
@@ -62,7 +63,7 @@ class Directives:
 
     def world(self) -> World | None:
         """The epoch this worker is to be in, if it holds a rank there."""
-        return World(self.epoch, self.rank, self.world_size) if self.rank >= 0 else None
+        return World(self.epoch, self.rank, self.world_size, self.num_actors) if self.rank >= 0 else None
 
 
 class WeightSource(Protocol):
@@ -127,8 +128,8 @@ class Plane(Protocol):
 
     def leave(self) -> None: ...
 
-    def sink(self) -> TrajectorySink:
-        """Towards rank 0 (the actor), in the epoch formed."""
+    def sink(self, dst: int = 0) -> TrajectorySink:
+        """Towards rank `dst` (this rollout's home actor, World.home()), in the epoch formed."""
         ...
 
     def source(self, ranks: list[int]) -> TrajectorySource:

@@ -94,11 +94,24 @@ class SenderCounts:
 
 @dataclass(frozen=True)
 class World:
-    """One data-plane epoch as this process sees it: its rank among `size` ranks (rank 0 is the actor)."""
+    """One data-plane epoch as this process sees it: its rank among `size` ranks.
+
+    Ranks 0..actors-1 are the actor group's; rollouts follow. Rollout rank r sends to actor
+    (r - actors) % actors, its home: with M rollouts and K actors, a multiple, each actor has M/K.
+    """
 
     epoch: int
     rank: int
     size: int
+    actors: int = 1
+
+    def home(self) -> int:
+        """A rollout rank's actor."""
+        return (self.rank - self.actors) % self.actors
+
+    def rollouts_of(self, actor: int) -> list[int]:
+        """The rollout ranks whose home is actor rank `actor`."""
+        return [r for r in range(self.actors, self.size) if (r - self.actors) % self.actors == actor]
 
 
 @dataclass

@@ -28,6 +28,7 @@ from dvla.config.presets import (
 )
 from dvla.config.sections import (
     MODES,
+    ActorConfig,
     AlgoConfig,
     CheckpointConfig,
     ControlConfig,
@@ -42,6 +43,7 @@ from dvla.config.sections import (
 __all__ = [
     "MODES",
     "PRESETS",
+    "ActorConfig",
     "AlgoConfig",
     "CheckpointConfig",
     "ControlConfig",

@@ -11,6 +11,23 @@ from dvla.config.check import check as _check
 
 
 @dataclass(frozen=True)
+class ActorConfig:
+    strategy: str = "fsdp"
+    """How pipeline.num_actors > 1 ranks share the policy: 'fsdp' (FSDP2: parameters, gradients and
+    optimizer state sharded over the ranks) or 'ddp' (each rank holds it all; gradients averaged)."""
+    param_dtype: str = "bfloat16"
+    """fsdp on CUDA: dtype parameters are gathered and computed in (mixed precision). Ignored on CPU."""
+    reduce_dtype: str = "float32"
+    """fsdp on CUDA: dtype gradients are reduced in. Ignored on CPU."""
+
+    def validate(self) -> None:
+        _check(self.strategy in ("fsdp", "ddp"), "actor.strategy", f"unknown '{self.strategy}'; choose fsdp or ddp")
+        for name in ("param_dtype", "reduce_dtype"):
+            v = getattr(self, name)
+            _check(v in ("float32", "bfloat16", "float16"), f"actor.{name}", f"unknown '{v}'")
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     host: str = "127.0.0.1"
     """Address weight_control listens on."""

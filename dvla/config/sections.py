@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 from dvla.config.check import check as _check
 from dvla.config.policy import PolicyConfig
-from dvla.config.runtime import CheckpointConfig, ControlConfig, DataPlaneConfig, TelemetryConfig
+from dvla.config.runtime import ActorConfig, CheckpointConfig, ControlConfig, DataPlaneConfig, TelemetryConfig
 
 _READS = {"state": "the state vector", "rgb": "camera images"}
 
@@ -112,6 +112,9 @@ class PipelineConfig:
     are published and fetched on their own threads, off the critical path: D-VLA)."""
     num_rollout_workers: int = 2
     """Rollout processes (each holds env.num_envs envs); CPU physics holds the GIL, so shards are processes."""
+    num_actors: int = 1
+    """K, actor processes training one policy as a group (actor.strategy); each trains on the rounds of its
+    own rollouts (rollout r's home is actor r mod K), so num_rollout_workers >= K, ideally a multiple."""
     max_staleness: int = 1
     """eta, for the asynchronous modes: a rollout epoch may start on weights at most this many versions
     behind the actor, and the actor drops (and counts) episodes older than that. Lockstep modes use 0."""
@@ -169,6 +172,16 @@ class PipelineConfig:
     def validate(self) -> None:
         _check(self.mode in MODES, "pipeline.mode", f"unknown '{self.mode}'; choose from {', '.join(MODES)}")
         _check(self.num_rollout_workers > 0, "pipeline.num_rollout_workers", "must be > 0")
+        _check(
+            1 <= self.num_actors <= self.num_rollout_workers,
+            "pipeline.num_actors",
+            f"must be in [1, num_rollout_workers={self.num_rollout_workers}]: every actor rank needs a rollout",
+        )
+        _check(
+            self.num_actors == 1 or not self.streamer,
+            "pipeline.num_actors",
+            "streamer mode backpropagates batches as they arrive, which one actor rank does; use 1, or another mode",
+        )
         _check(self.max_staleness >= 0, "pipeline.max_staleness", "must be >= 0")
         _check(
             self.lockstep or self.max_staleness >= 1,
@@ -202,6 +215,7 @@ class RunConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)

@@ -1,9 +1,12 @@
 """Who is in the run: the data-plane world by epoch, liveness, reported counters.
 
-The actor is rank 0 and hosts the data-plane rendezvous. Rollouts that hold a
-slot are *members*, with ranks 1..N in order of admission; the rest wait on
-*standby*. The first world (epoch 0) forms once every one of the
-`target_rollouts` slots is filled. After that every change of the member set
+The actors are ranks 0..K-1 in order of registration (K = num_actors, an actor
+group); actor rank 0 hosts the data-plane rendezvous. Rollouts that hold a
+slot are *members*, with ranks K..K+N-1 in order of admission; the rest wait on
+*standby*. Each member sends to its home actor (World.home), so every actor
+trains on the rounds of its own rollouts: its share of a global batch. The
+first world (epoch 0) forms once every one of the `target_rollouts` slots is
+filled. After that every change of the member set
 (Admin.Rescale, a standby admitted) starts a new epoch: members reach a safe
 point, leave the old torch.distributed group, and rendezvous again. Leavers are
 always the highest ranks, so the ranks of those who stay never change. A worker
@@ -30,7 +33,7 @@ MAX_SHARDS = 64
 class Worker:
     worker_id: str
     role: Role
-    rank: int  # -1 unless a member (the actor: 0)
+    rank: int  # -1 unless a member (actors: 0..K-1)
     address: str
     last_seen: float
     env_spec: EnvSpec | None = None
@@ -51,22 +54,23 @@ class Worker:
 
 
 class Registry:
-    def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float]):
-        if num_rollouts < 1:
-            raise ValueError("num_rollouts must be >= 1")
-        self.target_rollouts = num_rollouts
+    def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float], num_actors: int = 1):
+        if num_rollouts < 1 or not 1 <= num_actors <= num_rollouts:
+            raise ValueError(f"need num_rollouts >= num_actors >= 1, got {num_rollouts} and {num_actors}")
+        self.target_rollouts, self.num_actors = num_rollouts, num_actors
+        self._actors: list[str] = []  # actor worker ids; actor rank = index
         self.heartbeat_s = heartbeat_s
         self._clock = clock
         self._workers: dict[str, Worker] = {}
-        self._members: list[str] = []  # rollout worker ids; rank = index + 1
-        self._initial = True  # epoch 0 until its slots are filled: a fixed world of 1 + target_rollouts
+        self._members: list[str] = []  # rollout worker ids; rank = num_actors + index
+        self._initial = True  # epoch 0 until its slots are filled: a fixed world of K + target_rollouts
         self.rendezvous_address = ""
         self.epoch = 0
 
     # ------------------------------------------------------------------ the world
     @property
     def world_size(self) -> int:
-        return 1 + (self.target_rollouts if self._initial else len(self._members))
+        return self.num_actors + (self.target_rollouts if self._initial else len(self._members))
 
     @property
     def episodes_per_update(self) -> int:
@@ -75,12 +79,20 @@ class Registry:
             return 0
         return sum(self._workers[m].active_envs for m in self._members)
 
+    def episodes_for(self, w: Worker) -> int:
+        """What a worker's heartbeat says about the global batch: for an actor rank, its share (one round
+        of the members homed to it); for others, the whole (0 while the first world is still filling)."""
+        if self._initial or w.role != Role.ACTOR or w.rank < 0:
+            return self.episodes_per_update
+        k = self.num_actors
+        return sum(self._workers[m].active_envs for i, m in enumerate(self._members) if i % k == w.rank)
+
     def _bump(self) -> None:
         self.epoch += 1
 
     def _admit(self, w: Worker) -> None:
         self._members.append(w.worker_id)
-        w.membership, w.rank = Membership.MEMBER, len(self._members)
+        w.membership, w.rank = Membership.MEMBER, self.num_actors + len(self._members) - 1
         if self._initial:
             if len(self._members) == self.target_rollouts:
                 self._initial = False  # the world that forms is the one everyone waited for: no new epoch
@@ -102,8 +114,11 @@ class Registry:
         Leavers are the highest ranks. Joiners are admitted from standby now, or
         when they register; each admission or removal starts a new epoch.
         """
-        if not 1 <= num_rollouts <= MAX_ROLLOUTS:
-            raise InvalidArgument(f"num_rollouts must be in [1, {MAX_ROLLOUTS}], got {num_rollouts}")
+        if not self.num_actors <= num_rollouts <= MAX_ROLLOUTS:
+            raise InvalidArgument(
+                f"num_rollouts must be in [{self.num_actors}, {MAX_ROLLOUTS}] (at least one per actor rank), "
+                f"got {num_rollouts}"
+            )
         old_world = self.world_size
         self.target_rollouts = num_rollouts
         leaving = self._members[num_rollouts:]
@@ -137,11 +152,11 @@ class Registry:
 
     # ------------------------------------------------------------------ workers
     def check_publisher(self, worker_id: str) -> None:
-        """PermissionDenied unless `worker_id` is the worker registered as actor: only it may publish."""
+        """PermissionDenied unless `worker_id` is actor rank 0: only it publishes (one version, one whole policy)."""
         w = self._workers.get(worker_id) if worker_id else None
-        if w is None or w.role != Role.ACTOR:
+        if w is None or w.role != Role.ACTOR or w.rank != 0:
             who = f"'{worker_id}'" if worker_id else "a publish without publisher_id"
-            raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor may")
+            raise PermissionDenied(f"{who} may not publish weights: only the worker registered as actor rank 0 may")
 
     def register(
         self,
@@ -173,16 +188,18 @@ class Registry:
             known.last_seen, known.address = now, address or known.address
             known.env_spec = env_spec or known.env_spec
             known.worker_key = worker_key or known.worker_key
-            if role == Role.ACTOR and rendezvous_address:
+            if role == Role.ACTOR and known.rank == 0 and rendezvous_address:
                 self.rendezvous_address = rendezvous_address
             return known
         if role == Role.ACTOR:
-            if self.actor() is not None:
-                raise AlreadyExists("an actor is already registered")
-            if not rendezvous_address:
-                raise InvalidArgument("the actor must give its data-plane rendezvous_address")
-            self.rendezvous_address = rendezvous_address
-            w = Worker(worker_id, role, 0, address, now, env_spec)
+            if len(self._actors) >= self.num_actors:
+                raise AlreadyExists(f"the run's {self.num_actors} actor rank(s) are all registered")
+            if not self._actors and not rendezvous_address:
+                raise InvalidArgument("actor rank 0 must give its data-plane rendezvous_address")
+            if not self._actors:
+                self.rendezvous_address = rendezvous_address
+            w = Worker(worker_id, role, len(self._actors), address, now, env_spec)
+            self._actors.append(worker_id)
             self._workers[worker_id] = w
             return w
         if env_spec is None:
@@ -224,17 +241,25 @@ class Registry:
 
     @property
     def complete(self) -> bool:
-        """The actor and every member of the current world are registered."""
-        has_actor = self.actor() is not None
-        return bool(self.rendezvous_address) and has_actor and len(self._members) + 1 == self.world_size
+        """Every actor rank and every member of the current world are registered."""
+        actors = len(self._actors)
+        return (
+            bool(self.rendezvous_address)
+            and actors == self.num_actors
+            and actors + len(self._members) == self.world_size
+        )
 
     def workers(self) -> list[Worker]:
         order = {Membership.MEMBER: 0, Membership.LEAVING: 1, Membership.STANDBY: 2, Membership.LEFT: 3}
         return sorted(self._workers.values(), key=lambda w: (order[w.membership], w.rank, w.worker_id))
 
     def actor(self) -> Worker | None:
-        """The worker registered as actor (there is at most one, and it never leaves)."""
-        return next((w for w in self._workers.values() if w.role == Role.ACTOR), None)
+        """Actor rank 0 (it publishes and answers for checkpoints); None until it registers."""
+        return self._workers[self._actors[0]] if self._actors else None
+
+    def actors(self) -> list[Worker]:
+        """The actor ranks registered, by rank."""
+        return [self._workers[a] for a in self._actors]
 
     def standbys(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.membership == Membership.STANDBY]

@@ -1,6 +1,6 @@
 """The actor's receive lane: trajectories from the data plane into a bounded queue.
 
-    consumes  TrajectoryBatches from every rollout rank of the epoch formed (TrajectorySource)
+    consumes  TrajectoryBatches from the rollout ranks homed to this actor rank (all, with one actor)
     produces  the same batches, on `queue` (bounded: queue_batches), then END (None) once
     waits for a batch on the data plane, or room in the queue: while the queue is full it
               stops receiving, so rollouts block in send (backpressure, never silent loss)
@@ -33,7 +33,7 @@ END = None  # put on the queue once the data plane has nothing more to give
 
 class ReceiveLane:
     def __init__(self, epochs: EpochCycle, world: World, capacity: int, ledger: EpisodeLedger, stop: threading.Event):
-        """world: the epoch already formed (rank 0)."""
+        """world: the epoch already formed (this actor's rank)."""
         self.epochs, self.world, self.ledger, self.stop = epochs, world, ledger, stop
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
         self.blocked_s = 0.0  # time spent waiting for room in the queue
@@ -52,14 +52,14 @@ class ReceiveLane:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                source = self.epochs.plane.source(list(range(1, self.world.size)))
+                source = self.epochs.plane.source(self.world.rollouts_of(self.world.rank))
                 self._receive(source)
                 if self.stop.is_set() or source.run_ended():
                     return
                 world = self.epochs.advance(self.world)
                 if world is None:
                     return
-                log.info("data-plane epoch %d formed: %d rollout(s)", world.epoch, world.size - 1)
+                log.info("data-plane epoch %d formed: %d rollout(s)", world.epoch, world.size - world.actors)
                 self.world = world
         except BaseException as e:
             log.exception("receive lane failed")

@@ -89,7 +89,7 @@ class Sampler:
         while world is not None:
             on_epoch(world.epoch)
             log.info("data-plane epoch %d: rank %d of %d", world.epoch, world.rank, world.size)
-            sink = cycle.plane.sink()
+            sink = cycle.plane.sink(world.home())
             outcome = self.run(sink, world.rank, should_yield=lambda w=world: cycle.moved_on(w))
             if outcome != Outcome.YIELD:  # the run is over (or this worker stops): END, so the actor can account
                 sink.send_end()

@@ -10,6 +10,11 @@
 Streamer mode backpropagates each batch as it arrives (the first PPO epoch) and
 steps once the global batch is complete; the other epochs run as usual, so every
 mode does the same optimisation work per update.
+
+In an actor group each rank gathers its share (episodes_per_update is the share), the ranks
+agree that every one has a batch before they update together, and the update's record
+reports the global batch. Where every forward is a collective (FSDP), a rank prepares its
+share in one call once it is in, so that all ranks make the same calls.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import torch
 
 from dvla import telemetry
 from dvla.algo.learner import Learner, Samples
@@ -91,8 +98,24 @@ class Trainer:
                 return b
 
     def next_global_batch(self) -> GlobalBatch | None:
-        """Batches until one round of the world is in; None if the rollouts ended first."""
+        """Batches until one round of the world (this rank's share of it) is in; None if the rollouts
+        ended first (on any rank of a group: then no rank trains on a partial global batch)."""
+        g = self._gather()
+        group = self.learner.group
+        if group.size > 1:
+            everyone = group.all_reduce(torch.tensor([0 if g is None else 1]), "min")
+            if not int(everyone) and g is not None:
+                self.ledger.drop(g.num_episodes)
+                g = None
+        if g is not None and group.collective_forward:
+            t = time.monotonic()
+            g.samples = [self.learner.prepare(TrajectoryBatch.concat(g.batches), self.progress.version)]
+            g.micro_s += time.monotonic() - t
+        return g
+
+    def _gather(self) -> GlobalBatch | None:
         g, t0, version = GlobalBatch(), time.monotonic(), self.progress.version
+        prepare_each = not self.learner.group.collective_forward
         while g.num_episodes < self.episodes_per_update():
             try:
                 b = self._next_fresh(timeout_s=0.25)  # then look at the target again: it follows rescales
@@ -112,10 +135,11 @@ class Trainer:
                 episodes=b.num_episodes,
                 worker=b.worker_rank,
             ):
-                s = self.learner.prepare(b, version)
-                g.samples.append(s)
-                if self.streamer:
-                    g.streamed.append(self.learner.accumulate(s))
+                if prepare_each:
+                    s = self.learner.prepare(b, version)
+                    g.samples.append(s)
+                    if self.streamer:
+                        g.streamed.append(self.learner.accumulate(s))
             g.micro_s += time.monotonic() - t
         g.wait_s = time.monotonic() - t0 - g.micro_s
         return g
@@ -136,16 +160,28 @@ class Trainer:
         if epochs:
             with telemetry.span("training.optimizer_step", links=rounds, version=version + 1, epochs=epochs):
                 record |= self.learner.update(Samples.concat(g.samples), epochs=epochs)
+        self.ledger.train(batch.num_episodes)  # this rank's: weight_control sums the ranks' ledgers
+        episodes, successes, returns, lengths, steps = self.learner.group.all_reduce(
+            torch.tensor(
+                [
+                    batch.num_episodes,
+                    float(batch.success.sum()),
+                    float(batch.returns().sum()),
+                    float(batch.episode_steps().sum()),
+                    batch.num_steps,
+                ],
+                dtype=torch.float64,
+            )
+        ).tolist()
         self.progress.updates += 1
-        self.progress.env_steps_trained += batch.num_steps
-        self.ledger.train(batch.num_episodes)
+        self.progress.env_steps_trained += int(steps)
         return (
             record
             | lag_stats(batch, version)
             | {
-                "success_rate": float(batch.success.float().mean()),
-                "return_mean": float(batch.returns().mean()),
-                "episode_length": float(batch.episode_steps().float().mean()),
+                "success_rate": successes / episodes,
+                "return_mean": returns / episodes,
+                "episode_length": lengths / episodes,
                 "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
                 "time/wait_s": g.wait_s,
                 "time/train_s": time.monotonic() - t0 + g.micro_s,

@@ -38,6 +38,7 @@ class Registration:
     world_size: int
     rendezvous_address: str
     epoch: int
+    num_actors: int = 1
 
 
 def _wrap(fn):
@@ -116,7 +117,7 @@ class ControlClient:
         r = self.registry.Register(req, timeout=self.cfg.rpc_timeout_s)
         if role == "actor":
             self.actor_id = worker_id  # the default publisher of this client's publishes
-        return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch)
+        return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch, r.num_actors or 1)
 
     @_wrap
     def heartbeat(
@@ -141,6 +142,7 @@ class ControlClient:
             r.checkpoint_request,
             r.episodes_per_update,
             r.rendezvous_address,
+            r.num_actors or 1,
         )
 
     @_wrap

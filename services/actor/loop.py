@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from dvla import telemetry
+from dvla import actorgroup, telemetry
+from dvla.algo.group import Solo
 from dvla.algo.learner import Learner
-from dvla.checkpoint import check_can_continue, config_text, load_checkpoint, restore
+from dvla.checkpoint import check_can_continue, config_text, load_checkpoint, restore_training, restore_weights
 from dvla.config import RunConfig
 from dvla.counters import EpisodeLedger
 from dvla.dataplane import DataPlane
@@ -63,23 +64,22 @@ def run_actor(
     progress = Progress(updates=ckpt.updates, env_steps_trained=ckpt.env_steps_trained) if ckpt else Progress()
     report = ActorReport(ledger, progress)
     client = ControlClient(control, cfg.control)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
-    heartbeat = plane = None
+    heartbeat = plane = metrics = None
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
-        rendezvous = f"{cfg.dataplane.host}:{cfg.dataplane.port or free_port(cfg.dataplane.host)}"
-        plane = DataPlane(rendezvous, is_host=True, backend=cfg.dataplane.backend, timeout_s=cfg.dataplane.timeout_s)
-        reg = join(client, "actor", worker_id, rendezvous_address=rendezvous, stop=stop)
+        reg, plane, group = join_actor_group(cfg, client, worker_id, stop)
+        metrics = MetricsLog(*metrics_paths(run_dir, reg.rank))
         heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders).start()
         telemetry.observe_worker("actor", worker_id, report)
-        log.info("rank 0 of %d; waiting for %d rollout(s) at %s", reg.world_size, reg.world_size - 1, rendezvous)
+        log.info("actor rank %d of %d; waiting for %d rollout(s) at %s", reg.rank, reg.num_actors,
+                 reg.world_size - reg.num_actors, reg.rendezvous_address)  # fmt: skip
         finished = threading.Event()  # the final version is published: no data-plane epoch is formed after it
         cycle = EpochCycle(plane, heartbeat, stop, give_up=finished.is_set)
-        world = cycle.enter(World(reg.epoch, 0, reg.world_size))
+        world = cycle.enter(World(reg.epoch, reg.rank, reg.world_size, reg.num_actors))
         if world is None:
             raise RuntimeError("stopped before the data plane formed")
         report.dataplane_epoch = world.epoch
-        policy, learner = build_learner(cfg, client, ckpt)
+        policy, learner = build_learner(cfg, client, ckpt, group)
         checkpoints = CheckpointDuty(run_dir, cfg, ckpt, report, heartbeat)
         checkpoints.attach(policy, learner)
         start_version, ckpt = (ckpt.version if ckpt else 0), None  # its tensors are in the policy and optimizer
@@ -87,14 +87,15 @@ def run_actor(
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
         trainer = Trainer(
             learner, inbox, ledger, progress, max_staleness=p.max_staleness_in_force, streamer=p.streamer,
-            episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured,
-            idle=lambda: checkpoints.if_requested(heartbeat.checkpoint_request),
+            episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured // reg.num_actors,
+            # between two steps a checkpoint may be written while waiting; a group writes them together only
+            idle=lambda: group.size == 1 and checkpoints.if_requested(heartbeat.checkpoint_request),
         )  # fmt: skip
-        lane = PublishLane(client, worker_id)
-        publisher = OffThread(lane.submit) if p.background_weights else lane
+        lane = PublishLane(client, worker_id)  # used on actor rank 0 only: one version, one whole policy
+        publisher = OffThread(lane.submit) if p.background_weights and reg.rank == 0 else lane
         actor = Actor(cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished)
         actor.train(start_version, stop=stop)
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "training.png",
+        plot_metrics(metrics.path, metrics.path.with_name("training.png"),
                      title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})")  # fmt: skip
         log.info("done: %d updates; episodes %s", progress.updates, ledger.snapshot())
         return report()
@@ -105,8 +106,10 @@ def run_actor(
         report.dataplane_epoch = -1  # before the last heartbeat, as the rollouts do
         if heartbeat is not None:
             heartbeat.stop()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         client.close()
+        actorgroup.leave()
 
 
 class Actor:
@@ -115,11 +118,13 @@ class Actor:
     def __init__(self, cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished):
         self.cfg, self.trainer, self.publisher, self.lane, self.policy = cfg, trainer, publisher, lane, policy
         self.checkpoints, self.heartbeat, self.report, self.metrics = checkpoints, heartbeat, report, metrics
-        self.finished, self.progress = finished, trainer.progress
+        self.finished, self.progress, self.group = finished, trainer.progress, trainer.learner.group
 
     def train(self, start_version: int, stop: threading.Event) -> None:
         p, progress = self.cfg.pipeline, self.progress
-        self.publisher.submit(start_version, self.policy.export_weights())
+        weights = self.group.full_weights(self.policy)  # actor rank 0 publishes; in a group, all gather
+        if weights is not None:
+            self.publisher.submit(start_version, weights)
         progress.version, start_steps, t0 = start_version, progress.env_steps_trained, time.monotonic()
         log.info("published v%d; mode %s, updates %d..%d", start_version, p.mode, progress.updates + 1, p.num_updates)
         while progress.updates < p.num_updates and not stop.is_set():
@@ -130,16 +135,24 @@ class Actor:
             if p.slow_actor_s:
                 time.sleep(p.slow_actor_s)
             publish_s = self.publish(final=progress.updates == p.num_updates)
-            checkpoint_s = self.checkpoints.if_due(self.heartbeat.checkpoint_request)
+            checkpoint_s = self.checkpoints.if_due(self.checkpoint_request())
             self.log(record, start_steps, t0, publish_s, checkpoint_s)
         self.publisher.flush()
         self.trainer.drain()
-        self.checkpoints.write(self.heartbeat.checkpoint_request, final=True)  # with the counters after the drain
+        self.checkpoints.write(self.checkpoint_request(), final=True)  # with the counters after the drain
+
+    def checkpoint_request(self) -> int:
+        """The newest Admin.Checkpoint request; in a group, the newest any rank has heard of, so that
+        every rank writes (a collective) at the same update."""
+        request = torch.tensor([self.heartbeat.checkpoint_request], dtype=torch.int64)
+        return int(self.group.all_reduce(request, "max"))
 
     def publish(self, final: bool) -> float:
         """Hand the new version to the publish lane; the seconds the training lane spent on it."""
         t = time.monotonic()
-        self.publisher.submit(self.progress.updates, self.policy.export_weights(), final=final)
+        weights = self.group.full_weights(self.policy)  # a collective in a group: gathered on rank 0
+        if weights is not None:
+            self.publisher.submit(self.progress.updates, weights, final=final)
         self.progress.version = self.progress.updates
         if final:
             self.finished.set()
@@ -169,7 +182,28 @@ def open_run_dir(cfg: RunConfig, run_dir: Path, resume: Path | None):
     return ckpt
 
 
-def build_learner(cfg: RunConfig, client: ControlClient, ckpt) -> tuple:
+def join_actor_group(cfg: RunConfig, client: ControlClient, worker_id: str, stop: threading.Event) -> tuple:
+    """Register as an actor rank; (registration, data plane, actor group). Rank 0 hosts the data plane's
+    store, which the actor group (K > 1: DDP or FSDP over the actor ranks) forms on too."""
+    host = cfg.dataplane.host
+    reg = join(client, "actor", worker_id, rendezvous_address=f"{host}:{cfg.dataplane.port or free_port(host)}",
+               stop=stop)  # fmt: skip
+    d = cfg.dataplane
+    plane = DataPlane(reg.rendezvous_address, is_host=reg.rank == 0, backend=d.backend, timeout_s=d.timeout_s)
+    if reg.num_actors == 1:
+        return reg, plane, Solo()
+    actorgroup.form(reg.rank, reg.num_actors, timeout_s=d.timeout_s, store=plane.store)
+    a = cfg.actor
+    return reg, plane, actorgroup.DistGroup(a.strategy, resolve_device(cfg.device), a.param_dtype, a.reduce_dtype)
+
+
+def metrics_paths(run_dir: Path, rank: int) -> tuple[Path, Path]:
+    """Actor rank 0 writes the run's metrics; another rank, its own beside them."""
+    folder = run_dir if rank == 0 else run_dir / f"actor-rank{rank}"
+    return folder / "metrics.jsonl", folder / "tensorboard"
+
+
+def build_learner(cfg: RunConfig, client: ControlClient, ckpt, group) -> tuple:
     """The policy for the rollouts' env spec, and its learner; restored from `ckpt` when resuming."""
     spec = client.env_spec(client.world())
     if spec is None:
@@ -177,9 +211,18 @@ def build_learner(cfg: RunConfig, client: ControlClient, ckpt) -> tuple:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     policy = build_policy(cfg.policy, spec).to(device)
-    learner = Learner(policy, cfg.algo, device, seed=cfg.seed)
     if ckpt is not None:
-        restore(ckpt, policy, learner)
+        restore_weights(ckpt, policy)  # before the group wraps (and shards) the policy
+    learner = Learner(policy, cfg.algo, device, seed=cfg.seed, group=group)
+    if ckpt is not None:
+        restore_training(
+            ckpt,
+            learner,
+            load_optimizer_dir=lambda d: actorgroup.load_optimizer(policy, learner.optimizer, d),
+            load_optimizer_state=(lambda s: actorgroup.load_optimizer_state(policy, learner.optimizer, s))
+            if group.collective_forward  # FSDP: sharded parameters
+            else None,
+        )
         log.info("resumed from %s: v%d, %d updates, %d env steps trained", ckpt.path, ckpt.version, ckpt.updates,
                  ckpt.env_steps_trained)  # fmt: skip
     return policy, learner

@@ -6,7 +6,8 @@ import logging
 import time
 from pathlib import Path
 
-from dvla.checkpoint import CHECKPOINTS, Checkpointer
+from dvla import actorgroup
+from dvla.checkpoint import CHECKPOINTS, OPTIMIZER_DIR, Checkpointer, checkpoint_name
 from dvla.config import RunConfig
 from dvla.counters import EpisodeLedger
 from dvla.lanes.training import Progress
@@ -83,10 +84,19 @@ class CheckpointDuty:
         self.policy, self.learner, self.t0 = policy, learner, time.monotonic()
 
     def write(self, request: int, final: bool = False) -> float:
-        """Write one now; returns the seconds it took."""
+        """Write one now; returns the seconds it took. In an actor group every rank calls it at the same
+        update: rank 0 writes the checkpoint with the gathered weights, every rank its optimizer shard."""
         t, ck, r = time.monotonic(), self.checkpointer, self.report
         asked = request > ck.request_done
-        p = r.progress
+        p, group = r.progress, self.learner.group
+        weights = group.full_weights(self.policy)
+        shards = None
+        if group.size > 1:
+            shards = lambda folder: actorgroup.save_optimizer(self.policy, self.learner.optimizer, folder)  # noqa: E731
+            if group.rank != 0:
+                shards(ck.staging(p.version) / OPTIMIZER_DIR)  # beside rank 0's, which writes the rest
+                ck.mark_written(p.version, ck.root / checkpoint_name(p.version), p.updates, request)
+                return time.monotonic() - t
         path = ck.save(
             p.version,
             self.policy,
@@ -97,6 +107,8 @@ class CheckpointDuty:
             request=request,
             wall_s=self.prior_wall_s + t - self.t0,
             final=final,
+            weights=weights,
+            write_optimizer=shards,
         )
         r.checkpoint_request_done, r.checkpoint_version, r.checkpoint_path = ck.request_done, ck.last_version, str(path)
         # Admin.Checkpoint waits for this acknowledgement, and learns of it now

@@ -100,7 +100,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         )  # fmt: skip
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
-        sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size), on_epoch=report.in_epoch)
+        sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size, reg.num_actors), on_epoch=report.in_epoch)
         c = sampler.counts
         log.info("done: %d episodes, %d env steps, versions %s", c.episodes_sent, c.env_steps_produced,
                  lane.versions_used)  # fmt: skip

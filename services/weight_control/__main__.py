@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # uvloop has no Windows build
         runner = asyncio.run
     try:
-        runner(serve_forever(control, cfg.pipeline.num_rollout_workers, telemetry_cfg=cfg.telemetry))
+        p = cfg.pipeline
+        runner(serve_forever(control, p.num_rollout_workers, telemetry_cfg=cfg.telemetry, num_actors=p.num_actors))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,11 +66,13 @@ def observe_control(state: ControlState) -> None:
         telemetry.observe(name, callback, unit, description, counter=counter)
 
 
-async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, port: int | None = None):
+async def start(
+    cfg: ControlConfig, num_rollouts: int, host: str | None = None, port: int | None = None, num_actors: int = 1
+):
     """Build and start the server; returns (server, bound_port, state)."""
     run = RunControl(
         VersionStore(cfg.keep_versions, cfg.max_version_bytes, clock_ns=time.time_ns),
-        Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic),
+        Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic, num_actors=num_actors),
         clock=time.monotonic,
     )
     state = ControlState(run, cfg.chunk_bytes)
@@ -93,20 +95,24 @@ async def start(cfg: ControlConfig, num_rollouts: int, host: str | None = None, 
 
 
 async def serve_forever(
-    cfg: ControlConfig, num_rollouts: int, grace_s: float = 2.0, telemetry_cfg: TelemetryConfig | None = None
+    cfg: ControlConfig,
+    num_rollouts: int,
+    grace_s: float = 2.0,
+    telemetry_cfg: TelemetryConfig | None = None,
+    num_actors: int = 1,
 ) -> None:
     """Serve until SIGINT/SIGTERM; with telemetry_cfg, export this service's metrics meanwhile."""
     if telemetry_cfg is None:
-        return await _serve(cfg, num_rollouts, grace_s)
+        return await _serve(cfg, num_rollouts, grace_s, num_actors)
     telemetry.setup(telemetry_cfg, "weight_control")
     try:
-        await _serve(cfg, num_rollouts, grace_s)
+        await _serve(cfg, num_rollouts, grace_s, num_actors)
     finally:
         telemetry.shutdown()
 
 
-async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float) -> None:
-    server, port, _ = await start(cfg, num_rollouts)
+async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float, num_actors: int = 1) -> None:
+    server, port, _ = await start(cfg, num_rollouts, num_actors=num_actors)
     log.info("weight_control listening on %s:%d (expecting %d rollout worker(s))", cfg.host, port, num_rollouts)
     print(f"weight_control listening on {cfg.host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -126,8 +132,8 @@ class BackgroundServer:
         client = ControlClient(srv.address, cfg)
     """
 
-    def __init__(self, cfg: ControlConfig, num_rollouts: int = 1, port: int = 0):
-        self.cfg, self.num_rollouts, self._port = cfg, num_rollouts, port
+    def __init__(self, cfg: ControlConfig, num_rollouts: int = 1, port: int = 0, num_actors: int = 1):
+        self.cfg, self.num_rollouts, self._port, self.num_actors = cfg, num_rollouts, port, num_actors
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -137,7 +143,9 @@ class BackgroundServer:
         asyncio.set_event_loop(self.loop)
 
         async def boot():
-            self.server, self.port, self.state = await start(self.cfg, self.num_rollouts, port=self._port)
+            self.server, self.port, self.state = await start(
+                self.cfg, self.num_rollouts, port=self._port, num_actors=self.num_actors
+            )
 
         try:
             self.loop.run_until_complete(boot())

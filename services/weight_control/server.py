@@ -175,7 +175,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         )
         await self.s.bump()
         return registry_pb2.RegisterReply(
-            rank=w.rank, world_size=r.world_size, rendezvous_address=r.rendezvous_address, epoch=r.epoch
+            rank=w.rank,
+            world_size=r.world_size,
+            rendezvous_address=r.rendezvous_address,
+            epoch=r.epoch,
+            num_actors=r.num_actors,
         )
 
     @_status
@@ -199,8 +203,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             membership=codec.MEMBERSHIP_TO_PB[w.membership],
             num_shards=w.shards_target,
             checkpoint_request=self.s.run.checkpoint_request_for(w),
-            episodes_per_update=r.episodes_per_update,
+            episodes_per_update=r.episodes_for(w),
             rendezvous_address=r.rendezvous_address,
+            num_actors=r.num_actors,
         )
 
     @_status
@@ -214,6 +219,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             epoch=r.epoch,
             episodes_per_update=r.episodes_per_update,
             target_rollouts=r.target_rollouts,
+            num_actors=r.num_actors,
         )
 
 
@@ -254,6 +260,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             epoch=r.epoch,
             target_rollouts=r.target_rollouts,
             episodes_per_update=r.episodes_per_update,
+            num_actors=r.num_actors,
         )
 
     @_status

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,10 +71,10 @@ def trajectories(update: int) -> list[TrajectoryBatch]:
     return out
 
 
-def train(learner: Learner, rank: int, size: int) -> list[dict]:
+def train(learner: Learner, rank: int, size: int, updates=range(1, UPDATES + 1)) -> list[dict]:
     records = []
     per_rank = NUM_BATCHES // size
-    for u in range(1, UPDATES + 1):
+    for u in updates:
         mine = trajectories(u)[rank * per_rank : (rank + 1) * per_rank]
         s = learner.prepare(TrajectoryBatch.concat(mine), version=u)
         records.append(learner.update(s))
@@ -83,14 +84,18 @@ def train(learner: Learner, rank: int, size: int) -> list[dict]:
 def rank_main(rank: int, size: int, port: int, strategy: str, algo: str, out: str) -> None:
     from dvla import actorgroup
 
-    actorgroup.form(f"127.0.0.1:{port}", rank, size, backend="gloo", timeout_s=60)
+    actorgroup.form(rank, size, backend="gloo", timeout_s=60, rendezvous=f"127.0.0.1:{port}")
     try:
         group = actorgroup.DistGroup(strategy, torch.device("cpu"))
         learner = Learner(make_policy(), algo_cfg(algo), torch.device("cpu"), seed=0, group=group)
-        records = train(learner, rank, size)
+        checkpoint = out.endswith(".ckpt")  # train all but the last update, then write a group checkpoint
+        records = train(learner, rank, size, range(1, UPDATES) if checkpoint else range(1, UPDATES + 1))
         weights = group.full_weights(learner.policy)
+        if checkpoint:
+            actorgroup.save_optimizer(learner.policy, learner.optimizer, Path(out) / "optimizer")
         if rank == 0:
-            torch.save({"weights": weights, "records": records}, out)
+            state = {"weights": weights, "records": records, "generator": learner.generator.get_state()}
+            torch.save(state, Path(out) / "rest.pt" if checkpoint else out)
         del learner  # a DDP reducer must go before its process group
     finally:
         actorgroup.leave()
@@ -127,6 +132,32 @@ def test_two_ranks_train_what_one_rank_trains(tmp_path, strategy, algo):
         assert mine["train/samples"] == theirs["train/samples"]
         for k in ("loss/policy", "loss/clip_frac", "loss/approx_kl", "loss/grad_norm", "train/behaviour_weight_min"):
             assert mine[k] == pytest.approx(theirs[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_a_group_checkpoint_resumes_on_one_rank(tmp_path):
+    """Two FSDP ranks write their optimizer shards (torch.distributed.checkpoint); one rank reads them
+    back resharded and takes the last update: the same parameters as one rank all along."""
+    from dvla import actorgroup
+
+    solo = Learner(make_policy(), algo_cfg("ppo"), torch.device("cpu"), seed=0)
+    train(solo, 0, 1)
+    port, out = free_port(), tmp_path / "group.ckpt"
+    procs = [
+        subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), "fsdp", "ppo", str(out)]) for r in range(2)
+    ]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    rest = torch.load(out / "rest.pt")
+    policy = make_policy()
+    policy.load_weights(rest["weights"])
+    resumed = Learner(policy, algo_cfg("ppo"), torch.device("cpu"), seed=0)
+    actorgroup.load_optimizer(policy, resumed.optimizer, out / "optimizer")
+    resumed.generator.set_state(rest["generator"])
+    train(resumed, 0, 1, range(UPDATES, UPDATES + 1))
+    got, expected = resumed.policy.export_weights(), solo.policy.export_weights()
+    diff = max(float((got[k] - expected[k]).abs().max()) for k in expected)
+    print(f"K=2 checkpoint resumed on K=1: max |diff| = {diff:.2e}")
+    assert diff < 1e-5
 
 
 if __name__ == "__main__":

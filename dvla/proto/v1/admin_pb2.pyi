@@ -266,6 +266,7 @@ class StatusReply(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
+    NUM_ACTORS_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     has_version: _builtins.bool
     latest_version: _builtins.int
@@ -274,6 +275,7 @@ class StatusReply(_message.Message):
     """data-plane epoch"""
     target_rollouts: _builtins.int
     episodes_per_update: _builtins.int
+    num_actors: _builtins.int
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.VersionInfo]: ...
     @_builtins.property
@@ -293,10 +295,11 @@ class StatusReply(_message.Message):
         epoch: _builtins.int = ...,
         target_rollouts: _builtins.int = ...,
         episodes_per_update: _builtins.int = ...,
+        num_actors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

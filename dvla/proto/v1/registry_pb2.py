@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dvla.proto.v1 import common_pb2 as dvla_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64vla/proto/v1/registry.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\xcc\x01\n\x0fRegisterRequest\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.dvla.v1.Role\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12rendezvous_address\x18\x04 \x01(\t\x12\"\n\x08\x65nv_spec\x18\x05 \x01(\x0b\x32\x10.dvla.v1.EnvSpec\x12\x10\n\x08num_envs\x18\x06 \x01(\x05\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x12\n\nworker_key\x18\x08 \x01(\x04\"\\\n\rRegisterReply\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\"\x8f\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x05stats\x18\x02 \x01(\x0b\x32\x14.dvla.v1.WorkerStats\x12\x1b\n\x04\x61\x63ks\x18\x03 \x01(\x0b\x32\r.dvla.v1.Acks\x12&\n\x07senders\x18\x04 \x03(\x0b\x32\x15.dvla.v1.SenderCounts\"t\n\x04\x41\x63ks\x12\x1f\n\x17\x63heckpoint_request_done\x18\x01 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x63heckpoint_path\x18\x03 \x01(\t\x12\x16\n\x0eleft_dataplane\x18\x04 \x01(\x08\"p\n\x0cSenderCounts\x12\x12\n\nworker_key\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x15\n\repisodes_sent\x18\x03 \x01(\x04\x12\x1a\n\x12\x65nv_steps_produced\x18\x04 \x01(\x04\"\x8d\x02\n\x0eHeartbeatReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\'\n\nmembership\x18\x06 \x01(\x0e\x32\x13.dvla.v1.Membership\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x1a\n\x12\x63heckpoint_request\x18\x08 \x01(\x04\x12\x1b\n\x13\x65pisodes_per_update\x18\t \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\n \x01(\t\"\x11\n\x0fGetWorldRequest\"\xb4\x01\n\x05World\x12\x12\n\nworld_size\x18\x01 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12$\n\x07workers\x18\x04 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x1b\n\x13\x65pisodes_per_update\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_rollouts\x18\x07 \x01(\x05\x32\xbf\x01\n\x08Registry\x12<\n\x08Register\x12\x18.dvla.v1.RegisterRequest\x1a\x16.dvla.v1.RegisterReply\x12?\n\tHeartbeat\x12\x19.dvla.v1.HeartbeatRequest\x1a\x17.dvla.v1.HeartbeatReply\x12\x34\n\x08GetWorld\x12\x18.dvla.v1.GetWorldRequest\x1a\x0e.dvla.v1.Worldb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64vla/proto/v1/registry.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\xcc\x01\n\x0fRegisterRequest\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.dvla.v1.Role\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12rendezvous_address\x18\x04 \x01(\t\x12\"\n\x08\x65nv_spec\x18\x05 \x01(\x0b\x32\x10.dvla.v1.EnvSpec\x12\x10\n\x08num_envs\x18\x06 \x01(\x05\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x12\n\nworker_key\x18\x08 \x01(\x04\"p\n\rRegisterReply\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x12\n\nnum_actors\x18\x05 \x01(\x05\"\x8f\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x05stats\x18\x02 \x01(\x0b\x32\x14.dvla.v1.WorkerStats\x12\x1b\n\x04\x61\x63ks\x18\x03 \x01(\x0b\x32\r.dvla.v1.Acks\x12&\n\x07senders\x18\x04 \x03(\x0b\x32\x15.dvla.v1.SenderCounts\"t\n\x04\x41\x63ks\x12\x1f\n\x17\x63heckpoint_request_done\x18\x01 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x63heckpoint_path\x18\x03 \x01(\t\x12\x16\n\x0eleft_dataplane\x18\x04 \x01(\x08\"p\n\x0cSenderCounts\x12\x12\n\nworker_key\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x15\n\repisodes_sent\x18\x03 \x01(\x04\x12\x1a\n\x12\x65nv_steps_produced\x18\x04 \x01(\x04\"\xa1\x02\n\x0eHeartbeatReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\'\n\nmembership\x18\x06 \x01(\x0e\x32\x13.dvla.v1.Membership\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x1a\n\x12\x63heckpoint_request\x18\x08 \x01(\x04\x12\x1b\n\x13\x65pisodes_per_update\x18\t \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\n \x01(\t\x12\x12\n\nnum_actors\x18\x0b \x01(\x05\"\x11\n\x0fGetWorldRequest\"\xc8\x01\n\x05World\x12\x12\n\nworld_size\x18\x01 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12$\n\x07workers\x18\x04 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x1b\n\x13\x65pisodes_per_update\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_rollouts\x18\x07 \x01(\x05\x12\x12\n\nnum_actors\x18\x08 \x01(\x05\x32\xbf\x01\n\x08Registry\x12<\n\x08Register\x12\x18.dvla.v1.RegisterRequest\x1a\x16.dvla.v1.RegisterReply\x12?\n\tHeartbeat\x12\x19.dvla.v1.HeartbeatRequest\x1a\x17.dvla.v1.HeartbeatReply\x12\x34\n\x08GetWorld\x12\x18.dvla.v1.GetWorldRequest\x1a\x0e.dvla.v1.Worldb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST']._serialized_start=70
   _globals['_REGISTERREQUEST']._serialized_end=274
   _globals['_REGISTERREPLY']._serialized_start=276
-  _globals['_REGISTERREPLY']._serialized_end=368
-  _globals['_HEARTBEATREQUEST']._serialized_start=371
-  _globals['_HEARTBEATREQUEST']._serialized_end=514
-  _globals['_ACKS']._serialized_start=516
-  _globals['_ACKS']._serialized_end=632
-  _globals['_SENDERCOUNTS']._serialized_start=634
-  _globals['_SENDERCOUNTS']._serialized_end=746
-  _globals['_HEARTBEATREPLY']._serialized_start=749
-  _globals['_HEARTBEATREPLY']._serialized_end=1018
-  _globals['_GETWORLDREQUEST']._serialized_start=1020
-  _globals['_GETWORLDREQUEST']._serialized_end=1037
-  _globals['_WORLD']._serialized_start=1040
-  _globals['_WORLD']._serialized_end=1220
-  _globals['_REGISTRY']._serialized_start=1223
-  _globals['_REGISTRY']._serialized_end=1414
+  _globals['_REGISTERREPLY']._serialized_end=388
+  _globals['_HEARTBEATREQUEST']._serialized_start=391
+  _globals['_HEARTBEATREQUEST']._serialized_end=534
+  _globals['_ACKS']._serialized_start=536
+  _globals['_ACKS']._serialized_end=652
+  _globals['_SENDERCOUNTS']._serialized_start=654
+  _globals['_SENDERCOUNTS']._serialized_end=766
+  _globals['_HEARTBEATREPLY']._serialized_start=769
+  _globals['_HEARTBEATREPLY']._serialized_end=1058
+  _globals['_GETWORLDREQUEST']._serialized_start=1060
+  _globals['_GETWORLDREQUEST']._serialized_end=1077
+  _globals['_WORLD']._serialized_start=1080
+  _globals['_WORLD']._serialized_end=1280
+  _globals['_REGISTRY']._serialized_start=1283
+  _globals['_REGISTRY']._serialized_end=1474
 # @@protoc_insertion_point(module_scope)

@@ -75,6 +75,7 @@ class RegisterReply(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _builtins.int
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    NUM_ACTORS_FIELD_NUMBER: _builtins.int
     rank: _builtins.int
     """-1: standby, no slot in the world (see Admin.Rescale)"""
     world_size: _builtins.int
@@ -82,6 +83,8 @@ class RegisterReply(_message.Message):
     """empty until the actor has registered"""
     epoch: _builtins.int
     """data-plane epoch (bumped when the world re-forms)"""
+    num_actors: _builtins.int
+    """K: data-plane ranks 0..K-1 are the actor group's"""
     def __init__(
         self,
         *,
@@ -89,10 +92,11 @@ class RegisterReply(_message.Message):
         world_size: _builtins.int = ...,
         rendezvous_address: _builtins.str = ...,
         epoch: _builtins.int = ...,
+        num_actors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "num_actors", b"num_actors", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -216,6 +220,7 @@ class HeartbeatReply(_message.Message):
     CHECKPOINT_REQUEST_FIELD_NUMBER: _builtins.int
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
+    NUM_ACTORS_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     latest_version: _builtins.int
     epoch: _builtins.int
@@ -231,6 +236,8 @@ class HeartbeatReply(_message.Message):
     episodes_per_update: _builtins.int
     """actor: one round of every member's active envs"""
     rendezvous_address: _builtins.str
+    num_actors: _builtins.int
+    """K: ranks 0..K-1 are actors; a rollout sends to its home actor (World.home)"""
     def __init__(
         self,
         *,
@@ -244,10 +251,11 @@ class HeartbeatReply(_message.Message):
         checkpoint_request: _builtins.int = ...,
         episodes_per_update: _builtins.int = ...,
         rendezvous_address: _builtins.str = ...,
+        num_actors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "membership", b"membership", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,6 +287,7 @@ class World(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
+    NUM_ACTORS_FIELD_NUMBER: _builtins.int
     world_size: _builtins.int
     rendezvous_address: _builtins.str
     complete: _builtins.bool
@@ -286,6 +295,7 @@ class World(_message.Message):
     epoch: _builtins.int
     episodes_per_update: _builtins.int
     target_rollouts: _builtins.int
+    num_actors: _builtins.int
     @_builtins.property
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkerInfo]: ...
     def __init__(
@@ -298,10 +308,11 @@ class World(_message.Message):
         epoch: _builtins.int = ...,
         episodes_per_update: _builtins.int = ...,
         target_rollouts: _builtins.int = ...,
+        num_actors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "rendezvous_address", b"rendezvous_address", "target_rollouts", b"target_rollouts", "workers", b"workers", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "num_actors", b"num_actors", "rendezvous_address", b"rendezvous_address", "target_rollouts", b"target_rollouts", "workers", b"workers", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
