@@ -114,7 +114,8 @@ class PipelineConfig:
     """Rollout processes (each holds env.num_envs envs); CPU physics holds the GIL, so shards are processes."""
     num_actors: int = 1
     """K, actor processes training one policy as a group (actor.strategy); each trains on the rounds of its
-    own rollouts (rollout r's home is actor r mod K), so num_rollout_workers >= K, ideally a multiple."""
+    own rollouts (rollout r's home is actor r mod K), so num_rollout_workers >= K, ideally a multiple. A group
+    backpropagates each global batch once it is in: the streamer strategy (per arriving batch) is one rank's."""
     max_staleness: int = 1
     """eta, for the asynchronous modes: a rollout epoch may start on weights at most this many versions
     behind the actor, and the actor drops (and counts) episodes older than that. Lockstep modes use 0."""
@@ -177,11 +178,7 @@ class PipelineConfig:
             "pipeline.num_actors",
             f"must be in [1, num_rollout_workers={self.num_rollout_workers}]: every actor rank needs a rollout",
         )
-        _check(
-            self.num_actors == 1 or not self.streamer,
-            "pipeline.num_actors",
-            "streamer mode backpropagates batches as they arrive, which one actor rank does; use 1, or another mode",
-        )
+
         _check(self.max_staleness >= 0, "pipeline.max_staleness", "must be >= 0")
         _check(
             self.lockstep or self.max_staleness >= 1,

@@ -85,8 +85,11 @@ def run_actor(
         start_version, ckpt = (ckpt.version if ckpt else 0), None  # its tensors are in the policy and optimizer
         inbox = report.inbox = ReceiveLane(cycle, world, p.queue_batches, ledger, stop).start()
         configured = p.num_rollout_workers * cfg.env.num_envs  # until weight_control counts the world
+        streamer = p.streamer and group.size == 1  # a group backpropagates each global batch once it is in
+        if p.streamer and not streamer:
+            log.info("an actor group backpropagates whole global batches: streaming per batch is one rank's")
         trainer = Trainer(
-            learner, inbox, ledger, progress, max_staleness=p.max_staleness_in_force, streamer=p.streamer,
+            learner, inbox, ledger, progress, max_staleness=p.max_staleness_in_force, streamer=streamer,
             episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured // reg.num_actors,
             # between two steps a checkpoint may be written while waiting; a group writes them together only
             idle=lambda: group.size == 1 and checkpoints.if_requested(heartbeat.checkpoint_request),

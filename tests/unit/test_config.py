@@ -39,6 +39,8 @@ def test_yaml_round_trip(tmp_path):
         ("pipeline.mode=turbo", "pipeline.mode"),
         ("policy.mlp.hidden_sizes=[]", "policy.mlp.hidden_sizes"),
         ("control.port=70000", "control.port"),
+        ("pipeline.num_actors=3", "pipeline.num_actors"),
+        ("actor.strategy=zero3", "actor.strategy"),
         ("algo=3", "algo"),
     ],
 )
@@ -137,3 +139,7 @@ def test_flat_policy_keys_still_load(tmp_path, caplog):
     assert (old.policy.mlp.hidden_sizes, old.policy.mlp.init_log_std) == ((32,), -1.0)
     both = load_config(None, ["policy.hidden_sizes=[32]", "policy.mlp.hidden_sizes=[64]"])
     assert both.policy.mlp.hidden_sizes == (64,)  # the new spelling wins
+
+
+def test_an_actor_group_in_the_headline_mode():
+    assert load_config(None, ["pipeline.mode=swimlane", "pipeline.num_actors=2"]).pipeline.num_actors == 2

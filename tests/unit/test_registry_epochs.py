@@ -107,3 +107,30 @@ def test_a_restart_keeps_its_place_and_a_leaver_coming_back_joins_afresh():
     r.rescale(2)
     w = r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
     assert (w.rank, w.membership, r.epoch) == (2, Membership.MEMBER, 2)
+
+
+def test_an_actor_group_holds_the_first_ranks_and_each_actor_its_rollouts_share():
+    from dvla.control.errors import AlreadyExists, PermissionDenied
+    from dvla.types import World
+
+    r = Registry(3, heartbeat_s=1.0, clock=Clock(), num_actors=2)
+    with pytest.raises(InvalidArgument, match="rank 0 must give"):
+        r.register("actor", "a", rendezvous_address="")
+    a0 = r.register("actor", "a", rendezvous_address="h:1")
+    a1 = r.register("actor", "b", rendezvous_address="h:2")  # only rank 0's address counts
+    with pytest.raises(AlreadyExists, match="2 actor rank"):
+        r.register("actor", "c", rendezvous_address="h:3")
+    for i in range(3):
+        r.register("rollout", f"r{i}", env_spec=SPEC, num_envs=4)
+    assert (a0.rank, a1.rank, r.rendezvous_address, r.world_size, r.complete) == (0, 1, "h:1", 5, True)
+    assert [ranks(r)[f"r{i}"][0] for i in range(3)] == [2, 3, 4]
+    assert [World(0, rank, 5, actors=2).home() for rank in (2, 3, 4)] == [0, 1, 0]
+    assert World(0, 0, 5, actors=2).rollouts_of(0) == [2, 4] and World(0, 1, 5, actors=2).rollouts_of(1) == [3]
+    assert (r.episodes_for(a0), r.episodes_for(a1), r.episodes_per_update) == (8, 4, 12)
+    r.check_publisher("a")
+    with pytest.raises(PermissionDenied, match="rank 0"):
+        r.check_publisher("b")
+    with pytest.raises(InvalidArgument, match="at least one per actor rank"):
+        r.rescale(1)
+    with pytest.raises(ValueError, match="num_actors"):
+        Registry(1, heartbeat_s=1.0, clock=Clock(), num_actors=2)
