@@ -20,8 +20,9 @@ from dvla.rpc.client import ControlClient
 pytestmark = pytest.mark.slow
 
 
-def run_and_watch(cfg, run_dir):
-    launcher = Launcher(cfg, run_dir)
+def run_and_watch(cfg, run_dir, resume=None):
+    """Run to the end, taking an Admin.Status snapshot every 0.1 s: (snapshots, final status, metrics)."""
+    launcher = Launcher(cfg, run_dir, resume=resume)
     snapshots = []
     try:
         address = launcher.start()

@@ -8,35 +8,13 @@ counters balance across the two actors, and a resumed group continues the versio
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from test_accounting import run_and_watch  # noqa: I001 (a sibling test module)
 
 from dvla.config import load_config
-from dvla.launch import Launcher
 from dvla.metrics import read_metrics
-from dvla.rpc.client import ControlClient
 
 pytestmark = pytest.mark.slow
-
-
-def run(cfg, run_dir, resume=None):
-    launcher = Launcher(cfg, run_dir, resume=resume)
-    snapshots = []
-    try:
-        address = launcher.start()
-        client = ControlClient(address, cfg.control)
-        actor = next(c for c in launcher.children if c.name == "actor")
-        while actor.proc.poll() is None:
-            snapshots.append(client.status())
-            time.sleep(0.2)
-        rc = launcher.wait()
-        final = client.status()
-        client.close()
-    finally:
-        launcher.stop_all()
-    assert rc == 0, "\n".join(c.tail() for c in launcher.children)
-    return snapshots, final
 
 
 def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
@@ -53,7 +31,7 @@ def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
         "telemetry.exporter=none",
     ]
     cfg = load_config(None, overrides)
-    snapshots, final = run(cfg, tmp_path / "a")
+    snapshots, final, _ = run_and_watch(cfg, tmp_path / "a")
 
     actors = sorted((w for w in final.workers if w.worker_id.startswith("actor")), key=lambda w: w.rank)
     assert [w.rank for w in actors] == [0, 1]
@@ -74,7 +52,7 @@ def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
     assert (ckpt / "optimizer" / ".metadata").is_file() and (ckpt / "weights.safetensors").is_file()
 
     more = load_config(None, [*overrides, f"pipeline.num_updates={n + 2}"])
-    _, final = run(more, tmp_path / "b", resume=ckpt)
+    _, final, _ = run_and_watch(more, tmp_path / "b", resume=ckpt)
     rows = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["version"] for r in rows] == [n + 1, n + 2]
     assert final.latest_version == n + 2
