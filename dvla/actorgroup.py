@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dvla.dataplane.wire import HEADER_LEN, KIND_TRAJECTORIES, check_header, decode_payload, encode_batch
 from dvla.net import split_address
+from dvla.types import TrajectoryBatch
 
 log = logging.getLogger("dvla.actorgroup")
 
@@ -134,6 +136,23 @@ class DistGroup:
         if work is not t:
             t.copy_(work)
         return t
+
+    def send_batch(self, batch: TrajectoryBatch, dst: int) -> None:
+        """As one data-plane message (dvla/dataplane/wire.py): it keeps its rollout, round and trace."""
+        for t in encode_batch(batch):
+            dist.send(self._comm(t), dst)
+
+    def recv_batch(self, src: int) -> TrajectoryBatch:
+        header = self._recv(torch.empty(HEADER_LEN, dtype=torch.int64), src)
+        h = check_header(header)
+        if h.kind != KIND_TRAJECTORIES:
+            raise RuntimeError(f"actor rank {src} handed over a message of kind {h.kind}, not trajectories")
+        return decode_payload(h, self._recv(torch.empty(h.payload_bytes, dtype=torch.uint8), src))
+
+    def _recv(self, t: torch.Tensor, src: int) -> torch.Tensor:
+        work = self._comm(t)
+        dist.recv(work, src)
+        return work.cpu()
 
     def _same_start(self, policy: torch.nn.Module) -> None:
         """Every rank starts from rank 0's weights (its fresh init or its restored checkpoint)."""

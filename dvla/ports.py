@@ -178,3 +178,11 @@ class ActorGroup(Protocol):
         """The whole policy as CPU tensors on rank 0 (None on the others): one version, gathered once.
         A collective: every rank calls it."""
         ...
+
+    def send_batch(self, batch: TrajectoryBatch, dst: int) -> None:
+        """`batch` to actor rank `dst` (evening a global batch out), returning once it has left."""
+        ...
+
+    def recv_batch(self, src: int) -> TrajectoryBatch:
+        """The next batch actor rank `src` sends, on the CPU."""
+        ...

@@ -11,10 +11,10 @@ Streamer mode backpropagates each batch as it arrives (the first PPO epoch) and
 steps once the global batch is complete; the other epochs run as usual, so every
 mode does the same optimisation work per update.
 
-In an actor group each rank gathers its share (episodes_per_update is the share), the ranks
-agree that every one has a batch before they update together, and the update's record
-reports the global batch. Where every forward is a collective (FSDP), a rank prepares its
-share in one call once it is in, so that all ranks make the same calls.
+In an actor group each rank gathers its share (episodes_per_update: what its home rollouts
+send), the ranks agree that every one has a batch, even their shares out (dvla/lanes/balance.py)
+and update together; the update's record reports the global batch. A rank prepares its even
+share in one call, so that where every forward is a collective (FSDP) all ranks make the same calls.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dvla import telemetry
 from dvla.algo.learner import Learner, Samples
 from dvla.algo.staleness import lag_stats, stale_episodes
 from dvla.counters import EpisodeLedger
+from dvla.lanes.balance import even_out
 from dvla.types import TrajectoryBatch
 
 
@@ -56,6 +57,8 @@ class GlobalBatch:
     streamed: list[dict[str, float]] = field(default_factory=list)  # loss stats of streamed micro-batches
     wait_s: float = 0.0
     micro_s: float = 0.0  # compute spent on micro-batches while the global batch filled
+    received: int = 0  # episodes of it on this rank's ledger (received here; the group may move them)
+    moved: int = 0  # units this rank handed to or took from other actor ranks to even the shares
 
     @property
     def num_episodes(self) -> int:
@@ -102,20 +105,22 @@ class Trainer:
         ended first (on any rank of a group: then no rank trains on a partial global batch)."""
         g = self._gather()
         group = self.learner.group
-        if group.size > 1:
-            everyone = group.all_reduce(torch.tensor([0 if g is None else 1]), "min")
-            if not int(everyone) and g is not None:
-                self.ledger.drop(g.num_episodes)
-                g = None
-        if g is not None and group.collective_forward:
-            t = time.monotonic()
-            g.samples = [self.learner.prepare(TrajectoryBatch.concat(g.batches), self.progress.version)]
-            g.micro_s += time.monotonic() - t
+        if group.size == 1:
+            return g
+        everyone = group.all_reduce(torch.tensor([0 if g is None else 1]), "min")
+        if not int(everyone):
+            if g is not None:
+                self.ledger.drop(g.received)
+            return None
+        t = time.monotonic()
+        g.batches, g.moved = even_out(group, g.batches, self.whole_groups)
+        g.samples = [self.learner.prepare(TrajectoryBatch.concat(g.batches), self.progress.version)]
+        g.micro_s += time.monotonic() - t
         return g
 
     def _gather(self) -> GlobalBatch | None:
         g, t0, version = GlobalBatch(), time.monotonic(), self.progress.version
-        prepare_each = not self.learner.group.collective_forward
+        prepare_each = self.learner.group.size == 1  # a group prepares its share once it is even
         while g.num_episodes < self.episodes_per_update():
             try:
                 b = self._next_fresh(timeout_s=0.25)  # then look at the target again: it follows rescales
@@ -123,10 +128,11 @@ class Trainer:
                 self.idle()
                 continue
             if b is None:
-                self.ledger.drop(g.num_episodes)  # a partial global batch is never trained on
+                self.ledger.drop(g.received)  # a partial global batch is never trained on
                 return None
             t = time.monotonic()
             g.batches.append(b)
+            g.received += b.num_episodes
             # a child of the rollout round that produced it: one trace from sampling to training
             with telemetry.span(
                 "training.micro_batch",
@@ -160,7 +166,7 @@ class Trainer:
         if epochs:
             with telemetry.span("training.optimizer_step", links=rounds, version=version + 1, epochs=epochs):
                 record |= self.learner.update(Samples.concat(g.samples), epochs=epochs)
-        self.ledger.train(batch.num_episodes)  # this rank's: weight_control sums the ranks' ledgers
+        self.ledger.train(g.received)  # what this rank received: weight_control sums the ranks' ledgers
         episodes, successes, returns, lengths, steps = self.learner.group.all_reduce(
             torch.tensor(
                 [
@@ -183,6 +189,7 @@ class Trainer:
                 "return_mean": returns / episodes,
                 "episode_length": lengths / episodes,
                 "versions_used": sorted(int(v) for v in batch.versions[batch.step_mask()].unique()),
+                "group/units_moved": float(g.moved),  # this rank's, evening the group's shares out
                 "time/wait_s": g.wait_s,
                 "time/train_s": time.monotonic() - t0 + g.micro_s,
             }

@@ -79,6 +79,9 @@ def run_actor(
         if world is None:
             raise RuntimeError("stopped before the data plane formed")
         report.dataplane_epoch = world.epoch
+        homes = [len(world.rollouts_of(a)) for a in range(world.actors)]
+        if len(set(homes)) > 1:
+            log.info("rollouts per actor rank %s: the group evens every global batch out between its ranks", homes)
         policy, learner = build_learner(cfg, client, ckpt, group)
         checkpoints = CheckpointDuty(run_dir, cfg, ckpt, report, heartbeat)
         checkpoints.attach(policy, learner)

@@ -1,9 +1,10 @@
 """`dvla run pipeline.num_actors=2`: real services, two actor ranks, rollouts routed to their home actor.
 
 M=3 rollouts to K=2 actors: rollout ranks 2 and 4 are homed to actor rank 0, rank 3 to actor rank 1,
-so in lockstep every update trains 2 rounds on rank 0 and 1 round on rank 1. Every episode is
-received exactly once, GRPO groups stay whole (a group never leaves its rollout's batch), the
-counters balance across the two actors, and a resumed group continues the version numbering.
+so in lockstep rank 0 receives 2 rounds per update and rank 1 one; rank 0 hands one whole GRPO
+group to rank 1 (3 groups each), and each rank counts what it received as trained. Every episode is
+received exactly once, the counters balance across the two actors, and a resumed group continues
+the version numbering.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
     rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert [r["version"] for r in rows] == list(range(1, n + 1))
     assert all(r["train/samples"] > 0 for r in rows)
-    assert (tmp_path / "a" / "actor-rank1" / "metrics.jsonl").is_file()  # rank 1's own, beside rank 0's
+    rank1 = read_metrics(tmp_path / "a" / "actor-rank1" / "metrics.jsonl")  # rank 1's own, beside rank 0's
+    # 2 + 1 rounds of 2 groups: rank 0 hands one group to rank 1 in every update, and 3 groups each train
+    assert [r["group/units_moved"] for r in rows] == [r["group/units_moved"] for r in rank1] == [1.0] * n
     ckpt = tmp_path / "a" / "checkpoints" / f"v{n:06d}"
     assert (ckpt / "optimizer" / ".metadata").is_file() and (ckpt / "weights.safetensors").is_file()
 
