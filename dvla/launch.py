@@ -17,6 +17,7 @@ from dvla.checkpoint import config_text
 from dvla.config import RunConfig
 from dvla.metrics import read_metrics
 from dvla.net import free_port
+from dvla.placement import Placement, Slot, plan
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.types import RunState
 
@@ -109,9 +110,11 @@ class Launcher:
             client.wait_healthy(60)
         finally:
             client.close()
-        actor_cores, rollout_cores = placement(cfg)
+        self.placement = placement(cfg)
+        if cfg.pipeline.pinned or cfg.pipeline.num_actors > 1:
+            print("placement: " + "; ".join(self.placement.describe(cfg.pipeline.num_rollout_workers)), flush=True)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
-        for k in range(cfg.pipeline.num_actors):  # ranks go by registration; rank 0 writes run_dir's metrics
+        for k, slot in enumerate(self.placement.actors):  # ranks go by registration; rank 0 writes the metrics
             self.spawn(
                 "actor" if k == 0 else f"actor-{k}",
                 "services.actor",
@@ -122,15 +125,17 @@ class Launcher:
                 "--worker-id",
                 f"actor-{k}",
                 *resume,
-                cores=actor_cores,
+                *_device(slot),
+                cores=slot.cores,
             )
-        self.address, self._rollout_cores, self._next_rollout = address, rollout_cores, 0
+        self.address, self._next_rollout = address, 0
         for _ in range(cfg.pipeline.num_rollout_workers):
             self.spawn_rollout()
         return address
 
     def spawn_rollout(self) -> Child:
         i, self._next_rollout = self._next_rollout, self._next_rollout + 1
+        slot = self.placement.rollout(i)
         return self.spawn(
             f"rollout-{i}",
             "services.rollout",
@@ -138,7 +143,8 @@ class Launcher:
             self.address,
             "--worker-id",
             f"rollout-{i}",
-            cores=self._rollout_cores,
+            *_device(slot),
+            cores=slot.cores,
         )
 
     def follow_rescale(self, world) -> int:
@@ -206,16 +212,20 @@ def _actors(cfg: RunConfig) -> str:
     return "actor" if k == 1 else f"{k} actor ranks ({cfg.actor.strategy})"
 
 
-def placement(cfg: RunConfig) -> tuple[set[int] | None, set[int] | None]:
-    """CPU cores for (actor, rollouts): shared when colocated, disjoint when disaggregated.
+def placement(cfg: RunConfig) -> Placement:
+    """Each process's device and cores on this node by pipeline.placement (dvla/placement.py): GPUs when
+    the run's device is CUDA and no single device was named, otherwise this process's CPU cores."""
+    gpus = 0
+    if cfg.device in ("auto", "cuda"):
+        import torch
 
-    Disaggregated, the actor gets the last core and the rollouts the rest: on a
-    CPU machine the rollouts' physics is the heavier side.
-    """
-    cores = sorted(os.sched_getaffinity(0))
-    if not cfg.pipeline.pinned or len(cores) < 2:
-        return None, None
-    return {cores[-1]}, set(cores[:-1])
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    p = cfg.pipeline
+    return plan(p.placement_in_force, p.num_actors, p.num_rollout_workers, sorted(os.sched_getaffinity(0)), gpus)
+
+
+def _device(slot: Slot) -> tuple[str, ...]:
+    return (f"device={slot.device}",) if slot.device else ()
 
 
 def _bound_port(child: Child, timeout_s: float) -> int:

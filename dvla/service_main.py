@@ -27,10 +27,14 @@ def install_stop_signals(stop: threading.Event) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' is cuda when a GPU is visible, else cpu."""
+    """'auto' is cuda when a GPU is visible, else cpu. A numbered CUDA device ('cuda:3', given by `dvla run`'s
+    placement) becomes this process's current device, where NCCL and unnumbered tensors go."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def run_service(name: str, telemetry_cfg, body) -> int:

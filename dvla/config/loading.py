@@ -59,6 +59,27 @@ def describe(cfg: Any = None, prefix: str = "") -> list[str]:
     return lines
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without its base-60 numbers: '3:1' stays the string it reads as (a rollout:actor ratio),
+    not the integer 181."""
+
+
+def _no_base60(construct):
+    def f(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        text = loader.construct_scalar(node)
+        return text if ":" in text else construct(loader, node)
+
+    return f
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _no_base60(yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _no_base60(yaml.SafeLoader.construct_yaml_float))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if tp is bool:
@@ -138,7 +159,7 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ValueError(f"override '{text}' is not of the form section.field=value")
     key, raw = text.split("=", 1)
     key = key.strip().lstrip("-")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _yaml(raw) if raw.strip() else ""
     out: dict[str, Any] = {}
     node = out
     parts = key.split(".")
@@ -164,7 +185,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), prese
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"config file '{p}' does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _yaml(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file '{p}' must hold a mapping at the top level")
         cfg = _apply(cfg, data)

@@ -7,11 +7,13 @@ it. Each section's `validate()` checks its own fields and raises ValueError nami
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 
 from dvla.config.check import check as _check
 from dvla.config.policy import PolicyConfig
 from dvla.config.runtime import ActorConfig, CheckpointConfig, ControlConfig, DataPlaneConfig, TelemetryConfig
+from dvla.placement import check_mode as check_placement
 
 _READS = {"state": "the state vector", "rgb": "camera images"}
 
@@ -126,8 +128,11 @@ class PipelineConfig:
     slow_rollout_s: float = 0.0
     """Testing: extra seconds a rollout sleeps per env step, to exercise an actor that waits."""
     placement: str = "auto"
-    """'colocated' (every process may use every core), 'disaggregated' (the actor on the last core, rollouts
-    on the others) or 'auto' (colocated for sync, disaggregated for the other modes)."""
+    """How `dvla run` shares the node's devices (GPUs, or CPU cores without one) between rollouts and actor
+    ranks: 'colocated' (every process may use every device; on GPUs actor rank k on GPU k), 'disaggregated'
+    (each actor rank a device of its own, rollouts the rest), a rollout:actor ratio such as '3:1' or '1:1',
+    or 'auto' (colocated for sync, disaggregated for the other modes). On GPUs every process gets one device,
+    never two actor ranks the same one (dvla/placement.py)."""
     num_shards: int = 2
     """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
     max_batch: int = 0
@@ -164,11 +169,16 @@ class PipelineConfig:
         return self.stage >= MODES.index("swimlane")
 
     @property
-    def pinned(self) -> bool:
-        """Rollouts and the actor on disjoint cores."""
+    def placement_in_force(self) -> str:
+        """placement with 'auto' resolved by the mode."""
         if self.placement == "auto":
-            return self.stage >= MODES.index("disaggregated")
-        return self.placement == "disaggregated"
+            return "disaggregated" if self.stage >= MODES.index("disaggregated") else "colocated"
+        return self.placement
+
+    @property
+    def pinned(self) -> bool:
+        """Rollouts and the actors on devices (cores) of their own."""
+        return self.placement_in_force != "colocated"
 
     def validate(self) -> None:
         _check(self.mode in MODES, "pipeline.mode", f"unknown '{self.mode}'; choose from {', '.join(MODES)}")
@@ -188,11 +198,8 @@ class PipelineConfig:
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
         _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
         _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
-        _check(
-            self.placement in ("auto", "colocated", "disaggregated"),
-            "pipeline.placement",
-            f"unknown '{self.placement}'; choose auto, colocated or disaggregated",
-        )
+        bad = check_placement(self.placement)
+        _check(bad is None, "pipeline.placement", f"{bad}; choose auto, colocated, disaggregated or R:A (e.g. 3:1)")
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
@@ -207,7 +214,8 @@ class RunConfig:
     seed: int = 0
     """Seed for policy init, env resets and sampling."""
     device: str = "auto"
-    """Torch device for actor and inference: 'auto' (cuda if present), 'cpu', 'cuda'."""
+    """Torch device for actor and inference: 'auto' (cuda if present), 'cpu', 'cuda' or 'cuda:N'. `dvla run`
+    gives each process its own GPU by pipeline.placement."""
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -219,7 +227,11 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> RunConfig:
-        _check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+            "device",
+            f"unknown '{self.device}'; choose auto, cpu, cuda or cuda:N",
+        )
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name")
         for f in fields(self):
             v = getattr(self, f.name)

@@ -23,6 +23,7 @@ every rollout has sent END, so produced = trained + dropped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ def run_actor(
     """Train cfg.pipeline.num_updates updates; with `resume` (a checkpoint or run folder), continue from it:
     its weights, optimizer and RNG states, its version N published first, updates N+1 onwards."""
     p, run_dir = cfg.pipeline, Path(run_dir)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores placement gave this rank, not the node's
     ckpt = open_run_dir(cfg, run_dir, resume)
     ledger = EpisodeLedger()
     progress = Progress(updates=ckpt.updates, env_steps_trained=ckpt.env_steps_trained) if ckpt else Progress()
@@ -73,6 +75,8 @@ def run_actor(
         telemetry.observe_worker("actor", worker_id, report)
         log.info("actor rank %d of %d; waiting for %d rollout(s) at %s", reg.rank, reg.num_actors,
                  reg.world_size - reg.num_actors, reg.rendezvous_address)  # fmt: skip
+        log.info("placed on %s, cores %s, %d intra-op threads", resolve_device(cfg.device),
+                 sorted(os.sched_getaffinity(0)), torch.get_num_threads())  # fmt: skip
         finished = threading.Event()  # the final version is published: no data-plane epoch is formed after it
         cycle = EpochCycle(plane, heartbeat, stop, give_up=finished.is_set)
         world = cycle.enter(World(reg.epoch, reg.rank, reg.world_size, reg.num_actors))

@@ -13,6 +13,7 @@ import pytest
 from test_accounting import run_and_watch  # noqa: I001 (a sibling test module)
 
 from dvla.config import load_config
+from dvla.launch import placement
 from dvla.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -27,6 +28,7 @@ def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
         "env.max_episode_steps=10",
         "pipeline.num_rollout_workers=3",
         "pipeline.num_actors=2",
+        "pipeline.placement=disaggregated",  # each actor rank a core of its own, where the node has them
         f"pipeline.num_updates={n}",
         "control.heartbeat_s=0.1",
         "telemetry.exporter=none",
@@ -51,6 +53,10 @@ def test_three_rollouts_feed_two_actor_ranks_and_the_group_resumes(tmp_path):
     rank1 = read_metrics(tmp_path / "a" / "actor-rank1" / "metrics.jsonl")  # rank 1's own, beside rank 0's
     # 2 + 1 rounds of 2 groups: rank 0 hands one group to rank 1 in every update, and 3 groups each train
     assert [r["group/units_moved"] for r in rows] == [r["group/units_moved"] for r in rank1] == [1.0] * n
+    for k, slot in enumerate(placement(cfg).actors):  # the cores dvla run gave each rank are the ones it ran on
+        name = "actor" if k == 0 else f"actor-{k}"
+        text = (tmp_path / "a" / "logs" / f"{name}.log").read_text()
+        assert f"cores {sorted(slot.cores)}, {len(slot.cores)} intra-op threads" in text
     ckpt = tmp_path / "a" / "checkpoints" / f"v{n:06d}"
     assert (ckpt / "optimizer" / ".metadata").is_file() and (ckpt / "weights.safetensors").is_file()
 
