@@ -1,8 +1,10 @@
-"""Three hosts on one machine: weight_control, an actor and a rollout each in its own network namespace.
+"""Hosts on one machine: weight_control, the actors and the rollouts each in its own network namespace.
 
     ns wc (10.77.x.1) --veth--+
     ns actor (10.77.x.2) -----+-- bridge in ns sw (no addresses of its own)
     ns rollout (10.77.x.3) ---+
+
+and a group of two actor ranks fed by two rollouts, on five hosts (actor-1 .4, rollout-1 .5).
 
 Every address exists only inside its namespace, so gRPC (weights, registry) and
 torch.distributed (gloo trajectories) cross real interfaces. Needs root and
@@ -23,7 +25,7 @@ from dvla.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS = {"wc": 1, "actor": 2, "rollout": 3}
+HOSTS = {"wc": 1, "actor": 2, "rollout": 3, "actor-1": 4, "rollout-1": 5}
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -65,12 +67,17 @@ def netns():
             sh("ip", "netns", "del", ns, check=False)
 
 
-def test_a_run_across_three_network_namespaces(netns, tmp_path):
+@pytest.mark.parametrize("num_actors", [1, 2], ids=["one-actor", "two-actor-ranks"])
+def test_a_run_across_network_namespaces(netns, tmp_path, num_actors):
+    """One actor and one rollout; or two actor ranks (an FSDP group over gloo between their hosts) and two
+    rollouts, each rollout homed to one rank."""
     names, subnet = netns
-    wc, actor_ip = f"{subnet}.1", f"{subnet}.2"
-    common = ["--preset", "smoke", "pipeline.num_updates=3", "telemetry.exporter=none", "control.heartbeat_s=0.5"]
+    hosts = ["wc", "actor", "rollout"] + (["actor-1", "rollout-1"] if num_actors == 2 else [])
+    wc = f"{subnet}.1"
+    common = ["--preset", "smoke", "pipeline.num_updates=3", "telemetry.exporter=none", "control.heartbeat_s=0.5",
+              f"pipeline.num_actors={num_actors}", f"pipeline.num_rollout_workers={num_actors}"]  # fmt: skip
     env = dict(os.environ, GLOO_SOCKET_IFNAME="eth0", PYTHONUNBUFFERED="1")  # gloo: the namespace's own interface
-    logs = {h: open(tmp_path / f"{h}.log", "w") for h in HOSTS}
+    logs = {h: open(tmp_path / f"{h}.log", "w") for h in hosts}
 
     def start(host: str, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -81,24 +88,18 @@ def test_a_run_across_three_network_namespaces(netns, tmp_path):
             stderr=subprocess.STDOUT,
         )
 
-    procs = {
-        "wc": start("wc", "services.weight_control", "--host", wc, "--port", "50551", *common),
-        "actor": start(
-            "actor",
-            "services.actor",
-            "--control",
-            f"{wc}:50551",
-            "--run-dir",
-            str(tmp_path / "run"),
-            *common,
-            f"dataplane.host={actor_ip}",
-            "dataplane.port=29511",
-        ),
-        "rollout": start("rollout", "services.rollout", "--control", f"{wc}:50551", *common),
-    }
+    def actor(host: str) -> subprocess.Popen:
+        ip = f"{subnet}.{HOSTS[host]}"
+        return start(host, "services.actor", "--control", f"{wc}:50551", "--run-dir", str(tmp_path / "run"),
+                     "--worker-id", host, *common, f"dataplane.host={ip}", "dataplane.port=29511")  # fmt: skip
+
+    procs = {"wc": start("wc", "services.weight_control", "--host", wc, "--port", "50551", *common)}
+    for h in hosts[1:]:
+        procs[h] = actor(h) if h.startswith("actor") else start(h, "services.rollout", "--control", f"{wc}:50551",
+                                                                 "--worker-id", h, *common)  # fmt: skip
     try:
-        rc = procs["actor"].wait(timeout=300)
-        procs["rollout"].wait(timeout=60)
+        rcs = {h: procs[h].wait(timeout=300) for h in hosts if h.startswith("actor")}
+        rcs |= {h: procs[h].wait(timeout=60) for h in hosts if h.startswith("rollout")}
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -110,9 +111,14 @@ def test_a_run_across_three_network_namespaces(netns, tmp_path):
                 p.kill()
         for f in logs.values():
             f.close()
-    text = "\n".join(f"--- {h}\n{(tmp_path / f'{h}.log').read_text()[-3000:]}" for h in HOSTS)
-    assert rc == 0 and procs["rollout"].returncode == 0, text
+    text = "\n".join(f"--- {h}\n{(tmp_path / f'{h}.log').read_text()[-3000:]}" for h in hosts)
+    assert set(rcs.values()) == {0}, text
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["version"] for r in rows] == [1, 2, 3], text
-    # the rollout reached the actor at its namespace address, not through a shared loopback
-    assert actor_ip in (tmp_path / "actor.log").read_text() + (tmp_path / "rollout.log").read_text()
+    logged = {h: (tmp_path / f"{h}.log").read_text() for h in hosts}
+    if num_actors == 1:  # the rollout reached the actor at its namespace address, not through a shared loopback
+        assert f"{subnet}.2" in logged["actor"] + logged["rollout"]
+    else:  # both ranks trained every update, each on its own host; rank 1 beside rank 0's metrics
+        assert [r["version"] for r in read_metrics(tmp_path / "run" / "actor-rank1" / "metrics.jsonl")] == [1, 2, 3]
+        ranks = sorted(int(t.split("actor rank ")[1][0]) for h, t in logged.items() if h.startswith("actor"))
+        assert ranks == [0, 1], text
