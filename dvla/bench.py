@@ -23,6 +23,7 @@ from pathlib import Path
 from dvla.config import MODES, RunConfig, load_config
 from dvla.launch import Launcher
 from dvla.metrics import read_metrics
+from dvla.proto.v1 import common_pb2 as pb
 
 # A model and env count where rollout and actor take roughly as long per update
 # on a 2-core CPU machine (measured: rollout ~1.8 s on its core, actor ~1.6 s on
@@ -77,12 +78,13 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
     finally:
         launcher.stop_all()
     rows = read_metrics(run_dir / "metrics.jsonl")
-    actor = next(w.stats for w in status.workers if w.rank == 0)
-    rollouts = [w.stats for w in status.workers if w.rank > 0]
+    actor = next(w.stats for w in status.workers if w.role == pb.ACTOR and w.rank == 0)
+    actors = [w.stats for w in status.workers if w.role == pb.ACTOR]  # an actor group: its slowest rank
+    rollouts = [w.stats for w in status.workers if w.role == pb.ROLLOUT]
     updates, steps = len(rows), rows[-1]["env_steps"]
     wall = rows[-1]["wall_s"]
     rollout_alone = max(r.busy_s for r in rollouts)
-    actor_alone = actor.busy_s
+    actor_alone = max(a.busy_s for a in actors)
     throughput = steps / wall
     return {
         "mode": cfg.pipeline.mode,

@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="bench this preset's task and model (e.g. a VLA) instead of the balanced MLP default",
     )
+    b.add_argument(
+        "--actors",
+        default="",
+        help="actor groups instead of modes: comma-separated numbers of actor ranks, e.g. 1,2 (with --ratios)",
+    )
+    b.add_argument("--ratios", default="1:1,2:1,3:1", help="with --actors: rollout:actor ratios, e.g. 1:1,2:1,3:1")
+    b.add_argument("--mode", default="swimlane", help="with --actors: the pipeline mode of every layout")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
     a.add_argument(
@@ -83,6 +90,13 @@ def bench_command(args: argparse.Namespace) -> int:
     from dvla.bench import run_bench
 
     try:
+        if args.actors:
+            from dvla.bench_groups import run_group_bench
+
+            actors = [int(k) for k in args.actors.split(",") if k]
+            run_group_bench(actors, [r for r in args.ratios.split(",") if r], args.overrides, Path(args.out_dir),
+                            mode=args.mode)  # fmt: skip
+            return 0
         run_bench(
             [m for m in args.modes.split(",") if m],
             args.overrides,

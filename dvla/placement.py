@@ -34,8 +34,10 @@ class Slot:
     cores: frozenset[int] | None = None
 
     def describe(self) -> str:
-        where = self.device or "config device"
-        return where if self.cores is None else f"{where}, cores {_ranges(sorted(self.cores))}"
+        parts = ([self.device] if self.device else []) + (
+            [] if self.cores is None else [f"cores {_ranges(sorted(self.cores))}"]
+        )
+        return ", ".join(parts) or "anywhere"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,14 @@ class Placement:
         return self.rollouts[j % len(self.rollouts)]
 
     def describe(self, num_rollouts: int) -> list[str]:
-        lines = [f"actor rank {k}: {s.describe()}" for k, s in enumerate(self.actors)]
-        return lines + [f"rollout {j}: {self.rollout(j).describe()}" for j in range(num_rollouts)]
+        """A line per place, processes in the same place on one line ('rollouts 0-5: cores 0')."""
+        lines = []
+        for what, slots in (("actor rank", self.actors), ("rollout", [self.rollout(j) for j in range(num_rollouts)])):
+            by_place: dict[Slot, list[int]] = {}
+            for i, s in enumerate(slots):
+                by_place.setdefault(s, []).append(i)
+            lines += [f"{what}{'s' * (len(ix) > 1)} {_ranges(ix)}: {s.describe()}" for s, ix in by_place.items()]
+        return lines
 
 
 def check_mode(placement: str) -> str | None:

@@ -57,3 +57,16 @@ def test_bad_placements_are_named():
     assert check_mode("3:1") is None and check_mode("auto") is None
     assert "neither colocated" in check_mode("three to one")
     assert "two positive parts" in check_mode("0:1")
+
+
+def test_bench_layouts_keep_the_global_batch_and_name_what_they_skip(capsys):
+    from dvla.bench_groups import layouts
+
+    assert layouts([1, 2], ["1:1", "2:1", "3:1"], 24) == [
+        (1, "1:1", 1), (1, "2:1", 2), (1, "3:1", 3), (2, "1:1", 2), (2, "2:1", 4), (2, "3:1", 6),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="no layout"):
+        layouts([2], ["3:1"], 16)
+    assert "skipping K=2 at 3:1" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="rollout:actor ratio"):
+        layouts([1], ["colocated"], 24)
