@@ -177,6 +177,8 @@ class DistGroup:
         kw = {"mesh": mesh} | ({"mp_policy": self.mixed_precision} if self.mixed_precision else {})
         for unit in getattr(policy, "fsdp_units", lambda: [])():
             fully_shard(unit, **kw)  # each unit (a transformer layer) gathered only while it runs
+            for method in getattr(unit, "FSDP_METHODS", ()):  # ... or while these run (a head's other entries)
+                register_fsdp_forward_method(unit, method)
         fully_shard(policy, **kw)
         # evaluate() returns views (a squeezed value, a sliced chunk) that the learner never changes in place
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")

@@ -123,8 +123,8 @@ class Checkpointer:
         else:
             write_optimizer(tmp / OPTIMIZER_DIR)
         save_file(rng_states(learner.generator), str(tmp / "rng.safetensors"))
-        if hasattr(policy, "save_pretrained") and write_optimizer is None:  # an FSDP policy holds shards only
-            policy.save_pretrained(tmp / "policy")
+        if hasattr(policy, "save_pretrained"):  # from the gathered weights: an FSDP policy holds shards only
+            policy.save_pretrained(tmp / "policy", weights=weights)
         state = {
             "format": FORMAT,
             "version": version,

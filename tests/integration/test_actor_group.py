@@ -4,7 +4,10 @@ Every process builds the same trajectories (seeded): the one-rank learner trains
 rank r of K on its slice (rollout batches r*B/K ..). After several updates with stale steps,
 minibatches that straddle the ranks and advantage normalisation, the parameters match.
 
-Run as a script, this file is one rank: `python test_actor_group.py RANK SIZE PORT STRATEGY ALGO OUT`.
+The tiny VLA (transformers layers, each an FSDP unit of its own) trains the same way, and its group
+checkpoint holds the whole policy in transformers format, from the gathered weights.
+
+Run as a script, this file is one rank: `python test_actor_group.py RANK SIZE PORT STRATEGY ALGO OUT POLICY`.
 """
 
 from __future__ import annotations
@@ -17,35 +20,47 @@ import pytest
 import torch
 
 from dvla.algo.learner import Learner
-from dvla.config import AlgoConfig, MlpConfig, PolicyConfig
+from dvla.config import AlgoConfig, MlpConfig, PolicyConfig, VlaConfig
 from dvla.net import free_port
 from dvla.policy import build_policy
 from dvla.types import EnvSpec, TrajectoryBatch
 
 NUM_BATCHES, EPISODES, T, UPDATES = 6, 8, 5, 3  # 6 rollout batches per update: 3 per rank with K=2
 SPEC = EnvSpec("Fake-v0", 6, 3, (-1.0,) * 3, (1.0,) * 3, T)
+VLA_SPEC = EnvSpec("Fake-v0", 6, 3, (-1.0,) * 3, (1.0,) * 3, T, image_shape=(16, 16, 3), instruction="push it")
 
 
 def algo_cfg(algo: str) -> AlgoConfig:
     return AlgoConfig(name=algo, update_epochs=2, num_minibatches=3, group_size=4, lr=3e-3)
 
 
-def make_policy():
-    torch.manual_seed(0)
+def build(kind: str):
+    if kind.startswith("vla"):  # vla: the discrete head; vla-flow: the flow head
+        head = "flow" if kind == "vla-flow" else "discrete"
+        vla = VlaConfig(size="tiny", action_head=head, num_bins=32, flow_steps=2)
+        return build_policy(PolicyConfig(name="vla", chunk_size=1, dtype="float32", vla=vla), VLA_SPEC)
     return build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(32, 32))), SPEC)
 
 
-def trajectories(update: int) -> list[TrajectoryBatch]:
+def make_policy(kind: str = "mlp"):
+    torch.manual_seed(0)
+    return build(kind)
+
+
+def trajectories(update: int, kind: str = "mlp") -> list[TrajectoryBatch]:
     """The rollout batches of one update: sampled by a fixed behaviour policy, a quarter of the
     episodes by the version before the learner's (stale: their proximal log-probs are recomputed)."""
     g = torch.Generator().manual_seed(1000 + update)
     torch.manual_seed(77)
-    behaviour = build_policy(PolicyConfig(mlp=MlpConfig(hidden_sizes=(32, 32))), SPEC)
+    behaviour = build(kind)
+    spec = VLA_SPEC if kind.startswith("vla") else SPEC
     out = []
     for i in range(NUM_BATCHES):
-        obs = torch.randn(EPISODES, T, SPEC.obs_dim, generator=g)
+        obs = torch.randn(EPISODES, T, spec.obs_dim, generator=g)
+        images = torch.randint(0, 256, (EPISODES, T, spec.image_size), generator=g, dtype=torch.uint8)
         with torch.no_grad():
-            act = behaviour.act(obs.reshape(-1, SPEC.obs_dim), generator=g)
+            flat = images.reshape(EPISODES * T, spec.image_size)
+            act = behaviour.act(obs.reshape(-1, spec.obs_dim), flat, generator=g)
         lengths = torch.randint(2, T + 1, (EPISODES,), generator=g)
         step = torch.arange(T)[None, :]
         mask = step < lengths[:, None]
@@ -63,7 +78,9 @@ def trajectories(update: int) -> list[TrajectoryBatch]:
                 lengths=lengths,
                 terminated=torch.rand(EPISODES, generator=g) < 0.5,
                 success=torch.zeros(EPISODES, dtype=torch.bool),
-                final_obs=torch.randn(EPISODES, SPEC.obs_dim, generator=g),
+                final_obs=torch.randn(EPISODES, spec.obs_dim, generator=g),
+                images=images,
+                final_images=images[:, -1],
                 group_ids=torch.arange(EPISODES) // 4 + 100 * i,  # whole GRPO groups per rollout batch
                 worker_rank=i,
             )
@@ -71,25 +88,25 @@ def trajectories(update: int) -> list[TrajectoryBatch]:
     return out
 
 
-def train(learner: Learner, rank: int, size: int, updates=range(1, UPDATES + 1)) -> list[dict]:
+def train(learner: Learner, rank: int, size: int, updates=range(1, UPDATES + 1), kind: str = "mlp") -> list[dict]:
     records = []
     per_rank = NUM_BATCHES // size
     for u in updates:
-        mine = trajectories(u)[rank * per_rank : (rank + 1) * per_rank]
+        mine = trajectories(u, kind)[rank * per_rank : (rank + 1) * per_rank]
         s = learner.prepare(TrajectoryBatch.concat(mine), version=u)
         records.append(learner.update(s))
     return records
 
 
-def rank_main(rank: int, size: int, port: int, strategy: str, algo: str, out: str) -> None:
+def rank_main(rank: int, size: int, port: int, strategy: str, algo: str, out: str, kind: str) -> None:
     from dvla import actorgroup
 
     actorgroup.form(rank, size, backend="gloo", timeout_s=60, rendezvous=f"127.0.0.1:{port}")
     try:
         group = actorgroup.DistGroup(strategy, torch.device("cpu"))
-        learner = Learner(make_policy(), algo_cfg(algo), torch.device("cpu"), seed=0, group=group)
+        learner = Learner(make_policy(kind), algo_cfg(algo), torch.device("cpu"), seed=0, group=group)
         checkpoint = out.endswith(".ckpt")  # train all but the last update, then write a group checkpoint
-        records = train(learner, rank, size, range(1, UPDATES) if checkpoint else range(1, UPDATES + 1))
+        records = train(learner, rank, size, range(1, UPDATES) if checkpoint else range(1, UPDATES + 1), kind)
         weights = group.full_weights(learner.policy)
         if checkpoint:
             actorgroup.save_optimizer(learner.policy, learner.optimizer, Path(out) / "optimizer")
@@ -102,30 +119,35 @@ def rank_main(rank: int, size: int, port: int, strategy: str, algo: str, out: st
 
 
 @pytest.mark.parametrize(
-    "strategy,algo",
+    "strategy,algo,kind",
     [
-        ("fsdp", "ppo"),
-        pytest.param("ddp", "ppo", marks=pytest.mark.slow),
-        pytest.param("fsdp", "grpo", marks=pytest.mark.slow),
-        pytest.param("ddp", "grpo", marks=pytest.mark.slow),
+        ("fsdp", "ppo", "mlp"),
+        pytest.param("ddp", "ppo", "mlp", marks=pytest.mark.slow),
+        pytest.param("fsdp", "grpo", "mlp", marks=pytest.mark.slow),
+        pytest.param("ddp", "grpo", "mlp", marks=pytest.mark.slow),
+        pytest.param("fsdp", "ppo", "vla", marks=pytest.mark.slow),  # transformer layers as FSDP units
+        pytest.param("fsdp", "grpo", "vla-flow", marks=pytest.mark.slow),
     ],
 )
-def test_two_ranks_train_what_one_rank_trains(tmp_path, strategy, algo):
-    solo = Learner(make_policy(), algo_cfg(algo), torch.device("cpu"), seed=0)
-    solo_records = train(solo, 0, 1)
+def test_two_ranks_train_what_one_rank_trains(tmp_path, strategy, algo, kind):
+    solo = Learner(make_policy(kind), algo_cfg(algo), torch.device("cpu"), seed=0)
+    solo_records = train(solo, 0, 1, kind=kind)
     expected = solo.policy.export_weights()
 
     port, out = free_port(), tmp_path / "rank0.pt"
     procs = [
-        subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), strategy, algo, str(out)]) for r in range(2)
+        subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), strategy, algo, str(out), kind])
+        for r in range(2)
     ]
-    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
     got = torch.load(out)
     assert got["weights"].keys() == expected.keys()
-    start = make_policy().export_weights()
-    moved = max(float((expected[k] - start[k]).abs().max()) for k in expected)
-    diff = max(float((got["weights"][k] - expected[k]).abs().max()) for k in expected)
-    print(f"{strategy} {algo}: max |K=2 - K=1| = {diff:.2e} (parameters moved up to {moved:.2e})")
+    start = make_policy(kind).export_weights()
+    floats = [k for k in expected if expected[k].is_floating_point()]
+    moved = max(float((expected[k] - start[k]).abs().max()) for k in floats)
+    diff = max(float((got["weights"][k] - expected[k]).abs().max()) for k in floats)
+    assert all(torch.equal(got["weights"][k], expected[k]) for k in expected if k not in floats)
+    print(f"{strategy} {algo} {kind}: max |K=2 - K=1| = {diff:.2e} (parameters moved up to {moved:.2e})")
     assert moved > 1e-2  # the updates did something
     assert diff < 1e-5
     for mine, theirs in zip(got["records"], solo_records):
@@ -144,7 +166,8 @@ def test_a_group_checkpoint_resumes_on_one_rank(tmp_path):
     train(solo, 0, 1)
     port, out = free_port(), tmp_path / "group.ckpt"
     procs = [
-        subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), "fsdp", "ppo", str(out)]) for r in range(2)
+        subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), "fsdp", "ppo", str(out), "mlp"])
+        for r in range(2)
     ]
     assert [p.wait(timeout=180) for p in procs] == [0, 0]
     rest = torch.load(out / "rest.pt")
@@ -161,4 +184,4 @@ def test_a_group_checkpoint_resumes_on_one_rank(tmp_path):
 
 
 if __name__ == "__main__":
-    rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+    rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7])

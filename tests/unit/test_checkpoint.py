@@ -15,6 +15,7 @@ from dvla.algo.learner import Learner
 from dvla.cli import main
 from dvla.config import AlgoConfig, MlpConfig, PolicyConfig, VlaConfig, load_config
 from dvla.policy import build_policy
+from dvla.policy.vla import VLAPolicy
 from dvla.types import EnvSpec
 
 SPEC = EnvSpec(
@@ -272,3 +273,10 @@ def test_a_vla_round_trips_and_a_resumed_run_builds_it_from_the_checkpoint_copy(
     info = ck.inspect_checkpoint(path)
     assert ck.resume_config(info, ["pipeline.num_updates=5"]).policy.path == str((path / "policy").resolve())
     assert ck.resume_config(info, ["pipeline.num_updates=5", "policy.path=/elsewhere"]).policy.path == "/elsewhere"
+    # an actor group's rank 0 writes policy/ from the gathered whole weights, not from its own (sharded) module
+    gathered = {k: v + 1 if v.is_floating_point() else v for k, v in policy.export_weights().items()}
+    path = ck.Checkpointer(tmp_path / "group", cfg, keep=1).save(
+        2, policy, learner, updates=2, env_steps_trained=10, weights=gathered, write_optimizer=lambda d: d.mkdir()
+    )
+    loaded = VLAPolicy.from_pretrained(path / "policy", spec).state_dict()
+    assert all(torch.equal(loaded[k], w) for k, w in gathered.items())

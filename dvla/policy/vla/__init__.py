@@ -11,7 +11,7 @@ import json
 import os
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dvla.config import PolicyConfig
 from dvla.policy.base import ActOutput, EvalOutput, Policy
@@ -45,9 +45,21 @@ class VLAPolicy(Policy):
 
     # Saving and loading ---------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors (transformers format)."""
-        self.model.save_pretrained(directory)
+    def save_pretrained(self, directory: str | os.PathLike, weights: dict[str, Tensor] | None = None) -> None:
+        """Write config.json and model.safetensors (transformers format); with `weights` (this policy's
+        names, e.g. an actor group's gathered full weights), those tensors rather than the module's own."""
+        if weights is None:
+            self.model.save_pretrained(directory)
+            return
+        prefix = "model."
+        self.model.save_pretrained(directory, state_dict={k[len(prefix) :]: v for k, v in weights.items()})
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP shards as units of their own: each transformer layer (gathered only while it runs) and the
+        float32 heads, so that every unit holds one dtype when the trunk is bfloat16."""
+        layers = set(self.model._no_split_modules)
+        units = [m for m in self.model.modules() if type(m).__name__ in layers]
+        return units + [m for m in (self.model.head, self.model.value_head) if m is not None]
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, spec: EnvSpec, dtype: str = "auto") -> VLAPolicy:

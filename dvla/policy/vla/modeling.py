@@ -28,11 +28,22 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class DiscreteActionHead(nn.Module):
     """OpenVLA-OFT style: C*A learned queries decoded in parallel, each to num_bins logits."""
 
+    FSDP_METHODS = ("query_tokens",)  # methods the model calls besides forward: FSDP gathers the head for them
+
     def __init__(self, cfg: DvlaVLAConfig):
         super().__init__()
         hidden = cfg.text_config.hidden_size
         self.queries = nn.Parameter(torch.empty(cfg.num_action_tokens, hidden))
         self.to_logits = nn.Linear(hidden, cfg.num_bins)
+
+    def query_tokens(self, n: int, dtype: torch.dtype) -> Tensor:
+        """[n, C*A, hidden] the learned queries for n rows, in the trunk's dtype. A tensor of its own, never a
+        view of the parameter: under FSDP the parameter's memory is released once this returns."""
+        return self.queries.to(dtype)[None].expand(n, -1, -1).clone()
+
+    def forward(self, query_hidden: Tensor) -> Tensor:
+        """[N, C*A, hidden] -> [N, C*A, num_bins] float32 logits."""
+        return self.to_logits(query_hidden.float())
 
 
 class TimeFeatures(nn.Module):
@@ -73,6 +84,8 @@ class ActionBounds(nn.Module):
 
 class FlowActionHead(nn.Module):
     """pi0-style action expert (an MLP here) with a learned per-dim log-std of the injected step noise."""
+
+    FSDP_METHODS = ("sigma", "velocity")  # what the model calls: FSDP gathers the head for them
 
     def __init__(self, cfg: DvlaVLAConfig):
         super().__init__()
@@ -160,9 +173,9 @@ class DvlaVLAModel(PreTrainedModel):
         num_prefix = sum(p.shape[1] for p in parts)
         masks = [text_mask.new_ones(n, num_prefix - text_mask.shape[1]), text_mask]
         if with_queries:
-            queries = self.head.queries.to(dtype)
-            parts.append(queries[None].expand(n, -1, -1))
-            masks.append(text_mask.new_ones(n, queries.shape[0]))
+            queries = self.head.query_tokens(n, dtype)
+            parts.append(queries)
+            masks.append(text_mask.new_ones(n, queries.shape[1]))
         embeds, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)
         # Positions skip the (left) padding inside the prefix, so a row's result does not
         # depend on how long the other instructions in its batch are.
@@ -183,7 +196,7 @@ class DvlaVLAModel(PreTrainedModel):
 
     def bin_logits(self, query_hidden: Tensor) -> Tensor:
         """[N, C*A, hidden] -> [N, C*A, num_bins] float32."""
-        return self.head.to_logits(query_hidden.float())
+        return self.head(query_hidden)
 
     def bins_to_unit(self, bins: Tensor) -> Tensor:
         """Bin indices -> bin centres in [-1, 1]."""
