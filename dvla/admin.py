@@ -35,7 +35,8 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     t = r.totals
     lines = [
         f"run {state}, {version}, up {_duration(r.uptime_s)}",
-        f"world: data-plane epoch {r.epoch}, {r.target_rollouts} rollout worker(s) wanted, "
+        f"world: data-plane epoch {r.epoch}, {max(r.num_actors, 1)} actor rank(s), "
+        f"{r.target_rollouts} rollout worker(s) wanted, "
         f"{r.episodes_per_update} episodes per update",
         f"episodes: produced {t.episodes_produced}  sent {t.episodes_sent}  received {t.episodes_received}  "
         f"trained {t.episodes_trained}  dropped {t.episodes_dropped}  in flight {t.episodes_in_flight}",

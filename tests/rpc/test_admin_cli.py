@@ -55,7 +55,7 @@ def test_status_prints_the_run_counters_and_every_worker(live, capsys):
     assert any(
         line.startswith("actor-0") and line.split()[1:4] == ["actor", "member", "0"] for line in out.splitlines()
     )
-    assert "data-plane epoch 0, 1 rollout worker(s) wanted" in out
+    assert "data-plane epoch 0, 1 actor rank(s), 1 rollout worker(s) wanted" in out
     assert rollout.split()[-2:] == ["7", "-"]  # queue: observations waiting for inference; no staleness
     actor = next(line for line in out.splitlines() if line.startswith("actor-0"))
     assert actor.split()[-2:] == ["3", "0.75"]  # batches queued, mean version lag of the last update
