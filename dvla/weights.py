@@ -69,6 +69,11 @@ class Manifest:
                     f"tensor '{t.name}': bytes [{t.offset}, {t.offset + t.nbytes}) lie outside the "
                     f"{self.total_bytes}-byte buffer"
                 )
+        # no two tensors may share a byte: one write into the buffer would change another tensor
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors if t.nbytes)
+        for (_, end, a), (start, end_b, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"tensors '{a}' and '{b}' overlap in the buffer (bytes [{start}, {min(end, end_b)}))")
         if len(self.sha256) != 64:
             raise ValueError(f"manifest sha256 '{self.sha256}' is not a 64-digit hex digest")
 

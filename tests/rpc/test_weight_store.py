@@ -103,6 +103,11 @@ def _bad_manifest(h, c):
     return h, c, ()
 
 
+def _overlapping(h, c):
+    h.manifest.tensors[1].offset = h.manifest.tensors[0].offset  # layer.bias inside layer.weight's bytes
+    return h, c, ()
+
+
 def _second_header(h, c):
     return h, c, (weights_pb2.PublishChunk(header=h),)
 
@@ -117,6 +122,7 @@ def _second_header(h, c):
         (2, _reorder, grpc.StatusCode.INVALID_ARGUMENT),
         (2, _overrun, grpc.StatusCode.INVALID_ARGUMENT),
         (2, _bad_manifest, grpc.StatusCode.INVALID_ARGUMENT),
+        (2, _overlapping, grpc.StatusCode.INVALID_ARGUMENT),  # stored versions stay as they were
         (2, _second_header, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
