@@ -111,8 +111,6 @@ class Launcher:
         finally:
             client.close()
         self.placement = placement(cfg)
-        if cfg.pipeline.pinned or cfg.pipeline.num_actors > 1:
-            print("placement: " + "; ".join(self.placement.describe(cfg.pipeline.num_rollout_workers)), flush=True)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
         for k, slot in enumerate(self.placement.actors):  # ranks go by registration; rank 0 writes the metrics
             self.spawn(
@@ -309,6 +307,8 @@ def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> in
             f"(logs in {run_dir / 'logs'})",
             flush=True,
         )
+        if cfg.pipeline.pinned or cfg.pipeline.num_actors > 1:
+            print("placement: " + "; ".join(launcher.placement.describe(cfg.pipeline.num_rollout_workers)), flush=True)
         rc = launcher.wait()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping every process", file=sys.stderr)

@@ -98,7 +98,6 @@ def test_rescaling_the_rollouts_of_an_actor_group(tmp_path, capsys, wait_for):
     rc: list[int] = []
     try:
         address = launcher.start()
-        capsys.readouterr()  # the launcher's placement line
         client = ControlClient(address, cfg.control)
         waiter = threading.Thread(target=lambda: rc.append(launcher.wait()), daemon=True)
         waiter.start()  # follows rescales: starts the rollout processes the target asks for
