@@ -18,6 +18,7 @@ from pathlib import Path
 from dvla.bench import BALANCED, measure
 from dvla.config import RunConfig, load_config
 from dvla.placement import check_mode
+from dvla.placement import ratio as parse_ratio
 
 COLUMNS = [
     ("layout", "layout", "{}"),
@@ -43,7 +44,7 @@ def layouts(actors: list[int], ratios: list[str], total_envs: int) -> list[tuple
         if k < 1:
             raise ValueError(f"bench actors: {k} is not a number of actor ranks")
         for ratio in ratios:
-            r, a = (int(x) for x in ratio.split(":"))
+            r, a = parse_ratio(ratio)
             if (k * r) % a or k * r < a or total_envs % (k * r // a):
                 print(f"  skipping K={k} at {ratio}: {k * r / a:g} rollouts do not split {total_envs} envs")
                 continue

@@ -64,13 +64,14 @@ def check_mode(placement: str) -> str | None:
     if placement in (*MODES, "auto"):
         return None
     try:
-        r, a = _ratio(placement)
+        r, a = ratio(placement)
     except ValueError as e:
         return str(e)
     return None if r > 0 and a > 0 else f"ratio '{placement}' needs two positive parts"
 
 
-def _ratio(text: str) -> tuple[int, int]:
+def ratio(text: str) -> tuple[int, int]:
+    """'3:1' -> (3, 1): rollout parts, actor parts."""
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"'{text}' is neither colocated, disaggregated nor a rollout:actor ratio such as 3:1")
@@ -83,7 +84,7 @@ def _split(n: int, mode: str, num_actors: int) -> int | None:
         return None
     if mode == "disaggregated":
         return min(num_actors, n - 1)
-    r, a = _ratio(mode)
+    r, a = ratio(mode)
     return min(max(1, round(n * a / (r + a))), n - 1)
 
 
