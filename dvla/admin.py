@@ -39,7 +39,8 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         f"{r.target_rollouts} rollout worker(s) wanted, "
         f"{r.episodes_per_update} episodes per update",
         f"episodes: produced {t.episodes_produced}  sent {t.episodes_sent}  received {t.episodes_received}  "
-        f"trained {t.episodes_trained}  dropped {t.episodes_dropped}  in flight {t.episodes_in_flight}",
+        f"trained {t.episodes_trained}  dropped {t.episodes_dropped}  lost {t.episodes_lost}  "
+        f"in flight {t.episodes_in_flight}",
         f"  in flight by place: unsent {t.episodes_unsent}  on the wire {t.episodes_on_wire}  "
         f"queued {t.episodes_queued}  in training {t.episodes_in_training}",
         f"env steps produced: {t.env_steps_produced}",
@@ -52,7 +53,7 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8} {'QUEUE':>5} {'STALE':>5}"
     )
     lines += ["", header]
-    for w in r.workers:  # members by rank, then leaving, standby, left
+    for w in r.workers:  # members by rank, then leaving, standby, left, evicted
         s = w.stats
         role = codec.PB_TO_ROLE.get(w.role, "?")
         busy = s.busy_s / s.loop_s if s.loop_s > 0 else 0.0

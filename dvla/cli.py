@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if stray:
         ap.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = list(getattr(args, "overrides", []) or []) + extra
-    return {"admin": admin, "bench": bench_command, "run": run_command}[args.cmd](args)
+    return {"admin": admin, "bench": bench_command, "chaos": chaos_command, "run": run_command}[args.cmd](args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,6 +61,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--ratios", default="1:1,2:1,3:1", help="with --actors: rollout:actor ratios, e.g. 1:1,2:1,3:1")
     b.add_argument("--mode", default="swimlane", help="with --actors: the pipeline mode of every layout")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
+    c = sub.add_parser(
+        "chaos",
+        help="a run with a rollout worker killed every --every seconds: how long faults took to detect and "
+        "recover from, and whether the ledger balances (table, faults.csv, chaos.json in the run folder)",
+    )
+    c.add_argument("--config", help="YAML config file")
+    c.add_argument("--preset", choices=sorted(PRESETS), help="named preset (default: pushcube)")
+    c.add_argument("--every", type=float, default=20.0, help="seconds between two faults, on average")
+    c.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
+    c.add_argument("overrides", nargs="*", help="section.field=value, e.g. pipeline.num_updates=100")
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
     a.add_argument(
         "verb",
@@ -108,6 +118,22 @@ def bench_command(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def chaos_command(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides, args.preset)
+        if not args.every > 0:
+            raise ValueError(f"--every must be > 0 seconds, got {args.every}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from dvla.chaos import run_chaos
+
+    report = run_chaos(cfg, every_s=args.every, seed=args.seed)
+    print(report.table())
+    print(f"details: {report.run_dir}/faults.csv, chaos.json, logs/")
+    return 0 if report.survived else 1
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -188,7 +188,10 @@ class LocalSource:
         return rank, item
 
     def run_ended(self) -> bool:
-        return not self.open and all(k == _END for k in self.ended.values())
+        return not self.open and bool(self.ended) and all(k == _END for k in self.ended.values())
+
+    def drop(self, rank: int) -> None:
+        self.open.discard(rank)
 
 
 class SetControl:

@@ -38,6 +38,9 @@ class Child:
     name: str
     proc: subprocess.Popen
     log_path: Path
+    argv: tuple[str, ...] = ()  # module and arguments: what a restart runs again
+    cores: set[int] | None = None
+    restarts: int = 0  # times it was started again after dying
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -55,16 +58,23 @@ class Launcher:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.resume = Path(resume).resolve() if resume is not None else None
         self.children: list[Child] = []
+        self._due: dict[str, float] = {}  # rollouts that died -> when to start them again
+        self._finished = False  # the final version is out (as of the last look)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_path = run_dir / "config.yaml"
         self.config_path.write_text(config_text(cfg, self.resume or ""))
 
-    def spawn(self, name: str, module: str, *args: str, cores: set[int] | None = None) -> Child:
+    def spawn(self, name: str, module: str, *args: str, cores: set[int] | None = None, again: bool = False) -> Child:
+        """Start `python -m module`; `again`: a restart of the child called `name`, which it replaces (its log
+        goes on in the same file)."""
         log_path = self.run_dir / "logs" / f"{name}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.cfg.control.token and not env.get("DVLA_TOKEN"):
             env["DVLA_TOKEN"] = self.cfg.control.token  # config.yaml holds it redacted
-        f = open(log_path, "w")
+        f = open(log_path, "a" if again else "w")
+        if again:
+            f.write(f"\n---- {name} started again ----\n")
+            f.flush()
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
         proc = subprocess.Popen(
             [sys.executable, "-m", module, "--config", str(self.config_path), *args],
@@ -76,7 +86,8 @@ class Launcher:
         f.close()
         if cores:
             os.sched_setaffinity(proc.pid, cores)
-        child = Child(name, proc, log_path)
+        child = Child(name, proc, log_path, (module, *args), cores)
+        self.children = [c for c in self.children if c.name != name] if again else self.children
         self.children.append(child)
         return child
 
@@ -150,7 +161,9 @@ class Launcher:
         (`dvla admin rescale --rollouts N`); leavers exit by themselves. Returns how many were started."""
         gone = {w.worker_id for w in world.workers if w.membership in (pb.LEAVING, pb.LEFT)}
         running = [
-            c for c in self.children if c.name.startswith("rollout-") and c.proc.poll() is None and c.name not in gone
+            c
+            for c in self.children
+            if c.name.startswith("rollout-") and (c.proc.poll() is None or c.name in self._due) and c.name not in gone
         ]
         started = 0
         for _ in range(world.target_rollouts - len(running)):
@@ -158,6 +171,37 @@ class Launcher:
             print(f"rescale: started {c.name} (log {c.log_path})", flush=True)
             started += 1
         return started
+
+    def _restartable(self, c: Child, actor: Child) -> bool:
+        """A rollout that died while the run goes on, with restarts left."""
+        return (
+            c.name.startswith("rollout-")
+            and c.restarts < self.cfg.pipeline.rollout_restarts
+            and actor.proc.poll() is None
+            and not self._finished
+        )
+
+    def _plan_restart(self, c: Child, rc: int) -> None:
+        delay = min(30.0, 2.0**c.restarts)
+        self._due[c.name] = time.monotonic() + delay
+        print(
+            f"\n{c.name} {_exit_text(rc)}; starting it again in {delay:.0f} s "
+            f"(restart {c.restarts + 1} of {self.cfg.pipeline.rollout_restarts}); the run goes on without it. "
+            f"Last lines of {c.log_path}:\n{c.tail(8)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name, due in list(self._due.items()):
+            if due > now:
+                continue
+            del self._due[name]
+            old = next(c for c in self.children if c.name == name)
+            new = self.spawn(name, *old.argv, cores=old.cores, again=True)
+            new.restarts = old.restarts + 1
+            print(f"{name} started again (pid {new.proc.pid}); it rejoins at the next data-plane epoch", flush=True)
 
     def wait(self) -> int:
         """Until the actors finish (0) or any process fails (its exit code)."""
@@ -171,24 +215,30 @@ class Launcher:
         try:
             while True:
                 bar.update()
+                for c in list(self.children):
+                    rc = c.proc.poll()
+                    if rc in (None, 0) or c.name in self._due:
+                        continue
+                    if self._restartable(c, actor):
+                        self._plan_restart(c, rc)
+                        continue
+                    bar.close()
+                    print(f"\n{c.name} {_exit_text(rc)}; last lines of {c.log_path}:\n{c.tail()}", file=sys.stderr)
+                    if c.name.startswith("rollout-") and c.restarts:
+                        print(f"{c.name} was started again {c.restarts} time(s), the most allowed "
+                              "(pipeline.rollout_restarts): giving up", file=sys.stderr)  # fmt: skip
+                    return rc
+                self._restart_due()
                 if time.monotonic() >= next_look and actor.proc.poll() is None:
                     next_look = time.monotonic() + 1.0
                     try:
                         # Once the final version is out, rollouts exit by themselves while the actor still
                         # writes its last checkpoint: none of them is to be replaced.
-                        if client.latest().state != RunState.FINISHED:
+                        self._finished = client.latest().state == RunState.FINISHED
+                        if not self._finished:
                             self.follow_rescale(client.world())
                     except RpcFailed:
-                        pass  # weight_control's own exit is reported below
-                for c in self.children:
-                    rc = c.proc.poll()
-                    if rc not in (None, 0):
-                        bar.close()
-                        print(
-                            f"\n{c.name} exited with code {rc}; last lines of {c.log_path}:\n{c.tail()}",
-                            file=sys.stderr,
-                        )
-                        return rc
+                        pass  # weight_control's own exit is reported with the other children's
                 if all(a.proc.poll() == 0 for a in actors):
                     rollouts = [c for c in self.children if c.name.startswith("rollout")]
                     for c in rollouts:
@@ -203,6 +253,15 @@ class Launcher:
         finally:
             bar.close()
             client.close()
+
+
+def _exit_text(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            pass
+    return f"exited with code {rc}"
 
 
 def _actors(cfg: RunConfig) -> str:

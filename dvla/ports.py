@@ -50,6 +50,11 @@ class Directives:
     episodes_per_update: int = 0  # actor: its share of a global batch, one round of its rollouts' envs (0: unknown)
     rendezvous_address: str = ""
     num_actors: int = 1  # K: data-plane ranks 0..K-1 are the actor group's
+    lost: tuple[tuple[int, int], ...] = ()  # actor: (epoch, rank) of recent ranks whose worker was evicted
+
+    def lost_ranks(self, epoch: int) -> set[int]:
+        """Ranks of data-plane epoch `epoch` whose worker weight_control evicted: nothing more will come."""
+        return {r for e, r in self.lost if e == epoch}
 
     @property
     def paused(self) -> bool:
@@ -58,8 +63,9 @@ class Directives:
 
     @property
     def out_of_the_run(self) -> bool:
-        """This worker takes no part in any later epoch: rescaled away, or the run has finished."""
-        return self.membership in (Membership.LEAVING, Membership.LEFT) or self.state == RunState.FINISHED
+        """This worker takes no part in any later epoch: rescaled away, evicted, or the run has finished."""
+        out = (Membership.LEAVING, Membership.LEFT, Membership.EVICTED)
+        return self.membership in out or self.state == RunState.FINISHED
 
     def world(self) -> World | None:
         """The epoch this worker is to be in, if it holds a rank there."""
@@ -115,8 +121,20 @@ class TrajectorySource(Protocol):
         ...
 
     def run_ended(self) -> bool:
-        """Every rank ended with END (the run is over), not with EPOCH_END."""
+        """The ranks that ended did so with END (the run is over), not EPOCH_END, and none is open."""
         ...
+
+    def drop(self, rank: int) -> None:
+        """Receive nothing more from `rank` (its worker was evicted: it is dead or cut off)."""
+        ...
+
+
+class SourceLost(ConnectionError):
+    """A rank's connection broke (its process died, its node went away): that rank is closed."""
+
+    def __init__(self, rank: int, cause: BaseException | str):
+        super().__init__(f"data-plane rank {rank} is lost: {cause}")
+        self.rank = rank
 
 
 class Plane(Protocol):

@@ -37,6 +37,7 @@ class Membership(TextEnum):
     STANDBY = "standby"  # registered, waits for a slot
     LEAVING = "leaving"  # told to leave (Admin.Rescale); sends what it holds, then leaves the data plane
     LEFT = "left"  # has left the data plane; may register again and start afresh
+    EVICTED = "evicted"  # stopped heartbeating (dead): out of the world; what it had not delivered is lost
     UNKNOWN = "unknown"  # a client's word for a membership it has not heard (or cannot read)
 
 

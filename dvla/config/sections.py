@@ -133,6 +133,9 @@ class PipelineConfig:
     (each actor rank a device of its own, rollouts the rest), a rollout:actor ratio such as '3:1' or '1:1',
     or 'auto' (colocated for sync, disaggregated for the other modes). On GPUs every process gets one device,
     never two actor ranks the same one (dvla/placement.py)."""
+    rollout_restarts: int = 5
+    """`dvla run`: times each rollout worker is started again after it dies (waiting 1, 2, 4 ... 30 s
+    between); it rejoins at the next data-plane epoch. 0: a rollout that dies ends the run."""
     num_shards: int = 2
     """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
     max_batch: int = 0
@@ -203,6 +206,7 @@ class PipelineConfig:
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
+        _check(self.rollout_restarts >= 0, "pipeline.rollout_restarts", f"must be >= 0, got {self.rollout_restarts}")
 
 
 @dataclass(frozen=True)

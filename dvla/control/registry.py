@@ -10,9 +10,16 @@ filled. After that every change of the member set
 (Admin.Rescale, a standby admitted) starts a new epoch: members reach a safe
 point, leave the old torch.distributed group, and rendezvous again. Leavers are
 always the highest ranks, so the ranks of those who stay never change. A worker
-registering again with its worker_id (a restart) keeps its place. Workers are
-never forgotten: a leaver's counters stay in the totals. No I/O; the clock is
-injected.
+registering again with its worker_id (a restart) keeps its place.
+
+A rollout silent for `evict_after_s` (killed, hung, its node gone) is evicted:
+it leaves the world at once, the members after it move down a rank, and a new
+epoch forms without it (a standby, or the worker itself restarted, fills the
+slot). Each epoch's members are remembered for a while, so the actor can be told
+which ranks of the epoch it is still in will send nothing more (`lost`).
+Workers are never forgotten: a leaver's or an evicted worker's counters stay in
+the totals, and one that registers again starts a new incarnation beside the old
+(`incarnations`). No I/O; the clock is injected.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dvla.types import Acks, EnvSpec, Membership, Role
 from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
 
 DEAD_AFTER_BEATS = 5
+EPOCHS_REMEMBERED = 16  # members of the newest epochs, for the ranks lost in each
+_LIVE = (Membership.MEMBER, Membership.STANDBY, Membership.LEAVING)  # a rollout that may still be running
 MAX_ROLLOUTS = 1024
 MAX_SHARDS = 64
 
@@ -54,9 +63,21 @@ class Worker:
 
 
 class Registry:
-    def __init__(self, num_rollouts: int, heartbeat_s: float, clock: Callable[[], float], num_actors: int = 1):
+    def __init__(
+        self,
+        num_rollouts: int,
+        heartbeat_s: float,
+        clock: Callable[[], float],
+        num_actors: int = 1,
+        evict_after_s: float = 0.0,
+    ):
+        """evict_after_s: a rollout silent this long is evicted (0: twice the time it takes to show as dead)."""
         if num_rollouts < 1 or not 1 <= num_actors <= num_rollouts:
             raise ValueError(f"need num_rollouts >= num_actors >= 1, got {num_rollouts} and {num_actors}")
+        self.evict_after_s = evict_after_s or 2 * DEAD_AFTER_BEATS * heartbeat_s
+        self._retired: list[Worker] = []  # earlier incarnations of workers that registered again
+        self._worlds: dict[int, list[Worker]] = {}  # epoch -> its rollout members, by rank
+        self.events: list[str] = []  # what it did on its own, for the service's log (drain_events)
         self.target_rollouts, self.num_actors = num_rollouts, num_actors
         self._actors: list[str] = []  # actor worker ids; actor rank = index
         self.heartbeat_s = heartbeat_s
@@ -89,6 +110,23 @@ class Registry:
 
     def _bump(self) -> None:
         self.epoch += 1
+        self._remember()
+
+    def _remember(self) -> None:
+        """Note the current epoch's members (the world that forms under this epoch number)."""
+        self._worlds[self.epoch] = [self._workers[m] for m in self._members]
+        for e in [e for e in self._worlds if e <= self.epoch - EPOCHS_REMEMBERED]:
+            del self._worlds[e]
+
+    def lost(self) -> list[tuple[int, int]]:
+        """(epoch, rank) of every remembered epoch's members that were evicted: nothing more comes from them."""
+        k = self.num_actors
+        return [
+            (e, k + i)
+            for e, ws in sorted(self._worlds.items())
+            for i, w in enumerate(ws)
+            if w.membership == Membership.EVICTED
+        ]
 
     def _admit(self, w: Worker) -> None:
         self._members.append(w.worker_id)
@@ -96,6 +134,7 @@ class Registry:
         if self._initial:
             if len(self._members) == self.target_rollouts:
                 self._initial = False  # the world that forms is the one everyone waited for: no new epoch
+            self._remember()
         else:
             self._bump()
 
@@ -132,6 +171,7 @@ class Registry:
         admitted = self._admit_standbys()
         if bumped and not admitted:
             self._bump()  # ranks waiting in the old world's rendezvous must re-form with the new size
+        self._remember()
         return leaving, admitted
 
     def rescale_shards(self, worker_id: str, num_shards: int) -> Worker:
@@ -182,7 +222,19 @@ class Registry:
             )
         now = self._clock()
         known = self._workers.get(worker_id)
-        if known is not None and known.membership != Membership.LEFT:
+        if (
+            known is not None
+            and known.role == Role.ROLLOUT == role
+            and known.membership in _LIVE
+            and worker_key
+            and known.worker_key
+            and worker_key != known.worker_key
+        ):
+            self._evict(known, "a new process registered under its id: the old one is gone")
+        if known is not None and known.membership in (Membership.LEFT, Membership.EVICTED):
+            self._retired.append(known)  # a new incarnation: the old one's counters stay in the totals
+            known = None
+        if known is not None:
             if known.role != role:
                 raise AlreadyExists(f"worker '{worker_id}' is registered as {known.role}, not {role}")
             known.last_seen, known.address = now, address or known.address
@@ -217,7 +269,7 @@ class Registry:
             shards_target=num_shards,
             worker_key=worker_key,
         )
-        self._workers[worker_id] = w  # a worker that left and comes back starts afresh
+        self._workers[worker_id] = w
         if len(self._members) < self.target_rollouts:
             self._admit(w)
         return w
@@ -232,6 +284,36 @@ class Registry:
         if w.membership == Membership.LEAVING and w.acks.left_dataplane:
             w.membership = Membership.LEFT  # it has left the data plane for good
         return w
+
+    def sweep(self) -> list[Worker]:
+        """Evict every rollout silent for evict_after_s; the workers evicted now.
+
+        A member's slot empties at once: the members after it move down a rank, a
+        standby (if any) is admitted, and a new epoch forms without it.
+        """
+        now, evicted = self._clock(), []
+        for w in list(self._workers.values()):
+            if w.role == Role.ROLLOUT and w.membership in _LIVE and now - w.last_seen >= self.evict_after_s:
+                self._evict(w, f"no heartbeat for {now - w.last_seen:.1f} s")
+                evicted.append(w)
+        return evicted
+
+    def _evict(self, w: Worker, why: str) -> None:
+        was_member = w.membership == Membership.MEMBER
+        w.membership, w.rank = Membership.EVICTED, -1
+        if was_member:
+            self._members.remove(w.worker_id)
+            for i, m in enumerate(self._members):
+                self._workers[m].rank = self.num_actors + i
+            self._bump()  # a fresh rendezvous: the dead worker may have arrived at the old one
+            if not self._initial:
+                self._admit_standbys()
+        self.events.append(f"evicted rollout '{w.worker_id}' ({why}); data-plane epoch {self.epoch} forms without it")
+
+    def drain_events(self) -> list[str]:
+        """What the registry did on its own since last asked (evictions), for the service's log."""
+        events, self.events = self.events, []
+        return events
 
     def alive(self, w: Worker) -> bool:
         return self._clock() - w.last_seen < DEAD_AFTER_BEATS * self.heartbeat_s
@@ -250,7 +332,13 @@ class Registry:
         )
 
     def workers(self) -> list[Worker]:
-        order = {Membership.MEMBER: 0, Membership.LEAVING: 1, Membership.STANDBY: 2, Membership.LEFT: 3}
+        order = {
+            Membership.MEMBER: 0,
+            Membership.LEAVING: 1,
+            Membership.STANDBY: 2,
+            Membership.LEFT: 3,
+            Membership.EVICTED: 4,
+        }
         return sorted(self._workers.values(), key=lambda w: (order[w.membership], w.rank, w.worker_id))
 
     def actor(self) -> Worker | None:
@@ -260,6 +348,10 @@ class Registry:
     def actors(self) -> list[Worker]:
         """The actor ranks registered, by rank."""
         return [self._workers[a] for a in self._actors]
+
+    def incarnations(self) -> list[Worker]:
+        """Every worker, and the earlier incarnations of those that registered again (for the totals)."""
+        return self.workers() + self._retired
 
     def standbys(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.membership == Membership.STANDBY]

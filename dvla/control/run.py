@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dvla.types import Acks, Role, RunState, SenderCounts
+from dvla.types import Acks, Membership, Role, RunState, SenderCounts
 
 from .errors import InvalidArgument, OutOfOrder
 from .registry import Registry, Worker
@@ -144,21 +144,37 @@ class RunControl:
             self.registry.rescale_shards(worker_id, num_shards)
         return self.registry.rescale(num_rollouts) if num_rollouts else ([], 0)
 
+    # ------------------------------------------------------------------ faults
+    def sweep(self) -> list[Worker]:
+        """Evict the rollouts that stopped heartbeating (Registry.sweep); those evicted now. Not once the
+        run has finished: its rollouts exit by themselves then, and what they sent is all in."""
+        return [] if self.state == RunState.FINISHED else self.registry.sweep()
+
     # ------------------------------------------------------------------ counting
     def totals(self) -> dict[str, int]:
         """Sums of the workers' last reports, keyed like admin.proto's Totals.
 
         Each worker's own numbers are a consistent snapshot; across workers they
         are as fresh as the last heartbeats. Workers are never forgotten, so a
-        leaver's counts stay in. produced = trained + dropped + in flight; by place,
-        in flight is unsent, on the wire, queued or in training.
+        leaver's counts stay in, and so do an evicted worker's: what it produced
+        but no actor received is lost (the actor reports, per rollout, what the
+        newest batch it received said was sent). produced = trained + dropped +
+        lost + in flight; by place, in flight is unsent, on the wire, queued or in
+        training.
         """
-        t = {k: 0 for k in _REPORTED}
-        for w in self.registry.workers():
+        t = {k: 0 for k in _REPORTED} | {"episodes_lost": 0}
+        for w in self.registry.incarnations():
             seen = self._senders.get(w.worker_key) if w.worker_key else None
+            counts = {k: max(int(w.stats.get(k, 0)), getattr(seen, k, 0)) for k in _REPORTED}
+            if w.membership == Membership.EVICTED:
+                delivered = seen.episodes_sent if seen is not None else 0
+                t["episodes_lost"] += counts["episodes_produced"] - delivered
+                counts["episodes_sent"] = delivered
             for k in _REPORTED:
-                t[k] += max(int(w.stats.get(k, 0)), getattr(seen, k, 0))
-        t["episodes_in_flight"] = t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"]
-        t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"]
+                t[k] += counts[k]
+        t["episodes_in_flight"] = (
+            t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"] - t["episodes_lost"]
+        )
+        t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"] - t["episodes_lost"]
         t["episodes_on_wire"] = t["episodes_sent"] - t["episodes_received"]
         return t

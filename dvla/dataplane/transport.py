@@ -28,6 +28,7 @@ from dvla.dataplane.wire import (
     encode_batch,
     end_header,
 )
+from dvla.ports import SourceLost
 from dvla.types import TrajectoryBatch
 
 _MIN_POLL_S = 50e-6  # first sleep between polls; doubles while idle ...
@@ -55,6 +56,7 @@ class Link:
 
     def __init__(self, backend: str, store: dist.Store, rank: int, size: int, timeout: timedelta):
         self.backend, self.rank, self.size = backend, rank, size
+        self.waiters: list[threading.Thread] = []  # threads waiting on posted receives (gloo)
         if backend == "nccl":
             self.device = torch.device("cuda", torch.cuda.current_device())
             options = dist.ProcessGroupNCCL.Options()
@@ -74,10 +76,14 @@ class Link:
         self.group.recv([t], src, 0).wait()
 
     def close(self) -> None:
-        """Tear the group down; receives still posted on it end (with an error their waiters ignore)."""
+        """Tear the group down; receives still posted on it end (with an error their waiters ignore), and
+        their waiter threads are joined: a process that exits while one is inside gloo aborts."""
         group, self.group = self.group, None
         if group is not None:
             group.shutdown() if self.backend == "nccl" else group.abort()
+        for t in self.waiters:
+            t.join(timeout=5.0)
+        self.waiters = []
 
 
 # ------------------------------------------------------------------ send / receive
@@ -111,7 +117,9 @@ class _PostedHeader:
         self._error: BaseException | None = None
         if use_waiter_thread:
             self._flag = threading.Event()
-            threading.Thread(target=self._wait, name=f"dataplane-header-from-{src}", daemon=True).start()
+            waiter = threading.Thread(target=self._wait, name=f"dataplane-header-from-{src}", daemon=True)
+            waiter.start()
+            link.waiters = [t for t in link.waiters if t.is_alive()] + [waiter]
 
     def _wait(self) -> None:
         try:
@@ -151,6 +159,7 @@ class TrajectoryReceiver:
         self._order = deque(sources)  # round robin: a busy source cannot starve the others
         self.num_received = {src: 0 for src in sources}
         self.ended: dict[int, int] = {}  # source -> KIND_END or KIND_EPOCH_END, once it has sent one
+        self.lost: set[int] = set()  # sources whose connection broke, or that were dropped
 
     @property
     def open_sources(self) -> list[int]:
@@ -158,14 +167,23 @@ class TrajectoryReceiver:
         return sorted(self._posted)
 
     def run_ended(self) -> bool:
-        """Every source sent END (not EPOCH_END): no more will come in this run."""
-        return not self._posted and all(k == KIND_END for k in self.ended.values())
+        """The sources that ended sent END (not EPOCH_END), and none is open: no more will come in this run.
+        Not when every source was lost: the run goes on in a new epoch."""
+        return not self._posted and bool(self.ended) and all(k == KIND_END for k in self.ended.values())
+
+    def drop(self, src: int) -> None:
+        """Receive nothing more from `src` (its worker was evicted). A receive still posted to it ends when
+        the link closes."""
+        if src in self._posted:
+            self._close(src)
+        self.lost.add(src)
 
     def recv(self, timeout_s: float | None = None) -> tuple[int, TrajectoryBatch | None]:
         """(source rank, batch), or (source rank, None) when that source sent END (or EPOCH_END: see .ended).
 
         Raises TimeoutError after `timeout_s` without a message, RuntimeError when
-        no source is open, ValueError on a malformed header (that source is closed).
+        no source is open, ValueError on a malformed header, SourceLost when a
+        source's connection broke (either way that source is closed; the others stay open).
         """
         if not self._posted:
             raise RuntimeError("data-plane receiver has no open source: every source sent END")
@@ -185,10 +203,18 @@ class TrajectoryReceiver:
 
     def _ready_source(self) -> int | None:
         for k, src in enumerate(self._order):
-            if self._posted[src].arrived():
+            try:
+                arrived = self._posted[src].arrived()
+            except RuntimeError as e:  # gloo: "Connection closed by peer" (its process died) and kin
+                self._lose(src, e)
+            if arrived:
                 self._order.rotate(-(k + 1))
                 return src
         return None
+
+    def _lose(self, src: int, cause: BaseException) -> None:
+        self.drop(src)
+        raise SourceLost(src, cause) from cause
 
     def _close(self, src: int) -> None:
         del self._posted[src]
@@ -205,7 +231,10 @@ class TrajectoryReceiver:
             self.ended[src] = header.kind
             return None
         payload = torch.empty(header.payload_bytes, dtype=torch.uint8, device=self.device)
-        self.link.recv(payload, src)
+        try:
+            self.link.recv(payload, src)
+        except RuntimeError as e:  # it died between header and payload: the batch never arrived
+            self._lose(src, e)
         # Only now: a header irecv posted earlier would have matched this payload.
         self._posted[src] = self._post(src)
         self.num_received[src] += 1

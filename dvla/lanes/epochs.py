@@ -58,7 +58,11 @@ class EpochCycle:
         """Form `world`, or whichever epoch follows it when it is cancelled; None if none will form."""
         while world is not None:
             target = world
-            if self.plane.form(target, abort=lambda target=target: self.halted() or self.moved_on(target)):
+            # out of the run: e.g. the run finished while a late joiner waited for the others to arrive
+            abort = lambda target=target: (  # noqa: E731
+                self.halted() or self.moved_on(target) or self.control.directives.out_of_the_run
+            )
+            if self.plane.form(target, abort=abort):
                 return target
             if self.halted():
                 return None

@@ -12,6 +12,11 @@ Across data-plane epochs: once every rank of the epoch has sent EPOCH_END (all
 they produced has arrived), the lane moves to the next epoch through the
 EpochCycle while training goes on from the queue. END goes on the queue when
 every rank sent END, or when there is no next epoch.
+
+A rank lost (its connection broke, or weight_control evicted its worker: dead,
+hung or cut off) counts as ended: the lane stops receiving from it and goes on
+with the others, and weight_control's next epoch forms without it. What it had
+not delivered is weight_control's to count as lost.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from dvla import telemetry
 from dvla.counters import EpisodeLedger
 from dvla.lanes.epochs import EpochCycle
-from dvla.ports import TrajectorySource
+from dvla.ports import SourceLost, TrajectorySource
 from dvla.types import SenderCounts, TrajectoryBatch, World
 
 log = logging.getLogger("dvla.lanes.receive")
@@ -37,6 +42,7 @@ class ReceiveLane:
         self.epochs, self.world, self.ledger, self.stop = epochs, world, ledger, stop
         self.queue: queue.Queue[TrajectoryBatch | None] = queue.Queue(maxsize=capacity)
         self.blocked_s = 0.0  # time spent waiting for room in the queue
+        self.sources_lost = 0  # rollout ranks lost mid-epoch (connection broken, or evicted)
         self._senders: dict[int, SenderCounts] = {}  # worker key -> the newest counters a batch carried
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
@@ -52,10 +58,15 @@ class ReceiveLane:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                source = self.epochs.plane.source(self.world.rollouts_of(self.world.rank))
-                self._receive(source)
-                if self.stop.is_set() or source.run_ended():
-                    return
+                ranks = self.world.rollouts_of(self.world.rank)
+                if ranks:  # none: every rollout of this rank was lost; wait for the epoch that brings some
+                    source = self.epochs.plane.source(ranks)
+                    self._receive(source)
+                    if self.stop.is_set() or source.run_ended():
+                        return
+                else:
+                    log.warning("data-plane epoch %d has no rollout for this actor rank: waiting for the next",
+                                self.world.epoch)  # fmt: skip
                 world = self.epochs.advance(self.world)
                 if world is None:
                     return
@@ -69,9 +80,18 @@ class ReceiveLane:
 
     def _receive(self, source: TrajectorySource) -> None:
         while source.open_sources and not self.stop.is_set():
+            for r in sorted(self.epochs.control.directives.lost_ranks(self.world.epoch) & set(source.open_sources)):
+                source.drop(r)
+                self.sources_lost += 1
+                log.warning("rank %d of data-plane epoch %d: its worker was evicted; receiving no more from it",
+                            r, self.world.epoch)  # fmt: skip
             try:
                 src, b = source.recv(timeout_s=0.5)
             except TimeoutError:
+                continue
+            except SourceLost as e:
+                self.sources_lost += 1
+                log.warning("%s; going on with ranks %s of epoch %d", e, source.open_sources, self.world.epoch)
                 continue
             if b is None:
                 continue

@@ -143,6 +143,7 @@ class ControlClient:
             r.episodes_per_update,
             r.rendezvous_address,
             r.num_actors or 1,
+            tuple((x.epoch, x.rank) for x in r.lost),
         )
 
     @_wrap

@@ -36,6 +36,7 @@ MEMBERSHIP_TO_PB = {
     Membership.STANDBY: pb.STANDBY,
     Membership.LEAVING: pb.LEAVING,
     Membership.LEFT: pb.LEFT,
+    Membership.EVICTED: pb.EVICTED,
 }
 MEMBERSHIP_NAMES = {v: k for k, v in MEMBERSHIP_TO_PB.items()} | {pb.MEMBERSHIP_UNSPECIFIED: Membership.UNKNOWN}
 STATS_FIELDS = [f.name for f in pb.WorkerStats.DESCRIPTOR.fields]

@@ -44,7 +44,7 @@ from dvla.membership import Heartbeat, RunFinished, join
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 from dvla.service_main import resolve_device
-from dvla.types import RunState, World
+from dvla.types import Membership, RunState, World
 
 log = logging.getLogger("dvla.rollout")
 
@@ -101,6 +101,12 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
         sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size, reg.num_actors), on_epoch=report.in_epoch)
+        if heartbeat.directives.membership == Membership.EVICTED:
+            raise Evicted(
+                f"weight_control evicted rollout '{worker_id}' (it heard no heartbeat from it for "
+                f"{cfg.control.evict_after_s or 10 * cfg.control.heartbeat_s:g} s): the run went on without it; "
+                "start it again to rejoin"
+            )
         c = sampler.counts
         log.info("done: %d episodes, %d env steps, versions %s", c.episodes_sent, c.env_steps_produced,
                  lane.versions_used)  # fmt: skip
@@ -129,6 +135,10 @@ def connect(rendezvous: str, cfg: RunConfig, heartbeat: Heartbeat) -> DataPlane 
             log.info("the run ended before this worker could join it")
             return None
         raise
+
+
+class Evicted(RuntimeError):
+    """weight_control evicted this worker (it looked dead): exit non-zero so that a supervisor restarts it."""
 
 
 class Report:

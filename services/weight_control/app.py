@@ -72,7 +72,9 @@ async def start(
     """Build and start the server; returns (server, bound_port, state)."""
     run = RunControl(
         VersionStore(cfg.keep_versions, cfg.max_version_bytes, clock_ns=time.time_ns),
-        Registry(num_rollouts, cfg.heartbeat_s, clock=time.monotonic, num_actors=num_actors),
+        Registry(
+            num_rollouts, cfg.heartbeat_s, clock=time.monotonic, num_actors=num_actors, evict_after_s=cfg.evict_after_s
+        ),
         clock=time.monotonic,
     )
     state = ControlState(run, cfg.chunk_bytes)
@@ -91,7 +93,18 @@ async def start(
     )
     await server.start()
     await set_serving(health, SERVICE_NAMES)
+    state.sweeper = asyncio.ensure_future(sweep_forever(state, cfg.heartbeat_s / 2))
     return server, bound, state
+
+
+async def sweep_forever(state: ControlState, period_s: float) -> None:
+    """Evict the rollouts that stopped heartbeating, and wake everyone waiting on a change when one is."""
+    while True:
+        await asyncio.sleep(period_s)
+        if state.run.sweep():
+            await state.bump()
+        for event in state.run.registry.drain_events():
+            log.warning("%s", event)
 
 
 async def serve_forever(
@@ -164,6 +177,11 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        async def shutdown():
+            self.state.sweeper.cancel()
+            await asyncio.gather(self.state.sweeper, return_exceptions=True)
+            await self.server.stop(0)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -11,7 +11,7 @@ import inspect
 import grpc
 
 from dvla.control.errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied
-from dvla.control.registry import Registry
+from dvla.control.registry import Registry, Role
 from dvla.control.run import RunControl
 from dvla.control.store import StoredVersion
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
@@ -58,6 +58,7 @@ class ControlState:
         self.chunk_bytes = chunk_bytes
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
+        self.sweeper: asyncio.Future | None = None  # evicts silent rollouts (app.sweep_forever)
 
     @property
     def state(self) -> int:
@@ -206,6 +207,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             episodes_per_update=r.episodes_for(w),
             rendezvous_address=r.rendezvous_address,
             num_actors=r.num_actors,
+            lost=[registry_pb2.LostRank(epoch=e, rank=k) for e, k in r.lost()] if w.role == Role.ACTOR else [],
         )
 
     @_status

@@ -134,3 +134,56 @@ def test_an_actor_group_holds_the_first_ranks_and_each_actor_its_rollouts_share(
         r.rescale(1)
     with pytest.raises(ValueError, match="num_actors"):
         Registry(1, heartbeat_s=1.0, clock=Clock(), num_actors=2)
+
+
+def test_a_silent_member_is_evicted_the_others_move_down_a_rank_and_a_new_epoch_forms_without_it():
+    r = world(3)
+    clock = r._clock
+    clock.t = 8.0
+    for wid in ("actor-0", "r0", "r2"):
+        r.heartbeat(wid, {})
+    assert r.sweep() == [] and r.evict_after_s == 10.0  # 10 heartbeats (it shows as dead after 5)
+    assert not r.alive(r.workers()[2]) and r.alive(r.workers()[1])
+    clock.t = 11.0
+    r.heartbeat("r0", {})
+    r.heartbeat("r2", {})
+    assert [w.worker_id for w in r.sweep()] == ["r1"]
+    assert ranks(r) == {
+        "actor-0": (0, Membership.MEMBER),
+        "r0": (1, Membership.MEMBER),
+        "r2": (2, Membership.MEMBER),  # was rank 3
+        "r1": (-1, Membership.EVICTED),
+    }
+    assert (r.epoch, r.world_size, r.episodes_per_update, r.lost()) == (1, 3, 16, [(0, 2)])
+    assert r.drain_events() == ["evicted rollout 'r1' (no heartbeat for 11.0 s); data-plane epoch 1 forms without it"]
+    assert r.drain_events() == []
+    # the same worker restarted: a new incarnation takes the free slot in the next epoch; the old one is kept
+    w = r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2)
+    assert (w.rank, w.membership, r.epoch, r.world_size) == (3, Membership.MEMBER, 2, 4)
+    assert [x.membership for x in r.incarnations() if x.worker_id == "r1"] == [Membership.MEMBER, Membership.EVICTED]
+    assert r.lost() == [(0, 2)]  # rank 2 of epoch 0 stays lost; epoch 2's members are all alive
+
+
+def test_a_new_process_under_a_members_id_evicts_the_old_one_at_once():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock())
+    r.register("actor", "actor-0", rendezvous_address="h:1")
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1)
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=8, worker_key=2)
+    assert r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1).rank == 1  # the same process: kept
+    assert r.epoch == 0
+    w = r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=3)  # restarted: a new key
+    assert (w.rank, w.worker_key, r.epoch) == (2, 3, 2)  # evicted (epoch 1), re-admitted last (epoch 2)
+    assert ranks(r)["r1"] == (1, Membership.MEMBER) and r.lost() == [(0, 1)]
+
+
+def test_a_member_lost_while_the_first_world_fills_leaves_a_slot_for_a_newcomer():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock(), evict_after_s=3.0)
+    r.register("actor", "actor-0", rendezvous_address="h:1")
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8)
+    r._clock.t = 3.0
+    r.heartbeat("actor-0", {})
+    assert [w.worker_id for w in r.sweep()] == ["r0"]
+    assert (r.epoch, r.world_size, r.complete) == (1, 3, False)  # a fresh rendezvous for the same first world
+    r.register("rollout", "r5", env_spec=SPEC, num_envs=8)
+    r.register("rollout", "r6", env_spec=SPEC, num_envs=8)
+    assert (r.epoch, r.complete, ranks(r)["r6"]) == (1, True, (2, Membership.MEMBER))

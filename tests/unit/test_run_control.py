@@ -175,6 +175,7 @@ def test_totals_sum_every_workers_last_report_and_count_what_is_in_flight():
         "episodes_in_flight": 16 - 8 - 1,
         "episodes_unsent": 16 - 15,
         "episodes_on_wire": 15 - 12,
+        "episodes_lost": 0,
     }
     assert all(type(v) is int for v in t.values())
     # produced = trained + dropped + in flight, and in flight by place adds up here
@@ -222,3 +223,46 @@ def test_what_the_actor_received_counts_as_sent_though_the_rollout_has_not_repor
     run.on_heartbeat("r0", {"episodes_produced": 32, "episodes_sent": 32, "env_steps_produced": 1600})
     t = run.totals()
     assert (t["episodes_produced"], t["episodes_sent"], t["episodes_on_wire"]) == (32, 32, 8)
+
+
+def test_an_evicted_rollouts_undelivered_episodes_count_as_lost_and_the_ledger_still_balances():
+    """produced = trained + dropped + lost + in flight: what a dead rollout produced but no actor received is
+    lost, its counters stay in the totals beside its restarted incarnation's, and nothing goes negative."""
+    run, clock = make_run(2)
+    run.registry.register("actor", "actor-0", rendezvous_address="h:1")
+    run.registry.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10)
+    run.registry.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=11)
+    run.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12})
+    run.on_heartbeat("r1", {"episodes_produced": 12, "episodes_sent": 12})  # its last word: 12 produced and sent
+    run.on_heartbeat(  # ... but only 8 of r1's reached the actor before r1 died
+        "actor-0",
+        {"episodes_received": 20, "episodes_trained": 16, "episodes_queued": 4},
+        senders=[SenderCounts(10, 12, 12, 0), SenderCounts(11, 8, 8, 0)],
+    )
+    clock.t = 5.0
+    run.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12})
+    run.on_heartbeat("actor-0", {"episodes_received": 20, "episodes_trained": 16, "episodes_queued": 4})
+    assert run.sweep() == [] and run.registry.workers()[2].membership == Membership.MEMBER  # silent 5 s: dead only
+    clock.t = 21.0  # 10 heartbeats: evicted
+    run.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12})
+    run.on_heartbeat("actor-0", {"episodes_received": 20, "episodes_trained": 16, "episodes_queued": 4})
+    assert [w.worker_id for w in run.sweep()] == ["r1"]
+    t = run.totals()
+    assert (t["episodes_lost"], t["episodes_sent"], t["episodes_on_wire"], t["episodes_unsent"]) == (4, 20, 0, 0)
+    assert t["episodes_produced"] == t["episodes_trained"] + t["episodes_dropped"] + t["episodes_lost"] + 4
+    assert t["episodes_in_flight"] == 4 == t["episodes_queued"]
+    # r1 restarted: a new incarnation, counted apart; the old one's numbers stay
+    run.registry.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=12)
+    run.on_heartbeat("r1", {"episodes_produced": 4, "episodes_sent": 4})
+    t = run.totals()
+    assert (t["episodes_produced"], t["episodes_lost"], t["episodes_on_wire"]) == (28, 4, 4)
+    assert run.sweep() == []  # the new incarnation is alive
+
+
+def test_a_finished_run_evicts_nobody():
+    run, clock = make_run(1)
+    run.registry.register("actor", "actor-0", rendezvous_address="h:1")
+    run.registry.register("rollout", "r0", env_spec=SPEC, num_envs=4)
+    publish(run, 1, final=True)
+    clock.t = 100.0
+    assert run.sweep() == [] and run.registry.workers()[1].membership == Membership.MEMBER

@@ -216,19 +216,22 @@ class Totals(_message.Message):
     EPISODES_ON_WIRE_FIELD_NUMBER: _builtins.int
     EPISODES_QUEUED_FIELD_NUMBER: _builtins.int
     EPISODES_IN_TRAINING_FIELD_NUMBER: _builtins.int
+    EPISODES_LOST_FIELD_NUMBER: _builtins.int
     env_steps_produced: _builtins.int
     episodes_produced: _builtins.int
     episodes_received: _builtins.int
     episodes_trained: _builtins.int
     episodes_dropped: _builtins.int
     episodes_in_flight: _builtins.int
-    """produced - trained - dropped"""
+    """produced - trained - dropped - lost"""
     episodes_sent: _builtins.int
     episodes_unsent: _builtins.int
     """in flight, by place: produced - sent (rollouts), sent - received (data plane), queued, in training"""
     episodes_on_wire: _builtins.int
     episodes_queued: _builtins.int
     episodes_in_training: _builtins.int
+    episodes_lost: _builtins.int
+    """produced by rollouts evicted (dead) but never received by an actor: gone with the worker"""
     def __init__(
         self,
         *,
@@ -243,10 +246,11 @@ class Totals(_message.Message):
         episodes_on_wire: _builtins.int = ...,
         episodes_queued: _builtins.int = ...,
         episodes_in_training: _builtins.int = ...,
+        episodes_lost: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_dropped", b"episodes_dropped", "episodes_in_flight", b"episodes_in_flight", "episodes_in_training", b"episodes_in_training", "episodes_on_wire", b"episodes_on_wire", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "episodes_unsent", b"episodes_unsent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_dropped", b"episodes_dropped", "episodes_in_flight", b"episodes_in_flight", "episodes_in_training", b"episodes_in_training", "episodes_lost", b"episodes_lost", "episodes_on_wire", b"episodes_on_wire", "episodes_produced", b"episodes_produced", "episodes_queued", b"episodes_queued", "episodes_received", b"episodes_received", "episodes_sent", b"episodes_sent", "episodes_trained", b"episodes_trained", "episodes_unsent", b"episodes_unsent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

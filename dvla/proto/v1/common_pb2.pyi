@@ -112,6 +112,8 @@ class _MembershipEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Membership
     """removed by Admin.Rescale: finishes what it holds, then exits"""
     LEFT: _Membership.ValueType  # 4
     """gone; its counters stay in the totals"""
+    EVICTED: _Membership.ValueType  # 5
+    """stopped heartbeating: removed from the world; episodes it never delivered count as lost"""
 
 class Membership(_Membership, metaclass=_MembershipEnumTypeWrapper):
     """Where a worker stands in the data-plane world."""
@@ -125,6 +127,8 @@ LEAVING: Membership.ValueType  # 3
 """removed by Admin.Rescale: finishes what it holds, then exits"""
 LEFT: Membership.ValueType  # 4
 """gone; its counters stay in the totals"""
+EVICTED: Membership.ValueType  # 5
+"""stopped heartbeating: removed from the world; episodes it never delivered count as lost"""
 Global___Membership: _TypeAlias = Membership  # noqa: Y015
 
 @_typing.final

@@ -221,6 +221,7 @@ class HeartbeatReply(_message.Message):
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     latest_version: _builtins.int
     epoch: _builtins.int
@@ -238,6 +239,10 @@ class HeartbeatReply(_message.Message):
     rendezvous_address: _builtins.str
     num_actors: _builtins.int
     """K: ranks 0..K-1 are actors; a rollout sends to its home actor (World.home)"""
+    @_builtins.property
+    def lost(self) -> _containers.RepeatedCompositeFieldContainer[Global___LostRank]:
+        """actor: ranks of recent epochs whose worker was evicted (stop receiving)"""
+
     def __init__(
         self,
         *,
@@ -252,14 +257,39 @@ class HeartbeatReply(_message.Message):
         episodes_per_update: _builtins.int = ...,
         rendezvous_address: _builtins.str = ...,
         num_actors: _builtins.int = ...,
+        lost: _abc.Iterable[Global___LostRank] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "lost", b"lost", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatReply: _TypeAlias = HeartbeatReply  # noqa: Y015
+
+@_typing.final
+class LostRank(_message.Message):
+    """A data-plane rank whose worker weight_control evicted: nothing more will come from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    rank: _builtins.int
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        rank: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "rank", b"rank"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LostRank: _TypeAlias = LostRank  # noqa: Y015
 
 @_typing.final
 class GetWorldRequest(_message.Message):

@@ -1,0 +1,178 @@
+"""`dvla chaos`: a real run with faults injected at random times, and the evidence of how it coped.
+
+A `dvla run` (weight_control, actor and rollouts as separate processes) trains
+while a random rollout worker is killed (SIGKILL: no goodbye, like an OOM kill or
+a node gone) every `every_s` seconds, give or take half that. For each fault it
+measures, from the status API:
+
+    detected   kill -> weight_control shows the worker evicted (the data plane re-forms without it)
+    recovered  kill -> the worker, restarted by the launcher, sends episodes in a new epoch
+
+At the end the ledger must balance (produced = trained + dropped + lost, nothing
+in flight) and every version 1..N must be trained once. Results: a table on
+stdout, faults.csv and chaos.json in the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from dvla.config import RunConfig
+from dvla.launch import Launcher, new_run_dir
+from dvla.metrics import read_metrics
+from dvla.proto.v1 import common_pb2 as pb
+
+
+@dataclass
+class Fault:
+    kind: str  # "rollout killed"
+    worker_id: str
+    at_version: int
+    t_kill: float  # seconds since the run started
+    detect_s: float | None = None
+    recover_s: float | None = None
+
+
+@dataclass
+class ChaosReport:
+    run_dir: str
+    rc: int
+    faults: list[Fault]
+    versions_ok: bool  # every version 1..N trained exactly once
+    totals: dict[str, int]
+    wall_s: float
+    return_first: float
+    return_last: float
+
+    @property
+    def balanced(self) -> bool:
+        t = self.totals
+        return (
+            t.get("episodes_in_flight", -1) == 0
+            and t["episodes_produced"] == t["episodes_trained"] + t["episodes_dropped"] + t["episodes_lost"]
+        )
+
+    @property
+    def survived(self) -> bool:
+        return self.rc == 0 and self.versions_ok and self.balanced
+
+    def table(self) -> str:
+        def stat(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "-"
+
+        detect = [f.detect_s for f in self.faults if f.detect_s is not None]
+        recover = [f.recover_s for f in self.faults if f.recover_s is not None]
+        t = self.totals
+        rows = [
+            "| fault | injected | survived | detect s (median / max) | recover s (median / max) | episodes lost |",
+            "|---|---|---|---|---|---|",
+            f"| rollout killed (SIGKILL) | {len(self.faults)} | {'yes' if self.survived else 'NO'} "
+            f"| {stat(detect)} | {stat(recover)} | {t.get('episodes_lost', 0)} of {t.get('episodes_produced', 0)} |",
+        ]
+        undetected = sum(f.detect_s is None for f in self.faults)
+        unrecovered = sum(f.recover_s is None for f in self.faults)
+        lines = rows + [
+            "",
+            f"run: exit {self.rc}, {self.wall_s:.0f} s, versions 1..N each trained once: {self.versions_ok}; "
+            f"return {self.return_first:.2f} -> {self.return_last:.2f}",
+            f"ledger: produced {t['episodes_produced']} = trained {t['episodes_trained']} + dropped "
+            f"{t['episodes_dropped']} + lost {t['episodes_lost']} + in flight {t['episodes_in_flight']}",
+        ]
+        if undetected or unrecovered:
+            lines.append(f"not detected: {undetected}; not recovered before the run ended: {unrecovered}")
+        return "\n".join(lines)
+
+
+def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | None = None) -> ChaosReport:
+    """Run `cfg` under `dvla run` and kill a random rollout worker every ~every_s seconds."""
+    cfg = replace(cfg, pipeline=replace(cfg.pipeline, rollout_restarts=max(cfg.pipeline.rollout_restarts, 1000)))
+    run_dir = Path(out) if out is not None else new_run_dir(cfg)
+    launcher = Launcher(cfg, run_dir, progress="off")
+    rng = random.Random(seed)
+    faults: list[Fault] = []
+    rc: list[int] = []
+    t0 = time.monotonic()
+    from dvla.rpc.client import ControlClient
+
+    try:
+        client = ControlClient(launcher.start(), cfg.control)
+        waiter = threading.Thread(target=lambda: rc.append(launcher.wait()), daemon=True)
+        waiter.start()
+        next_fault = t0 + every_s * rng.uniform(0.5, 1.5)
+        open_faults: list[Fault] = []
+        final = None
+        while waiter.is_alive():
+            time.sleep(0.2)
+            s = client.status()
+            now = time.monotonic()
+            workers = {w.worker_id: w for w in s.workers}
+            for f in list(open_faults):
+                w = workers.get(f.worker_id)
+                if f.detect_s is None and w is not None and w.membership == pb.EVICTED:
+                    f.detect_s = now - t0 - f.t_kill
+                elif f.detect_s is not None and w is not None and w.membership == pb.MEMBER and w.stats.episodes_sent:
+                    f.recover_s = now - t0 - f.t_kill
+                    open_faults.remove(f)
+            final = s
+            near_end = s.latest_version >= cfg.pipeline.num_updates * 0.85
+            if now < next_fault or near_end or s.latest_version < 1:
+                continue
+            victims = [
+                c
+                for c in launcher.children
+                if c.name.startswith("rollout-")
+                and c.proc.poll() is None
+                and (w := workers.get(c.name)) is not None
+                and w.membership == pb.MEMBER
+                and w.stats.episodes_sent > 0
+            ]
+            if not victims:
+                continue
+            victim = rng.choice(victims)
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            f = Fault("rollout killed", victim.name, s.latest_version, now - t0)
+            faults.append(f)
+            open_faults.append(f)
+            print(f"chaos: killed {victim.name} at v{s.latest_version} ({f.t_kill:.0f} s)", flush=True)
+            next_fault = now + every_s * rng.uniform(0.5, 1.5)
+        waiter.join()
+        final = client.status()
+        client.close()
+    finally:
+        launcher.stop_all()
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    n = len(rows) // 10 or 1
+    report = ChaosReport(
+        run_dir=str(run_dir),
+        rc=rc[0] if rc else 1,
+        faults=faults,
+        versions_ok=[r["version"] for r in rows] == list(range(1, cfg.pipeline.num_updates + 1)),
+        totals=_totals(final),
+        wall_s=time.monotonic() - t0,
+        return_first=sum(r["return_mean"] for r in rows[:n]) / n if rows else 0.0,
+        return_last=sum(r["return_mean"] for r in rows[-n:]) / n if rows else 0.0,
+    )
+    with open(run_dir / "faults.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(asdict(Fault("", "", 0, 0.0))))
+        w.writeheader()
+        w.writerows(asdict(f) for f in faults)
+    (run_dir / "chaos.json").write_text(
+        json.dumps(asdict(report) | {"survived": report.survived, "balanced": report.balanced}, indent=2)
+    )
+    return report
+
+
+def _totals(status) -> dict[str, int]:
+    if status is None:
+        return {}
+    t = status.totals
+    return {f.name: getattr(t, f.name) for f in t.DESCRIPTOR.fields}
