@@ -2,7 +2,8 @@
 
 A `dvla run` (weight_control, actor and rollouts as separate processes) trains
 while a random rollout worker is killed (SIGKILL: no goodbye, like an OOM kill or
-a node gone) every `every_s` seconds, give or take half that. For each fault it
+a node gone) every `every_s` seconds, give or take half that, until 60% of the
+updates are done (a restarted worker takes a while to rejoin). For each fault it
 measures, from the status API:
 
     detected   kill -> weight_control shows the worker evicted (the data plane re-forms without it)
@@ -30,6 +31,9 @@ from dvla.config import RunConfig
 from dvla.launch import Launcher, new_run_dir
 from dvla.metrics import read_metrics
 from dvla.proto.v1 import common_pb2 as pb
+
+
+LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted worker needs time to rejoin
 
 
 @dataclass
@@ -123,7 +127,7 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
                     f.recover_s = now - t0 - f.t_kill
                     open_faults.remove(f)
             final = s
-            near_end = s.latest_version >= cfg.pipeline.num_updates * 0.85
+            near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
             if now < next_fault or near_end or s.latest_version < 1:
                 continue
             victims = [

@@ -240,12 +240,15 @@ class Launcher:
                     except RpcFailed:
                         pass  # weight_control's own exit is reported with the other children's
                 if all(a.proc.poll() == 0 for a in actors):
+                    # Every member sent END before the actor finished, so they are on their way out; one
+                    # still here had not joined yet (started again late): stop_all stops it.
                     rollouts = [c for c in self.children if c.name.startswith("rollout")]
+                    deadline = time.monotonic() + 15.0
                     for c in rollouts:
                         try:
-                            c.proc.wait(30)
+                            c.proc.wait(max(0.1, deadline - time.monotonic()))
                         except subprocess.TimeoutExpired:
-                            print(f"{c.name} did not exit after the actor finished", file=sys.stderr)
+                            print(f"{c.name} had not joined when the run finished: stopping it", file=sys.stderr)
                     bar.update()
                     bar.close()
                     return 0
