@@ -32,7 +32,6 @@ from dvla.launch import Launcher, new_run_dir
 from dvla.metrics import read_metrics
 from dvla.proto.v1 import common_pb2 as pb
 
-
 LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted worker needs time to rejoin
 
 

@@ -89,9 +89,15 @@ class Heartbeat:
         stats: Callable[[], dict],
         period_s: float,
         senders: Callable[[], list[SenderCounts]] = list,
+        lost_after_s: float = 0.0,
+        on_lost: Callable[[str], None] | None = None,
     ):
+        """lost_after_s: after this long without one answered beat, on_lost(why) is called once (0: never)."""
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.senders = senders
+        self.lost_after_s, self.on_lost = lost_after_s, on_lost
+        self._last_ok = time.monotonic()
+        self._gave_up = False
         self.stop_event = threading.Event()
         self.directives = Directives()  # from the last reply
         self.acks = Acks()
@@ -132,8 +138,16 @@ class Heartbeat:
         try:
             stats = self.stats()
             self.directives = self.client.heartbeat(self.worker_id, stats, self.acks, self.senders())
+            self._last_ok = time.monotonic()
         except RpcFailed as e:
-            log.warning("heartbeat failed: %s", e)
+            silent = time.monotonic() - self._last_ok
+            log.warning("heartbeat failed (weight_control unanswered for %.0f s): %s", silent, e)
+            if self.lost_after_s and silent > self.lost_after_s and self.on_lost and not self._gave_up:
+                self._gave_up = True
+                self.on_lost(
+                    f"weight_control at {self.client.address} has not answered for {silent:.0f} s "
+                    f"(control.lost_after_s={self.lost_after_s:g}): giving up. Last error: {e}"
+                )
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)
             log.exception("heartbeat: could not gather stats")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 import torch
@@ -26,6 +27,15 @@ def install_stop_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+_failures: list[str] = []  # why this service gave up (give_up), if it did
+
+
+def give_up(reason: str) -> None:
+    """From any thread: stop this service as SIGTERM would, then exit with code 3 and `reason`."""
+    _failures.append(reason)
+    signal.raise_signal(signal.SIGTERM)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is cuda when a GPU is visible, else cpu. A numbered CUDA device ('cuda:3', given by `dvla run`'s
     placement) becomes this process's current device, where NCCL and unnumbered tensors go."""
@@ -40,7 +50,8 @@ def resolve_device(name: str) -> torch.device:
 def run_service(name: str, telemetry_cfg, body) -> int:
     """The shell of a worker process: logging, tracing, signals; body(stop) does the work.
 
-    Returns the exit code: 0, or 130 when stopped by SIGTERM/SIGINT.
+    Returns the exit code: 0, 130 when stopped by SIGTERM/SIGINT, or 3 when it gave up (give_up: e.g.
+    weight_control unreachable for control.lost_after_s).
     """
     from dvla import telemetry
 
@@ -51,7 +62,11 @@ def run_service(name: str, telemetry_cfg, body) -> int:
     try:
         body(stop)
     except KeyboardInterrupt:
+        if _failures:
+            logging.getLogger(f"dvla.{name}").error("%s", _failures[0])
+            print(f"{name}: {_failures[0]}", file=sys.stderr, flush=True)
+            return 3
         return 130
     finally:
         telemetry.shutdown()
-    return 0
+    return 3 if _failures else 0

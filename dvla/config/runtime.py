@@ -47,6 +47,9 @@ class ControlConfig:
     """Deadline of a whole weight publish or fetch."""
     heartbeat_s: float = 2.0
     """Worker heartbeat period; a worker silent for 5 periods is marked dead."""
+    lost_after_s: float = 120.0
+    """A worker that cannot reach weight_control this long exits (code 3) saying so, instead of waiting for
+    ever; gRPC retries and reconnects meanwhile (0 = wait for ever)."""
     evict_after_s: float = 0.0
     """A rollout silent this long is evicted: the data plane re-forms without it, and what it had not
     delivered counts as lost (0 = 10 heartbeat periods: it shows as dead after 5)."""
@@ -89,6 +92,7 @@ class ControlConfig:
             "must be > 0 and below control.max_message_bytes",
         )
         _check(self.rpc_timeout_s > 0 and self.transfer_timeout_s > 0, "control.rpc_timeout_s", "deadlines must be > 0")
+        _check(self.lost_after_s >= 0, "control.lost_after_s", f"must be >= 0 (0: never), got {self.lost_after_s}")
         _check(
             self.evict_after_s == 0 or self.evict_after_s >= 2 * self.heartbeat_s,
             "control.evict_after_s",

@@ -145,6 +145,13 @@ class RunControl:
         return self.registry.rescale(num_rollouts) if num_rollouts else ([], 0)
 
     # ------------------------------------------------------------------ faults
+    def actors_missing(self) -> list[tuple[str, float]]:
+        """(worker id, seconds silent) of every actor rank that stopped heartbeating while the run goes on."""
+        if self.state == RunState.FINISHED:
+            return []
+        r = self.registry
+        return [(w.worker_id, r.seen_ago(w)) for w in r.actors() if not r.alive(w)]
+
     def sweep(self) -> list[Worker]:
         """Evict the rollouts that stopped heartbeating (Registry.sweep); those evicted now. Not once the
         run has finished: its rollouts exit by themselves then, and what they sent is all in."""

@@ -6,6 +6,7 @@ the loops never import grpc.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,40 @@ from dvla.rpc import codec
 from dvla.rpc.security import secure_channel
 from dvla.types import Acks, EnvSpec, Membership, RunState, SenderCounts
 from dvla.weights import Manifest, pack, unpack
+
+# gRPC retries calls that failed UNAVAILABLE (weight_control restarting, a connection reset) with
+# exponential backoff, within each call's deadline. Only calls that may run twice: reads, heartbeats,
+# registering (the same worker id and key land in the same place) and health checks; a publish is
+# never retried behind the actor's back.
+_RETRIED = (
+    [{"service": "dvla.v1.Registry", "method": m} for m in ("Register", "Heartbeat", "GetWorld")]
+    + [{"service": "dvla.v1.WeightControl", "method": m} for m in ("GetLatest", "FetchWeights", "WatchVersions")]
+    + [{"service": "dvla.v1.Admin", "method": "Status"}, {"service": "grpc.health.v1.Health"}]
+)
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": _RETRIED,
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+# Pings on long-lived streams (WatchVersions): a dead server or a cut network shows within ~30 s instead of
+# at the next TCP timeout. weight_control permits pings this often (dvla/rpc/server.py).
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class RpcFailed(Exception):
@@ -65,6 +100,9 @@ class ControlClient:
         opts = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            *KEEPALIVE,
         ]
         self.channel = secure_channel(address, cfg, opts)  # TLS and the token, as configured
         self.weights = weights_pb2_grpc.WeightControlStub(self.channel)

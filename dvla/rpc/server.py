@@ -11,6 +11,9 @@ def make_server(max_message_bytes: int, interceptors: list | None = None) -> grp
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        # clients ping every 20 s (dvla/rpc/client.py KEEPALIVE); the default would answer GOAWAY
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
     return grpc.aio.server(options=opts, interceptors=[*(interceptors or []), MalformedInterceptor()])
 

@@ -46,7 +46,7 @@ from dvla.metrics import MetricsLog, plot_metrics
 from dvla.net import free_port
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
-from dvla.service_main import resolve_device
+from dvla.service_main import give_up, resolve_device
 from dvla.types import World
 
 from .report import ActorReport, CheckpointDuty
@@ -71,7 +71,8 @@ def run_actor(
         client.wait_healthy(cfg.control.rpc_timeout_s)
         reg, plane, group = join_actor_group(cfg, client, worker_id, stop)
         metrics = MetricsLog(*metrics_paths(run_dir, reg.rank))
-        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders).start()
+        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders,
+                              lost_after_s=cfg.control.lost_after_s, on_lost=give_up).start()  # fmt: skip
         telemetry.observe_worker("actor", worker_id, report)
         log.info("actor rank %d of %d; waiting for %d rollout(s) at %s", reg.rank, reg.num_actors,
                  reg.world_size - reg.num_actors, reg.rendezvous_address)  # fmt: skip

@@ -43,7 +43,7 @@ from dvla.lanes.weights import WeightLane
 from dvla.membership import Heartbeat, RunFinished, join
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
-from dvla.service_main import resolve_device
+from dvla.service_main import give_up, resolve_device
 from dvla.types import Membership, RunState, World
 
 log = logging.getLogger("dvla.rollout")
@@ -83,7 +83,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         except RunFinished as e:
             log.info("%s", e)
             return report()
-        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s).start()
+        heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s,
+                              lost_after_s=cfg.control.lost_after_s, on_lost=give_up).start()  # fmt: skip
         plane = connect(reg.rendezvous_address, cfg, heartbeat)
         if plane is None:
             return report()

@@ -263,6 +263,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             target_rollouts=r.target_rollouts,
             episodes_per_update=r.episodes_per_update,
             num_actors=r.num_actors,
+            actors_missing=[admin_pb2.MissingActor(worker_id=w, silent_s=t) for w, t in run.actors_missing()],
         )
 
     @_status

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dvla.checkpoint import config_text
 from dvla.chaos import run_chaos
+from dvla.checkpoint import config_text
 from dvla.config import load_config
 from dvla.metrics import read_metrics
 from dvla.net import free_port

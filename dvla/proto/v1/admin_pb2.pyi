@@ -257,6 +257,28 @@ class Totals(_message.Message):
 Global___Totals: _TypeAlias = Totals  # noqa: Y015
 
 @_typing.final
+class MissingActor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    SILENT_S_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    silent_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        silent_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["silent_s", b"silent_s", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MissingActor: _TypeAlias = MissingActor  # noqa: Y015
+
+@_typing.final
 class StatusReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -271,6 +293,7 @@ class StatusReply(_message.Message):
     TARGET_ROLLOUTS_FIELD_NUMBER: _builtins.int
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
+    ACTORS_MISSING_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     has_version: _builtins.bool
     latest_version: _builtins.int
@@ -286,6 +309,10 @@ class StatusReply(_message.Message):
     def workers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WorkerInfo]: ...
     @_builtins.property
     def totals(self) -> Global___Totals: ...
+    @_builtins.property
+    def actors_missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___MissingActor]:
+        """actor ranks silent past the dead threshold while the run goes on: (worker id, seconds silent)"""
+
     def __init__(
         self,
         *,
@@ -300,10 +327,11 @@ class StatusReply(_message.Message):
         target_rollouts: _builtins.int = ...,
         episodes_per_update: _builtins.int = ...,
         num_actors: _builtins.int = ...,
+        actors_missing: _abc.Iterable[Global___MissingActor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors_missing", b"actors_missing", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
