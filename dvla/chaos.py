@@ -112,7 +112,6 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
         waiter.start()
         next_fault = t0 + every_s * rng.uniform(0.5, 1.5)
         open_faults: list[Fault] = []
-        final = None
         while waiter.is_alive():
             time.sleep(0.2)
             s = client.status()
@@ -125,7 +124,6 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
                 elif f.detect_s is not None and w is not None and w.membership == pb.MEMBER and w.stats.episodes_sent:
                     f.recover_s = now - t0 - f.t_kill
                     open_faults.remove(f)
-            final = s
             near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
             if now < next_fault or near_end or s.latest_version < 1:
                 continue

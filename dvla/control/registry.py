@@ -8,8 +8,9 @@ trains on the rounds of its own rollouts: its share of a global batch. The
 first world (epoch 0) forms once every one of the `target_rollouts` slots is
 filled. After that every change of the member set
 (Admin.Rescale, a standby admitted) starts a new epoch: members reach a safe
-point, leave the old torch.distributed group, and rendezvous again. Leavers are
-always the highest ranks, so the ranks of those who stay never change. A worker
+point, leave the old torch.distributed group, and rendezvous again. On a
+rescale, leavers are the highest ranks, so the ranks of those who stay never
+change. A worker
 registering again with its worker_id (a restart) keeps its place.
 
 A rollout silent for `evict_after_s` (killed, hung, its node gone) is evicted:
@@ -33,6 +34,7 @@ from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, Permis
 
 DEAD_AFTER_BEATS = 5
 EPOCHS_REMEMBERED = 16  # members of the newest epochs, for the ranks lost in each
+_ORDER = (Membership.MEMBER, Membership.LEAVING, Membership.STANDBY, Membership.LEFT, Membership.EVICTED)  # shown so
 _LIVE = (Membership.MEMBER, Membership.STANDBY, Membership.LEAVING)  # a rollout that may still be running
 MAX_ROLLOUTS = 1024
 MAX_SHARDS = 64
@@ -332,14 +334,7 @@ class Registry:
         )
 
     def workers(self) -> list[Worker]:
-        order = {
-            Membership.MEMBER: 0,
-            Membership.LEAVING: 1,
-            Membership.STANDBY: 2,
-            Membership.LEFT: 3,
-            Membership.EVICTED: 4,
-        }
-        return sorted(self._workers.values(), key=lambda w: (order[w.membership], w.rank, w.worker_id))
+        return sorted(self._workers.values(), key=lambda w: (_ORDER.index(w.membership), w.rank, w.worker_id))
 
     def actor(self) -> Worker | None:
         """Actor rank 0 (it publishes and answers for checkpoints); None until it registers."""

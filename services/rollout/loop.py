@@ -104,9 +104,8 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size, reg.num_actors), on_epoch=report.in_epoch)
         if heartbeat.directives.membership == Membership.EVICTED:
             raise Evicted(
-                f"weight_control evicted rollout '{worker_id}' (it heard no heartbeat from it for "
-                f"{cfg.control.evict_after_s or 10 * cfg.control.heartbeat_s:g} s): the run went on without it; "
-                "start it again to rejoin"
+                f"weight_control evicted rollout '{worker_id}' (no heartbeat from it within control.evict_after_s): "
+                "the run went on without it; start it again to rejoin"
             )
         c = sampler.counts
         log.info("done: %d episodes, %d env steps, versions %s", c.episodes_sent, c.env_steps_produced,
