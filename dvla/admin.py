@@ -35,7 +35,9 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     t = r.totals
     missing = ", ".join(f"{a.worker_id} silent for {a.silent_s:.0f} s" for a in r.actors_missing)
     lines = [
-        f"run {state}, {version}, up {_duration(r.uptime_s)}" + (f"; ACTOR MISSING: {missing}" if missing else ""),
+        f"run {state}, {version}, up {_duration(r.uptime_s)}"
+        + (f"; actor started again {r.actor_incarnation} time(s)" if r.actor_incarnation else "")
+        + (f"; ACTOR MISSING: {missing}" if missing else ""),
         f"world: data-plane epoch {r.epoch}, {max(r.num_actors, 1)} actor rank(s), "
         f"{r.target_rollouts} rollout worker(s) wanted, "
         f"{r.episodes_per_update} episodes per update",

@@ -3,15 +3,20 @@
 A `dvla run` (weight_control, actor and rollouts as separate processes) trains
 while a random rollout worker is killed (SIGKILL: no goodbye, like an OOM kill or
 a node gone) every `every_s` seconds, give or take half that, until 60% of the
-updates are done (a restarted worker takes a while to rejoin). For each fault it
-measures, from the status API:
+updates are done (a restarted worker takes a while to rejoin); with `actor_at`,
+the actor is killed once too, when that share of the updates is done. For each
+fault it measures, from the status API:
 
-    detected   kill -> weight_control shows the worker evicted (the data plane re-forms without it)
-    recovered  kill -> the worker, restarted by the launcher, sends episodes in a new epoch
+    rollout  detected   kill -> weight_control shows the worker evicted (the data plane re-forms without it)
+             recovered  kill -> the worker, restarted by the launcher, sends episodes in a new epoch
+    actor    detected   kill -> weight_control shows the actor missing, or a new actor process registered
+             recovered  kill -> the new actor (from the newest checkpoint) has published a version it trained
 
 At the end the ledger must balance (produced = trained + dropped + lost, nothing
-in flight) and every version 1..N must be trained once. Results: a table on
-stdout, faults.csv and chaos.json in the run folder.
+in flight) and every update 1..N must be in the metrics with its version (an
+actor started again from a checkpoint redoes the updates after it: the last
+record of each counts). Results: a table on stdout, faults.csv and chaos.json in
+the run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from dvla.checkpoint import CHECKPOINTS, list_checkpoints
 from dvla.config import RunConfig
 from dvla.launch import Launcher, new_run_dir
 from dvla.metrics import read_metrics
@@ -37,7 +43,7 @@ LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted wor
 
 @dataclass
 class Fault:
-    kind: str  # "rollout killed"
+    kind: str  # "rollout killed" or "actor killed"
     worker_id: str
     at_version: int
     t_kill: float  # seconds since the run started
@@ -50,11 +56,12 @@ class ChaosReport:
     run_dir: str
     rc: int
     faults: list[Fault]
-    versions_ok: bool  # every version 1..N trained exactly once
+    versions_ok: bool  # every update 1..N in the metrics, with its version (the last record of each)
     totals: dict[str, int]
     wall_s: float
     return_first: float
     return_last: float
+    updates_redone: int = 0  # records of updates trained again by an actor started from a checkpoint
 
     @property
     def balanced(self) -> bool:
@@ -72,20 +79,26 @@ class ChaosReport:
         def stat(xs: list[float]) -> str:
             return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "-"
 
-        detect = [f.detect_s for f in self.faults if f.detect_s is not None]
-        recover = [f.recover_s for f in self.faults if f.recover_s is not None]
         t = self.totals
         rows = [
             "| fault | injected | survived | detect s (median / max) | recover s (median / max) | episodes lost |",
             "|---|---|---|---|---|---|",
-            f"| rollout killed (SIGKILL) | {len(self.faults)} | {'yes' if self.survived else 'NO'} "
-            f"| {stat(detect)} | {stat(recover)} | {t.get('episodes_lost', 0)} of {t.get('episodes_produced', 0)} |",
         ]
+        for kind in sorted({f.kind for f in self.faults}, reverse=True) or ["rollout killed"]:
+            fs = [f for f in self.faults if f.kind == kind]
+            detect = [f.detect_s for f in fs if f.detect_s is not None]
+            recover = [f.recover_s for f in fs if f.recover_s is not None]
+            rows.append(
+                f"| {kind} (SIGKILL) | {len(fs)} | {'yes' if self.survived else 'NO'} "
+                f"| {stat(detect)} | {stat(recover)} | {t.get('episodes_lost', 0)} of "
+                f"{t.get('episodes_produced', 0)} (all faults) |"
+            )
         undetected = sum(f.detect_s is None for f in self.faults)
         unrecovered = sum(f.recover_s is None for f in self.faults)
         lines = rows + [
             "",
-            f"run: exit {self.rc}, {self.wall_s:.0f} s, versions 1..N each trained once: {self.versions_ok}; "
+            f"run: exit {self.rc}, {self.wall_s:.0f} s, updates 1..N all trained, each at its version: "
+            f"{self.versions_ok} ({self.updates_redone} redone after a restart from a checkpoint); "
             f"return {self.return_first:.2f} -> {self.return_last:.2f}",
             f"ledger: produced {t['episodes_produced']} = trained {t['episodes_trained']} + dropped "
             f"{t['episodes_dropped']} + lost {t['episodes_lost']} + in flight {t['episodes_in_flight']}",
@@ -95,9 +108,18 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | None = None) -> ChaosReport:
-    """Run `cfg` under `dvla run` and kill a random rollout worker every ~every_s seconds."""
-    cfg = replace(cfg, pipeline=replace(cfg.pipeline, rollout_restarts=max(cfg.pipeline.rollout_restarts, 1000)))
+def run_chaos(
+    cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | None = None, actor_at: float | None = None
+) -> ChaosReport:
+    """Run `cfg` under `dvla run` and kill a random rollout worker every ~every_s seconds (0: never); with
+    actor_at, the actor too, once, when that share of the updates is done (after a checkpoint)."""
+    if actor_at is not None and not 0 < actor_at < 1:
+        raise ValueError(f"actor_at is a share of the updates, in (0, 1); got {actor_at}")
+    if actor_at is not None and not cfg.checkpoint.every_updates:
+        raise ValueError("killing the actor needs checkpoints to restart from: set checkpoint.every_updates > 0")
+    p = cfg.pipeline
+    p = replace(p, rollout_restarts=max(p.rollout_restarts, 1000), actor_restarts=max(p.actor_restarts, 1))
+    cfg = replace(cfg, pipeline=p)
     run_dir = Path(out) if out is not None else new_run_dir(cfg)
     launcher = Launcher(cfg, run_dir, progress="off")
     rng = random.Random(seed)
@@ -110,8 +132,9 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
         client = ControlClient(launcher.start(), cfg.control)
         waiter = threading.Thread(target=lambda: rc.append(launcher.wait()), daemon=True)
         waiter.start()
-        next_fault = t0 + every_s * rng.uniform(0.5, 1.5)
+        next_fault = t0 + every_s * rng.uniform(0.5, 1.5) if every_s else float("inf")
         open_faults: list[Fault] = []
+        actor = _ActorFault(actor_at, cfg.pipeline.num_updates)
         while waiter.is_alive():
             time.sleep(0.2)
             s = client.status()
@@ -119,13 +142,23 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
             workers = {w.worker_id: w for w in s.workers}
             for f in list(open_faults):
                 w = workers.get(f.worker_id)
-                if f.detect_s is None and w is not None and w.membership == pb.EVICTED:
+                if f.kind == "actor killed":
+                    actor.follow(f, s, now - t0)
+                    if f.recover_s is not None:
+                        open_faults.remove(f)
+                elif f.detect_s is None and w is not None and w.membership == pb.EVICTED:
                     f.detect_s = now - t0 - f.t_kill
                 elif f.detect_s is not None and w is not None and w.membership == pb.MEMBER and w.stats.episodes_sent:
                     f.recover_s = now - t0 - f.t_kill
                     open_faults.remove(f)
+            if actor.due(s, launcher):
+                f = actor.kill(launcher, s, now - t0)
+                faults.append(f)
+                open_faults.append(f)
+                print(f"chaos: killed the actor at v{s.latest_version} ({f.t_kill:.0f} s)", flush=True)
+                continue
             near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
-            if now < next_fault or near_end or s.latest_version < 1:
+            if now < next_fault or near_end or s.latest_version < 1 or actor.open:
                 continue
             victims = [
                 c
@@ -150,17 +183,20 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
         client.close()
     finally:
         launcher.stop_all()
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(run_dir / "metrics.jsonl")
+    rows = sorted({r["update"]: r for r in records}.values(), key=lambda r: r["update"])  # the last of each
     n = len(rows) // 10 or 1
     report = ChaosReport(
         run_dir=str(run_dir),
         rc=rc[0] if rc else 1,
         faults=faults,
-        versions_ok=[r["version"] for r in rows] == list(range(1, cfg.pipeline.num_updates + 1)),
+        versions_ok=[(r["update"], r["version"]) for r in rows]
+        == [(u, u) for u in range(1, cfg.pipeline.num_updates + 1)],
         totals=_totals(final),
         wall_s=time.monotonic() - t0,
         return_first=sum(r["return_mean"] for r in rows[:n]) / n if rows else 0.0,
         return_last=sum(r["return_mean"] for r in rows[-n:]) / n if rows else 0.0,
+        updates_redone=len(records) - len(rows),
     )
     with open(run_dir / "faults.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(asdict(Fault("", "", 0, 0.0))))
@@ -170,6 +206,35 @@ def run_chaos(cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | 
         json.dumps(asdict(report) | {"survived": report.survived, "balanced": report.balanced}, indent=2)
     )
     return report
+
+
+class _ActorFault:
+    """The one actor kill: when it is due, and how the run came back from it."""
+
+    def __init__(self, at: float | None, num_updates: int):
+        self.at_version = None if at is None else max(1, round(at * num_updates))
+        self.open = False
+        self._incarnation = 0
+        self._low: int | None = None  # the lowest version held since the new actor registered
+
+    def due(self, s, launcher) -> bool:
+        if self.at_version is None or s.latest_version < self.at_version or s.latest_version < 1:
+            return False
+        return bool(list_checkpoints(launcher.run_dir / CHECKPOINTS)) and launcher.actors()[0].proc.poll() is None
+
+    def kill(self, launcher, s, t: float) -> Fault:
+        os.kill(launcher.actors()[0].proc.pid, signal.SIGKILL)
+        self.at_version, self.open, self._incarnation = None, True, s.actor_incarnation
+        return Fault("actor killed", "actor-0", s.latest_version, t)
+
+    def follow(self, f: Fault, s, t: float) -> None:
+        restarted = s.actor_incarnation > self._incarnation
+        if f.detect_s is None and (restarted or len(s.actors_missing)):
+            f.detect_s = t - f.t_kill
+        if restarted and s.has_version:
+            self._low = s.latest_version if self._low is None else min(self._low, s.latest_version)
+            if s.latest_version > self._low:  # it trained and published a version of its own
+                f.recover_s, self.open = t - f.t_kill, False
 
 
 def _totals(status) -> dict[str, int]:

@@ -63,13 +63,20 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     c = sub.add_parser(
         "chaos",
-        help="a run with a rollout worker killed every --every seconds: how long faults took to detect and "
-        "recover from, and whether the ledger balances (table, faults.csv, chaos.json in the run folder)",
+        help="a run with a rollout worker killed every --every seconds (and the actor once, --actor-at): how "
+        "long faults took to detect and recover from, and whether the ledger balances (table, faults.csv, "
+        "chaos.json in the run folder)",
     )
     c.add_argument("--config", help="YAML config file")
     c.add_argument("--preset", choices=sorted(PRESETS), help="named preset (default: pushcube)")
     c.add_argument("--every", type=float, default=20.0, help="seconds between two faults, on average")
     c.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
+    c.add_argument(
+        "--actor-at",
+        type=float,
+        help="also kill the actor once, when this share of the updates is done (e.g. 0.4); it starts again from "
+        "the newest checkpoint (checkpoint.every_updates must be > 0)",
+    )
     c.add_argument("overrides", nargs="*", help="section.field=value, e.g. pipeline.num_updates=100")
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
     a.add_argument(
@@ -123,14 +130,18 @@ def bench_command(args: argparse.Namespace) -> int:
 def chaos_command(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides, args.preset)
-        if not args.every > 0:
-            raise ValueError(f"--every must be > 0 seconds, got {args.every}")
+        if not args.every >= 0:
+            raise ValueError(f"--every must be >= 0 seconds (0: no rollout is killed), got {args.every}")
+        if args.actor_at is not None and not 0 < args.actor_at < 1:
+            raise ValueError(f"--actor-at is a share of the updates, in (0, 1); got {args.actor_at}")
+        if args.actor_at is not None and not cfg.checkpoint.every_updates:
+            raise ValueError("--actor-at needs checkpoints to restart from: set checkpoint.every_updates > 0")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from dvla.chaos import run_chaos
 
-    report = run_chaos(cfg, every_s=args.every, seed=args.seed)
+    report = run_chaos(cfg, every_s=args.every, seed=args.seed, actor_at=args.actor_at)
     print(report.table())
     print(f"details: {report.run_dir}/faults.csv, chaos.json, logs/")
     return 0 if report.survived else 1

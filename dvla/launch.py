@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dvla.checkpoint import config_text
+from dvla.checkpoint import CHECKPOINTS, config_text, list_checkpoints
 from dvla.config import RunConfig
 from dvla.metrics import read_metrics
 from dvla.net import free_port
@@ -58,7 +58,7 @@ class Launcher:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.resume = Path(resume).resolve() if resume is not None else None
         self.children: list[Child] = []
-        self._due: dict[str, float] = {}  # rollouts that died -> when to start them again
+        self._due: dict[str, float] = {}  # processes that died -> when to start them again
         self._finished = False  # the final version is out (as of the last look)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.config_path = run_dir / "config.yaml"
@@ -172,17 +172,24 @@ class Launcher:
             started += 1
         return started
 
-    def _restartable(self, c: Child, actor: Child) -> bool:
-        """A rollout that died while the run goes on, with restarts left."""
-        return (
-            c.name.startswith("rollout-")
-            and c.restarts < self.cfg.pipeline.rollout_restarts
-            and actor.proc.poll() is None
-            and not self._finished
-        )
+    def actors(self) -> list[Child]:
+        """The actor ranks' processes (the newest of each), rank 0 first."""
+        return [c for c in self.children if _is_actor(c.name)]
+
+    def _restartable(self, c: Child) -> bool:
+        """A process that died while the run goes on, with restarts left (an actor: the group's)."""
+        p = self.cfg.pipeline
+        if self._finished or any(a.proc.poll() == 0 for a in self.actors()):
+            return False
+        if _is_actor(c.name):
+            return c.restarts < p.actor_restarts
+        return c.name.startswith("rollout-") and c.restarts < p.rollout_restarts
 
     def _plan_restart(self, c: Child, rc: int) -> None:
         delay = min(30.0, 2.0**c.restarts)
+        if _is_actor(c.name):
+            self._plan_actor_restart(c, rc, delay)
+            return
         self._due[c.name] = time.monotonic() + delay
         print(
             f"\n{c.name} {_exit_text(rc)}; starting it again in {delay:.0f} s "
@@ -192,24 +199,58 @@ class Launcher:
             flush=True,
         )
 
+    def _plan_actor_restart(self, c: Child, rc: int, delay: float) -> None:
+        """Every actor rank starts again from the newest checkpoint: the group's collectives lost a member."""
+        for a in self.actors():
+            if a.proc.poll() is None:
+                os.killpg(a.proc.pid, signal.SIGKILL)
+                a.proc.wait()
+            self._due[a.name] = time.monotonic() + delay
+        found = list_checkpoints(self.run_dir / CHECKPOINTS)
+        source = (
+            f"its newest checkpoint ({found[-1].relative_to(self.run_dir)})"
+            if found
+            else (f"{self.resume}" if self.resume else "the start (no checkpoint written yet)")
+        )
+        who = "the actor" if len(self.actors()) == 1 else f"the {len(self.actors())} actor ranks"
+        print(
+            f"\n{c.name} {_exit_text(rc)}; starting {who} again from {source} in {delay:.0f} s "
+            f"(restart {c.restarts + 1} of {self.cfg.pipeline.actor_restarts}); rollouts wait for it. "
+            f"Last lines of {c.log_path}:\n{c.tail(8)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _actor_argv(self, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """An actor's arguments for a restart: --resume the run folder once it holds a checkpoint."""
+        args = list(argv)
+        if "--resume" in args:
+            i = args.index("--resume")
+            del args[i : i + 2]
+        if list_checkpoints(self.run_dir / CHECKPOINTS):
+            args += ["--resume", str(self.run_dir)]
+        elif self.resume is not None:
+            args += ["--resume", str(self.resume)]
+        return tuple(args)
+
     def _restart_due(self) -> None:
         now = time.monotonic()
-        for name, due in list(self._due.items()):
+        for name, due in sorted(self._due.items(), key=lambda kv: (not _is_actor(kv[0]), kv[0])):
             if due > now:
                 continue
             del self._due[name]
             old = next(c for c in self.children if c.name == name)
-            new = self.spawn(name, *old.argv, cores=old.cores, again=True)
+            argv = self._actor_argv(old.argv) if _is_actor(name) else old.argv
+            new = self.spawn(name, *argv, cores=old.cores, again=True)
             new.restarts = old.restarts + 1
-            print(f"{name} started again (pid {new.proc.pid}); it rejoins at the next data-plane epoch", flush=True)
+            what = "the data plane re-forms around it" if _is_actor(name) else "it rejoins at the next data-plane epoch"
+            print(f"{name} started again (pid {new.proc.pid}); {what}", flush=True)
 
     def wait(self) -> int:
         """Until the actors finish (0) or any process fails (its exit code)."""
         from dvla.rpc.client import ControlClient, RpcFailed
 
         bar = _Progress(self.cfg, self.run_dir / "metrics.jsonl", self.progress)
-        actors = [c for c in self.children if c.name == "actor" or c.name.startswith("actor-")]
-        actor = actors[0]
         client = ControlClient(self.address, self.cfg.control)
         next_look = 0.0
         try:
@@ -219,17 +260,19 @@ class Launcher:
                     rc = c.proc.poll()
                     if rc in (None, 0) or c.name in self._due:
                         continue
-                    if self._restartable(c, actor):
+                    if self._restartable(c):
                         self._plan_restart(c, rc)
                         continue
                     bar.close()
                     print(f"\n{c.name} {_exit_text(rc)}; last lines of {c.log_path}:\n{c.tail()}", file=sys.stderr)
-                    if c.name.startswith("rollout-") and c.restarts:
+                    if c.restarts:
+                        budget = "pipeline.actor_restarts" if _is_actor(c.name) else "pipeline.rollout_restarts"
                         print(f"{c.name} was started again {c.restarts} time(s), the most allowed "
-                              "(pipeline.rollout_restarts): giving up", file=sys.stderr)  # fmt: skip
+                              f"({budget}): giving up", file=sys.stderr)  # fmt: skip
                     return rc
                 self._restart_due()
-                if time.monotonic() >= next_look and actor.proc.poll() is None:
+                actors = self.actors()
+                if time.monotonic() >= next_look and actors[0].proc.poll() is None:
                     next_look = time.monotonic() + 1.0
                     try:
                         # Once the final version is out, rollouts exit by themselves while the actor still
@@ -239,7 +282,7 @@ class Launcher:
                             self.follow_rescale(client.world())
                     except RpcFailed:
                         pass  # weight_control's own exit is reported with the other children's
-                if all(a.proc.poll() == 0 for a in actors):
+                if all(a.proc.poll() == 0 and a.name not in self._due for a in actors):
                     # Every member sent END before the actor finished, so they are on their way out; one
                     # still here had not joined yet (started again late): stop_all stops it.
                     rollouts = [c for c in self.children if c.name.startswith("rollout")]
@@ -256,6 +299,10 @@ class Launcher:
         finally:
             bar.close()
             client.close()
+
+
+def _is_actor(name: str) -> bool:
+    return name == "actor" or name.startswith("actor-")
 
 
 def _exit_text(rc: int) -> str:
@@ -330,7 +377,8 @@ class _Progress:
         new, self.seen = rows[self.seen :], len(rows)
         last = new[-1]
         if self.bar is not None:
-            self.bar.update(len(new))
+            # an actor started again repeats the updates after its checkpoint: the bar stays where it was
+            self.bar.update(max(0, last["update"] - self.bar.n))
             self.bar.set_postfix_str(
                 f"v{last['version']} steps={last['env_steps']} {last['env_steps_per_s']:.0f} steps/s "
                 f"success={last['success_rate']:.2f} return={last['return_mean']:.2f}"

@@ -51,6 +51,7 @@ class Directives:
     rendezvous_address: str = ""
     num_actors: int = 1  # K: data-plane ranks 0..K-1 are the actor group's
     lost: tuple[tuple[int, int], ...] = ()  # actor: (epoch, rank) of recent ranks whose worker was evicted
+    actor_incarnation: int = 0  # times actor rank 0 was started afresh; a new one rewinds the versions
 
     def lost_ranks(self, epoch: int) -> set[int]:
         """Ranks of data-plane epoch `epoch` whose worker weight_control evicted: nothing more will come."""
@@ -69,7 +70,9 @@ class Directives:
 
     def world(self) -> World | None:
         """The epoch this worker is to be in, if it holds a rank there."""
-        return World(self.epoch, self.rank, self.world_size, self.num_actors) if self.rank >= 0 else None
+        if self.rank < 0:
+            return None
+        return World(self.epoch, self.rank, self.world_size, self.num_actors, self.rendezvous_address)
 
 
 class WeightSource(Protocol):
@@ -135,6 +138,14 @@ class SourceLost(ConnectionError):
     def __init__(self, rank: int, cause: BaseException | str):
         super().__init__(f"data-plane rank {rank} is lost: {cause}")
         self.rank = rank
+
+
+class SinkLost(ConnectionError):
+    """The connection to the actor broke (its process died, its node went away): this epoch's sink is dead."""
+
+
+class ActorLost(TimeoutError):
+    """The actor did not come back (no new data-plane epoch) within the bound: the worker gives up."""
 
 
 class Plane(Protocol):

@@ -9,6 +9,8 @@ import threading
 
 import torch
 
+from dvla.ports import ActorLost
+
 
 def setup_logging(name: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
@@ -51,7 +53,7 @@ def run_service(name: str, telemetry_cfg, body) -> int:
     """The shell of a worker process: logging, tracing, signals; body(stop) does the work.
 
     Returns the exit code: 0, 130 when stopped by SIGTERM/SIGINT, or 3 when it gave up (give_up: e.g.
-    weight_control unreachable for control.lost_after_s).
+    weight_control unreachable for control.lost_after_s; ActorLost: the actor gone as long).
     """
     from dvla import telemetry
 
@@ -61,6 +63,10 @@ def run_service(name: str, telemetry_cfg, body) -> int:
     install_stop_signals(stop)
     try:
         body(stop)
+    except ActorLost as e:  # waited for the actor to come back, as long as allowed
+        logging.getLogger(f"dvla.{name}").error("%s", e)
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        return 3
     except KeyboardInterrupt:
         if _failures:
             logging.getLogger(f"dvla.{name}").error("%s", _failures[0])

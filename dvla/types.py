@@ -91,6 +91,9 @@ class SenderCounts:
     episodes_produced: int
     episodes_sent: int
     env_steps_produced: int
+    # Set by the actor process that received the batch, not carried on the wire: the rollout's episodes_sent
+    # before the first batch this actor process received from it (what went to earlier actor incarnations).
+    episodes_sent_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class World:
     rank: int
     size: int
     actors: int = 1
+    rendezvous: str = ""  # host:port of actor rank 0's store for this epoch ("": the one already connected)
 
     def home(self) -> int:
         """A rollout rank's actor."""

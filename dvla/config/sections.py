@@ -136,6 +136,10 @@ class PipelineConfig:
     rollout_restarts: int = 5
     """`dvla run`: times each rollout worker is started again after it dies (waiting 1, 2, 4 ... 30 s
     between); it rejoins at the next data-plane epoch. 0: a rollout that dies ends the run."""
+    actor_restarts: int = 3
+    """`dvla run`: times the actor (every rank of an actor group together) is started again after one dies,
+    from the newest checkpoint of the run folder (checkpoint.every_updates); rollouts wait for it up to
+    control.lost_after_s. 0: an actor that dies ends the run."""
     num_shards: int = 2
     """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
     max_batch: int = 0
@@ -207,6 +211,7 @@ class PipelineConfig:
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
         _check(self.rollout_restarts >= 0, "pipeline.rollout_restarts", f"must be >= 0, got {self.rollout_restarts}")
+        _check(self.actor_restarts >= 0, "pipeline.actor_restarts", f"must be >= 0, got {self.actor_restarts}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ slot). Each epoch's members are remembered for a while, so the actor can be told
 which ranks of the epoch it is still in will send nothing more (`lost`).
 Workers are never forgotten: a leaver's or an evicted worker's counters stay in
 the totals, and one that registers again starts a new incarnation beside the old
-(`incarnations`). No I/O; the clock is injected.
+(`incarnations`).
+
+An actor rank taken over by a new process (registering under its worker_id
+with a new worker_key: the old one died and was started again from a
+checkpoint) is a new incarnation too: the world re-forms at a new epoch, around
+the new rendezvous store when it is rank 0, and `actor_incarnation` counts
+those, so that rollouts know the versions were rewound. No I/O; the clock is
+injected.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class Worker:
     num_envs: int = 0  # rollout: envs at registration
     num_shards: int = 0  # rollout: env shard processes at registration (0: envs in-process, fixed)
     shards_target: int = 0  # rollout: shards to run now (Admin.Rescale)
-    worker_key: int = 0  # rollout: the number its trajectory headers carry (0: none)
+    worker_key: int = 0  # the process's own number (a rollout's trajectory headers carry it; 0: none)
 
     @property
     def active_envs(self) -> int:
@@ -89,6 +96,7 @@ class Registry:
         self._initial = True  # epoch 0 until its slots are filled: a fixed world of K + target_rollouts
         self.rendezvous_address = ""
         self.epoch = 0
+        self.actor_incarnation = 0  # times actor rank 0 was replaced by a new process
 
     # ------------------------------------------------------------------ the world
     @property
@@ -236,6 +244,14 @@ class Registry:
         if known is not None and known.membership in (Membership.LEFT, Membership.EVICTED):
             self._retired.append(known)  # a new incarnation: the old one's counters stay in the totals
             known = None
+        if (
+            known is not None
+            and known.role == Role.ACTOR == role
+            and worker_key
+            and known.worker_key
+            and worker_key != known.worker_key
+        ):
+            return self._restart_actor(known, address, rendezvous_address, env_spec, worker_key)
         if known is not None:
             if known.role != role:
                 raise AlreadyExists(f"worker '{worker_id}' is registered as {known.role}, not {role}")
@@ -252,7 +268,7 @@ class Registry:
                 raise InvalidArgument("actor rank 0 must give its data-plane rendezvous_address")
             if not self._actors:
                 self.rendezvous_address = rendezvous_address
-            w = Worker(worker_id, role, len(self._actors), address, now, env_spec)
+            w = Worker(worker_id, role, len(self._actors), address, now, env_spec, worker_key=worker_key)
             self._actors.append(worker_id)
             self._workers[worker_id] = w
             return w
@@ -275,6 +291,32 @@ class Registry:
         if len(self._members) < self.target_rollouts:
             self._admit(w)
         return w
+
+    def _restart_actor(
+        self, old: Worker, address: str, rendezvous_address: str, env_spec: EnvSpec | None, worker_key: int
+    ) -> Worker:
+        """A new process took actor rank `old.rank` (the old one died): a new incarnation in its place. The
+        data plane re-forms at a new epoch (rank 0: around its new rendezvous store); the old incarnation's
+        counters stay in the totals (`retired_actors`)."""
+        if old.rank == 0 and not rendezvous_address:
+            raise InvalidArgument("actor rank 0 must give its data-plane rendezvous_address")
+        old.membership = Membership.LEFT
+        self._retired.append(old)
+        w = Worker(old.worker_id, Role.ACTOR, old.rank, address, self._clock(), env_spec, worker_key=worker_key)
+        self._workers[w.worker_id] = w
+        if w.rank == 0:
+            self.rendezvous_address = rendezvous_address
+            self.actor_incarnation += 1
+        self._bump()
+        self.events.append(
+            f"actor rank {w.rank} ('{w.worker_id}') started afresh (incarnation {self.actor_incarnation}): "
+            f"data-plane epoch {self.epoch} forms around it"
+        )
+        return w
+
+    def retired_actors(self) -> list[Worker]:
+        """Earlier incarnations of actor ranks: their processes are gone, with whatever they held."""
+        return [w for w in self._retired if w.role == Role.ACTOR]
 
     def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None) -> Worker:
         w = self._workers.get(worker_id)
@@ -332,6 +374,10 @@ class Registry:
             and actors == self.num_actors
             and actors + len(self._members) == self.world_size
         )
+
+    def find(self, worker_id: str) -> Worker | None:
+        """The newest incarnation of `worker_id`, if it ever registered."""
+        return self._workers.get(worker_id)
 
     def workers(self) -> list[Worker]:
         return sorted(self._workers.values(), key=lambda w: (_ORDER.index(w.membership), w.rank, w.worker_id))

@@ -54,6 +54,7 @@ class RunControl:
         self.checkpoint_request = 0  # requests so far; the actor writes one per new number
         self.checkpoint_done = 0  # the last request the actor reported written
         self._senders: dict[int, SenderCounts] = {}  # worker key -> counters the actor last saw
+        self._sent_before: dict[int, int] = {}  # worker key -> sent to earlier actor incarnations (the actor says)
 
     @property
     def state(self) -> RunState:
@@ -110,6 +111,8 @@ class RunControl:
                 held = self._senders.get(c.worker_key)
                 if held is None or c.episodes_sent >= held.episodes_sent:
                     self._senders[c.worker_key] = c
+                if self.registry.retired_actors():
+                    self._sent_before[c.worker_key] = c.episodes_sent_before
         done = w.acks.checkpoint_request_done
         if w.role != Role.ACTOR or not done or done == self.checkpoint_done:
             return w, False
@@ -144,6 +147,31 @@ class RunControl:
             self.registry.rescale_shards(worker_id, num_shards)
         return self.registry.rescale(num_rollouts) if num_rollouts else ([], 0)
 
+    # ------------------------------------------------------------------ registering
+    def register(self, role, worker_id: str, *args, worker_key: int = 0, **kw) -> Worker:
+        """Registry.register; when actor rank 0 is a new process (started afresh from a checkpoint), the
+        versions its predecessor published go with it: it publishes its checkpoint's version first."""
+        r = self.registry
+        before = r.actor_incarnation
+        known = r.find(worker_id)
+        if (
+            self.state == RunState.FINISHED
+            and known is not None
+            and known.role == Role.ACTOR
+            and worker_key != known.worker_key
+        ):
+            raise OutOfOrder("the run has finished: a new actor process has nothing to continue")
+        w = r.register(role, worker_id, *args, worker_key=worker_key, **kw)
+        if r.actor_incarnation != before:
+            self._sent_before = {}  # what went to earlier actors, as the new one will report it
+            dropped = self.store.rewind()
+            r.events.append(
+                f"versions {dropped[0]}..{dropped[-1]} dropped: the new actor continues from its checkpoint"
+                if dropped
+                else "no version was held: the new actor publishes its checkpoint's first"
+            )
+        return w
+
     # ------------------------------------------------------------------ faults
     def actors_missing(self) -> list[tuple[str, float]]:
         """(worker id, seconds silent) of every actor rank that stopped heartbeating while the run goes on."""
@@ -165,23 +193,41 @@ class RunControl:
         are as fresh as the last heartbeats. Workers are never forgotten, so a
         leaver's counts stay in, and so do an evicted worker's: what it produced
         but no actor received is lost (the actor reports, per rollout, what the
-        newest batch it received said was sent). produced = trained + dropped +
-        lost + in flight; by place, in flight is unsent, on the wire, queued or in
-        training.
+        newest batch it received said was sent). An actor process that died (and
+        was started afresh) keeps what it trained and dropped; what was sent to it
+        and it did not finish is lost too: per rollout, the new actor reports what
+        was sent before its first batch from it (until then, all that was sent).
+        produced = trained + dropped + lost + in flight; by place, in flight is
+        unsent, on the wire, queued or in training.
         """
-        t = {k: 0 for k in _REPORTED} | {"episodes_lost": 0}
+        t = {k: 0 for k in _REPORTED}
+        retired = {id(w) for w in self.registry.retired_actors()}
+        lost_unsent = sent_to_retired = finished_by_retired = 0
         for w in self.registry.incarnations():
-            seen = self._senders.get(w.worker_key) if w.worker_key else None
+            if id(w) in retired:  # its queue and its batch in training died with it
+                finished = int(w.stats.get("episodes_trained", 0)) + int(w.stats.get("episodes_dropped", 0))
+                t["episodes_trained"] += int(w.stats.get("episodes_trained", 0))
+                t["episodes_dropped"] += int(w.stats.get("episodes_dropped", 0))
+                t["episodes_received"] += finished
+                finished_by_retired += finished
+                continue
+            rollout = w.role == Role.ROLLOUT and w.worker_key
+            seen = self._senders.get(w.worker_key) if rollout else None
             counts = {k: max(int(w.stats.get(k, 0)), getattr(seen, k, 0)) for k in _REPORTED}
             if w.membership == Membership.EVICTED:
                 delivered = seen.episodes_sent if seen is not None else 0
-                t["episodes_lost"] += counts["episodes_produced"] - delivered
+                lost_unsent += counts["episodes_produced"] - delivered
                 counts["episodes_sent"] = delivered
+            if rollout and retired:
+                sent = counts["episodes_sent"]
+                sent_to_retired += min(self._sent_before.get(w.worker_key, sent), sent)
             for k in _REPORTED:
                 t[k] += counts[k]
+        lost_with_actor = sent_to_retired - finished_by_retired if retired else 0
+        t["episodes_lost"] = lost_unsent + lost_with_actor
         t["episodes_in_flight"] = (
             t["episodes_produced"] - t["episodes_trained"] - t["episodes_dropped"] - t["episodes_lost"]
         )
-        t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"] - t["episodes_lost"]
-        t["episodes_on_wire"] = t["episodes_sent"] - t["episodes_received"]
+        t["episodes_unsent"] = t["episodes_produced"] - t["episodes_sent"] - lost_unsent
+        t["episodes_on_wire"] = t["episodes_sent"] - t["episodes_received"] - lost_with_actor
         return t

@@ -2,7 +2,9 @@
 
 An upload is staged in its own buffer and becomes visible only when it is
 complete and its sha256 matches, so a bad or interrupted publish never touches
-what is already served. Versions only go forward. No I/O here; the clock is
+what is already served. Versions only go forward, until the actor is started
+afresh from a checkpoint: then every stored version is dropped (`rewind`) and the
+new actor publishes its checkpoint's version first. No I/O here; the clock is
 injected.
 """
 
@@ -134,6 +136,12 @@ class VersionStore:
         while len(self._versions) > self.keep:
             self._versions.popitem(last=False)
         return stored
+
+    def rewind(self) -> list[int]:
+        """Drop every stored version (the actor that made them is gone); the versions dropped."""
+        dropped = list(self._versions)
+        self._versions.clear()
+        return dropped
 
     def reject(self) -> None:
         """Count a publish that failed before begin() (e.g. a malformed first message)."""

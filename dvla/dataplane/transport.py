@@ -28,7 +28,7 @@ from dvla.dataplane.wire import (
     encode_batch,
     end_header,
 )
-from dvla.ports import SourceLost
+from dvla.ports import SinkLost, SourceLost
 from dvla.types import TrajectoryBatch
 
 _MIN_POLL_S = 50e-6  # first sleep between polls; doubles while idle ...
@@ -96,15 +96,22 @@ class TrajectorySender:
         self.num_sent = 0
 
     def send(self, batch: TrajectoryBatch) -> None:
+        """SinkLost when the connection to the actor broke (the batch may not have arrived)."""
         header, payload = encode_batch(batch)
-        self.link.send(header.to(self.device), self.dst)
-        self.link.send(payload.to(self.device), self.dst)
+        self._send(header)
+        self._send(payload)
         self.num_sent += 1
 
     def send_end(self, epoch_end: int | None = None) -> None:
         """END: this sender is done for the run; with epoch_end=e, it only leaves data-plane epoch e."""
         kind, epoch = (KIND_END, 0) if epoch_end is None else (KIND_EPOCH_END, epoch_end)
-        self.link.send(end_header(self.link.rank, kind, epoch).to(self.device), self.dst)
+        self._send(end_header(self.link.rank, kind, epoch))
+
+    def _send(self, t: torch.Tensor) -> None:
+        try:
+            self.link.send(t.to(self.device), self.dst)
+        except RuntimeError as e:  # gloo: "Connection reset by peer", "Broken pipe" (the actor's process died)
+            raise SinkLost(f"data-plane rank {self.dst} (the actor) is lost: {e}") from e
 
 
 class _PostedHeader:

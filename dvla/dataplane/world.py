@@ -1,7 +1,8 @@
-"""Re-forming the data plane: one rendezvous store for the run, one process group per epoch.
+"""Re-forming the data plane: one rendezvous store per actor process, one process group per epoch.
 
-The actor (rank 0) hosts a TCPStore at its rendezvous address for the whole
-run. Epoch e forms a fresh process group of its own (a Link, never
+The actor (rank 0) hosts a TCPStore at its rendezvous address for as long as it
+lives (an actor started afresh hosts a new one, and the others follow it to its
+address). Epoch e forms a fresh process group of its own (a Link, never
 torch.distributed's default group, which an actor group holds) under the store
 prefix 'e<e>/': every rank arrives at a barrier and the last to arrive sets
 'go'. A rank that learns the epoch is obsolete before 'go' (a newer epoch
@@ -32,23 +33,30 @@ class DataPlane:
     """
 
     def __init__(self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0):
-        host, port = split_address(rendezvous, "data-plane rendezvous")
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
-        # The host's store lives as long as the run; clients connect once. A worker only learns the
-        # address once the actor (which starts the store first) has registered, so connecting is quick,
-        # and a short deadline lets a late joiner notice that the run has ended instead of waiting.
-        store_timeout = timedelta(seconds=min(timeout_s, 60.0))
-        self.store = dist.TCPStore(host, port, is_master=is_host, wait_for_workers=False, timeout=store_timeout)
+        self.is_host, self.address = is_host, rendezvous
+        self.store = self._connect(rendezvous)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
         self.link: Link | None = None  # that epoch's group
 
+    def _connect(self, rendezvous: str) -> dist.TCPStore:
+        host, port = split_address(rendezvous, "data-plane rendezvous")
+        # The host's store lives as long as its process; clients connect once per host. A worker only learns
+        # the address once the actor (which starts the store first) has registered, so connecting is quick,
+        # and a short deadline lets a late joiner notice that the run has ended instead of waiting.
+        store_timeout = timedelta(seconds=min(self.timeout.total_seconds(), 60.0))
+        return dist.TCPStore(host, port, is_master=self.is_host, wait_for_workers=False, timeout=store_timeout)
+
     def form(self, world: World, abort: Callable[[], bool] = lambda: False, poll_s: float = 0.02) -> bool:
         """Join epoch `world.epoch` as `world.rank` of `world.size`. False if the epoch was cancelled (by
-        abort() here or on another rank); True once the group is formed."""
+        abort() here or on another rank); True once the group is formed. A world with another rendezvous
+        address (the actor was started afresh) is formed around that store."""
         epoch, rank, world_size = world.epoch, world.rank, world.size
         if self.link is not None:
             raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
+        if world.rendezvous and world.rendezvous != self.address and not self.is_host:
+            self.store, self.address = self._connect(world.rendezvous), world.rendezvous
         if not 0 <= rank < world_size:
             raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
         go = f"e{epoch}/go"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from dvla.ports import Control, Plane
+from dvla.ports import ActorLost, Control, Plane
 from dvla.types import World
 
 
@@ -41,9 +41,13 @@ class EpochCycle:
         """weight_control has announced an epoch after `world`'s: reach a safe point and re-form."""
         return self.control.directives.epoch > world.epoch
 
-    def next_world(self, after_epoch: int) -> World | None:
-        """The next epoch this worker holds a rank in; None when it is out of the run or halted."""
+    def next_world(self, after_epoch: int, wait_s: float | None = None) -> World | None:
+        """The next epoch this worker holds a rank in; None when it is out of the run or halted.
+        ActorLost when none is announced within wait_s (None: wait as long as it takes)."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         while not self.halted():
+            if deadline is not None and time.monotonic() > deadline:
+                raise ActorLost(f"no new data-plane epoch after epoch {after_epoch} within {wait_s:g} s")
             d = self.control.directives
             if d.out_of_the_run:
                 return None
@@ -69,7 +73,8 @@ class EpochCycle:
             world = self.next_world(target.epoch)
         return None
 
-    def advance(self, world: World) -> World | None:
-        """Leave `world` and form the next epoch this worker belongs to (None: it has none)."""
+    def advance(self, world: World, wait_s: float | None = None) -> World | None:
+        """Leave `world` and form the next epoch this worker belongs to (None: it has none); ActorLost when
+        none is announced within wait_s."""
         self.plane.leave()
-        return self.enter(self.next_world(world.epoch))
+        return self.enter(self.next_world(world.epoch, wait_s))

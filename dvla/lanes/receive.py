@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 
 from dvla import telemetry
 from dvla.counters import EpisodeLedger
@@ -97,7 +98,10 @@ class ReceiveLane:
                 continue
             t = time.monotonic()
             if b.sender is not None:  # before the ledger: a report never counts a batch received but not sent
-                self._senders[b.sender.worker_key] = b.sender
+                first = self._senders.get(b.sender.worker_key)
+                # what it sent before its first batch here went to an earlier actor process (if any)
+                before = first.episodes_sent_before if first else b.sender.episodes_sent - b.num_episodes
+                self._senders[b.sender.worker_key] = replace(b.sender, episodes_sent_before=before)
             self.ledger.receive(b.num_episodes)
             # the span covers the wait for room in the queue: long spans are backpressure
             with telemetry.span(

@@ -34,7 +34,7 @@ from dvla.lanes.inference import infer
 from dvla.lanes.recorder import EpisodeRecorder
 from dvla.lanes.shards import Shard, ShardPool, ShardState
 from dvla.lanes.weights import WeightLane
-from dvla.ports import Control, TrajectorySink
+from dvla.ports import ActorLost, Control, SinkLost, TrajectorySink
 from dvla.types import SenderCounts, TrajectoryBatch, World
 
 log = logging.getLogger("dvla.lanes.sampling")
@@ -73,12 +73,20 @@ class Sampler:
         stop: threading.Event,
         step_delay_s: float = 0.0,
         worker_key: int = 0,
+        actor_wait_s: float | None = None,
     ):
-        """worker_key: this worker's number, carried with its counters in every batch (0: none)."""
+        """worker_key: this worker's number, carried with its counters in every batch (0: none).
+        actor_wait_s: how long to wait for the actor to come back once the connection to it broke
+        (None: as long as it takes); then ActorLost."""
         self.pool, self.lane, self.control, self.seeds = pool, lane, control, seeds
         self.max_staleness, self.batcher, self.device, self.generator = max_staleness, batcher, device, generator
         self.stop, self.step_delay_s, self.worker_key = stop, step_delay_s, worker_key
+        self.actor_wait_s = actor_wait_s
         self.counts = SamplingCounts()
+        self.sink_lost: str | None = None  # why the actor is unreachable in this epoch (None: it is not)
+        self.held: list[TrajectoryBatch] = []  # finished after the sink broke: sent in the next epoch
+        self.actor_incarnation: int | None = None  # of the actor whose versions the weight lane holds
+        self._rewound = False
 
     def run_epochs(self, cycle: EpochCycle, first: World, on_epoch: Callable[[int], None] = lambda e: None) -> None:
         """Sample in every data-plane epoch this worker belongs to, from `first` on; END once the run is over.
@@ -89,22 +97,63 @@ class Sampler:
         while world is not None:
             on_epoch(world.epoch)
             log.info("data-plane epoch %d: rank %d of %d", world.epoch, world.rank, world.size)
+            self._follow_actor()
             sink = cycle.plane.sink(world.home())
             outcome = self.run(sink, world.rank, should_yield=lambda w=world: cycle.moved_on(w))
             if outcome != Outcome.YIELD:  # the run is over (or this worker stops): END, so the actor can account
-                sink.send_end()
+                self._end(sink)
                 return
-            sink.send_end(epoch_end=world.epoch)  # everything this worker produced is sent
+            self._end(sink, epoch_end=world.epoch)  # everything this worker produced is sent (or held)
             on_epoch(-1)
-            world = cycle.advance(world)
+            if self.sink_lost is not None:
+                log.warning("waiting %s for the actor to come back (it starts again from its newest checkpoint)",
+                            "for ever" if self.actor_wait_s is None else f"up to {self.actor_wait_s:g} s")  # fmt: skip
+            try:
+                world = cycle.advance(world, wait_s=self.actor_wait_s if self.sink_lost is not None else None)
+            except ActorLost as e:
+                raise ActorLost(
+                    f"the actor has not come back ({e}; control.lost_after_s): giving up, "
+                    f"{len(self.held)} finished round(s) unsent. It was lost: {self.sink_lost}"
+                ) from None
+            self.sink_lost = None
         log.info("leaving the run: rescaled away, or the run has finished")
+
+    def _end(self, sink: TrajectorySink, epoch_end: int | None = None) -> None:
+        """END (or EPOCH_END) to the actor, unless the connection to it broke."""
+        if self.sink_lost is not None:
+            return
+        try:
+            sink.send_end(epoch_end)
+        except SinkLost as e:
+            self._lose_sink(e)
+
+    def _lose_sink(self, e: SinkLost) -> None:
+        self.sink_lost = str(e)
+        log.warning("%s: rounds under way finish and are held for the next data-plane epoch", e)
+
+    def _follow_actor(self) -> None:
+        """An actor started afresh (from its checkpoint) rewound the versions: drop the newer one held."""
+        incarnation = self.control.directives.actor_incarnation
+        if self.actor_incarnation is not None and incarnation != self.actor_incarnation:
+            log.info("the actor was started afresh (incarnation %d): following its versions from its checkpoint",
+                     incarnation)  # fmt: skip
+            self.lane.rewind()
+            self._rewound = True  # round numbers follow the versions back
+        self.actor_incarnation = incarnation
 
     def run(self, sink: TrajectorySink, rank: int, should_yield: Callable[[], bool]) -> Outcome:
         """Rounds into `sink` (as data-plane `rank`) until the run is over, this worker stops, or
         should_yield() asks for a safe point."""
-        if not self.lane.wait_loaded(0) or self.lane.final:  # v0 at least: only fetched weights run
-            return Outcome.STOP if self.stop.is_set() else Outcome.FINAL
-        self.pool.start_rounds_at(self.lane.version)
+        held, self.held = self.held, []
+        for b in held:  # finished while the actor was unreachable; it drops what is newer than its version
+            self._deliver(b, b.round, sink, rank)
+        should_yield = lambda outer=should_yield: self.sink_lost is not None or outer()  # noqa: E731
+        if not self.lane.wait_loaded(0, interrupt=should_yield) or self.lane.final:  # v0 at least: only fetched
+            if self.stop.is_set():  # weights run
+                return Outcome.STOP
+            return Outcome.YIELD if should_yield() else Outcome.FINAL
+        self.pool.start_rounds_at(self.lane.version, rewind=self._rewound)
+        self._rewound = False
         while not self.stop.is_set():
             if self.lane.final:
                 return Outcome.FINAL  # unfinished rounds are abandoned: never counted as produced
@@ -191,17 +240,28 @@ class Sampler:
             self.counts.inference_batches += 1
 
     def _send(self, batch: TrajectoryBatch, round_: int, sink: TrajectorySink, rank: int) -> None:
-        batch.worker_rank, batch.round = rank, round_
         c = self.counts
         c.env_steps_produced += batch.num_steps
         c.episodes_produced += batch.num_episodes
+        if self.sink_lost is not None:
+            batch.round = round_
+            self.held.append(batch)  # the actor is unreachable: nothing collected is thrown away
+            return
+        self._deliver(batch, round_, sink, rank)
+
+    def _deliver(self, batch: TrajectoryBatch, round_: int, sink: TrajectorySink, rank: int) -> None:
+        batch.worker_rank, batch.round = rank, round_
+        c = self.counts
         # A batch counts as sent (on the wire) once handed to the data plane. The counters travel with
         # it, and the actor reports them: weight_control never sees it received before it was sent,
-        # without a heartbeat on the sampling path.
+        # without a heartbeat on the sampling path. One whose send broke went to an actor that is gone.
         c.episodes_sent += batch.num_episodes
         if self.worker_key:
             batch.sender = SenderCounts(self.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced)
         t = time.monotonic()
-        with telemetry.span("sampling.send", episodes=batch.num_episodes, round=round_):
-            sink.send(batch)
+        try:
+            with telemetry.span("sampling.send", episodes=batch.num_episodes, round=round_):
+                sink.send(batch)
+        except SinkLost as e:
+            self._lose_sink(e)
         c.send_s += time.monotonic() - t

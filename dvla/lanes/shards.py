@@ -271,9 +271,11 @@ class ShardPool:
         """No shard holds an unfinished round."""
         return all(s.state in (ShardState.IDLE, ShardState.STARTING) for s in self.shards)
 
-    def start_rounds_at(self, first_round: int) -> None:
+    def start_rounds_at(self, first_round: int, rewind: bool = False) -> None:
+        """Number the next rounds from `first_round` on (never back, unless `rewind`: the actor continues
+        from an older checkpoint)."""
         for s in self.shards:
-            s.round = max(s.round, first_round)
+            s.round = first_round if rewind else max(s.round, first_round)
 
     def rescale(self, target: int) -> None:
         """Aim for `target` shards (0: no instruction): start new processes, or retire the newest shards."""

@@ -39,6 +39,7 @@ class WeightLane:
         self.swap_pauses_s: list[float] = []
         self.versions_used: list[int] = []
         self._thread: threading.Thread | None = None
+        self._history = 0  # bumped by rewind(): what is fetched for an older one is thrown away
 
     @property
     def background(self) -> bool:
@@ -75,7 +76,8 @@ class WeightLane:
             self._fetch_into_shadow()
         if done():
             return True
-        halt = self._halt_on(interrupt)
+        history = self._history
+        halt = self._halt_on(lambda: interrupt() or self._history != history)  # a rewind restarts the watch
         try:
             for ev in self.source.watch(after_version=self._newest_held(), stop=halt):
                 if wanted(ev):
@@ -110,13 +112,13 @@ class WeightLane:
                     self._cond.notify_all()
 
     def _fetch_into_shadow(self) -> None:
-        t = time.monotonic()
+        t, history = time.monotonic(), self._history
         try:
             with telemetry.span("weights.fetch") as sp:
                 version, final, tensors = self.source.fetch(None)  # newest: skip versions that went by
                 sp.set_attribute("version", version)
             with self._cond:
-                if version <= self._newest_held():
+                if version <= self._newest_held() or history != self._history:
                     return
                 self._loading = True  # the shadow may hold a pending version: it is no longer swappable
                 self._pending = None
@@ -126,10 +128,19 @@ class WeightLane:
             finally:
                 with self._cond:
                     self._loading = False
-                    self._pending = (version, final)
+                    if history == self._history:
+                        self._pending = (version, final)
                     self._cond.notify_all()
         finally:
             self.fetch_s += time.monotonic() - t
+
+    def rewind(self) -> None:
+        """The actor was started afresh from a checkpoint: the versions held belong to a history that is gone.
+        Follow the new one from its first version (the caller runs no inference until wait_loaded)."""
+        with self._cond:
+            self._history += 1
+            self.version, self.final, self._pending = -1, False, None
+            self._cond.notify_all()
 
     # ------------------------------------------------------------ sampling / inference lanes
     def current(self) -> tuple[Policy, int]:

@@ -182,6 +182,7 @@ class ControlClient:
             r.rendezvous_address,
             r.num_actors or 1,
             tuple((x.epoch, x.rank) for x in r.lost),
+            r.actor_incarnation,
         )
 
     @_wrap

@@ -142,13 +142,16 @@ def sender_to_pb(c: SenderCounts) -> registry_pb2.SenderCounts:
         episodes_produced=c.episodes_produced,
         episodes_sent=c.episodes_sent,
         env_steps_produced=c.env_steps_produced,
+        episodes_sent_before=c.episodes_sent_before,
     )
 
 
 def sender_from_pb(c: registry_pb2.SenderCounts) -> SenderCounts:
-    if not 0 < c.worker_key < (1 << 63) or c.episodes_sent > c.episodes_produced:
+    if not 0 < c.worker_key < (1 << 63) or not c.episodes_sent_before <= c.episodes_sent <= c.episodes_produced:
         raise ValueError(
-            f"sender counts: worker_key {c.worker_key} outside [1, 2**63), or more sent "
-            f"({c.episodes_sent}) than produced ({c.episodes_produced})"
+            f"sender counts: worker_key {c.worker_key} outside [1, 2**63), or not episodes_sent_before "
+            f"({c.episodes_sent_before}) <= sent ({c.episodes_sent}) <= produced ({c.episodes_produced})"
         )
-    return SenderCounts(c.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced)
+    return SenderCounts(
+        c.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced, c.episodes_sent_before
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def run_actor(
                  sorted(os.sched_getaffinity(0)), torch.get_num_threads())  # fmt: skip
         finished = threading.Event()  # the final version is published: no data-plane epoch is formed after it
         cycle = EpochCycle(plane, heartbeat, stop, give_up=finished.is_set)
-        world = cycle.enter(World(reg.epoch, reg.rank, reg.world_size, reg.num_actors))
+        world = cycle.enter(World(reg.epoch, reg.rank, reg.world_size, reg.num_actors, reg.rendezvous_address))
         if world is None:
             raise RuntimeError("stopped before the data plane formed")
         report.dataplane_epoch = world.epoch
@@ -197,8 +198,9 @@ def join_actor_group(cfg: RunConfig, client: ControlClient, worker_id: str, stop
     """Register as an actor rank; (registration, data plane, actor group). Rank 0 hosts the data plane's
     store, which the actor group (K > 1: DDP or FSDP over the actor ranks) forms on too."""
     host = cfg.dataplane.host
+    # this process's own key: started again under the same id (from a checkpoint), it replaces the dead one
     reg = join(client, "actor", worker_id, rendezvous_address=f"{host}:{cfg.dataplane.port or free_port(host)}",
-               stop=stop)  # fmt: skip
+               stop=stop, worker_key=secrets.randbits(63) or 1)  # fmt: skip
     d = cfg.dataplane
     plane = DataPlane(reg.rendezvous_address, is_host=reg.rank == 0, backend=d.backend, timeout_s=d.timeout_s)
     if reg.num_actors == 1:

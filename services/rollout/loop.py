@@ -17,7 +17,10 @@ Lanes (dvla/lanes/), and what wires them here:
              Thread: its own (dvla/membership.py).
 
 The run ends when the actor marks a version final: the worker sends END, so the
-actor can account for everything in flight.
+actor can account for everything in flight. When the connection to the actor
+breaks (it died), rounds under way finish and are held; the worker waits up to
+control.lost_after_s for the actor to come back (a new epoch around its new
+rendezvous), follows its versions from its checkpoint and sends what it held.
 """
 
 from __future__ import annotations
@@ -97,11 +100,12 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             max_staleness=p.max_staleness_in_force,
             batcher=DynamicBatcher(p.max_batch or cfg.env.num_envs, p.batch_timeout_s), device=device,
             generator=torch.Generator(device=device).manual_seed(cfg.seed + reg.rank), stop=stop,
-            step_delay_s=p.slow_rollout_s, worker_key=worker_key,
+            step_delay_s=p.slow_rollout_s, worker_key=worker_key, actor_wait_s=cfg.control.lost_after_s or None,
         )  # fmt: skip
         report.attach(sampler, lane)
         cycle = EpochCycle(plane, heartbeat, stop, give_up=lambda: lane.final)
-        sampler.run_epochs(cycle, World(reg.epoch, reg.rank, reg.world_size, reg.num_actors), on_epoch=report.in_epoch)
+        first = World(reg.epoch, reg.rank, reg.world_size, reg.num_actors, reg.rendezvous_address)
+        sampler.run_epochs(cycle, first, on_epoch=report.in_epoch)
         if heartbeat.directives.membership == Membership.EVICTED:
             raise Evicted(
                 f"weight_control evicted rollout '{worker_id}' (no heartbeat from it within control.evict_after_s): "

@@ -164,7 +164,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         if role is None:
             raise InvalidArgument(f"unknown role code {request.role}")
         r = self.s.run.registry
-        w = r.register(
+        w = self.s.run.register(
             role,
             request.worker_id,
             request.address,
@@ -172,7 +172,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             codec.env_spec_from_pb(request.env_spec),
             request.num_envs,
             request.num_shards,
-            request.worker_key,
+            worker_key=request.worker_key,
         )
         await self.s.bump()
         return registry_pb2.RegisterReply(
@@ -208,6 +208,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             rendezvous_address=r.rendezvous_address,
             num_actors=r.num_actors,
             lost=[registry_pb2.LostRank(epoch=e, rank=k) for e, k in r.lost()] if w.role == Role.ACTOR else [],
+            actor_incarnation=r.actor_incarnation,
         )
 
     @_status
@@ -264,6 +265,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             episodes_per_update=r.episodes_per_update,
             num_actors=r.num_actors,
             actors_missing=[admin_pb2.MissingActor(worker_id=w, silent_s=t) for w, t in run.actors_missing()],
+            actor_incarnation=r.actor_incarnation,
         )
 
     @_status

@@ -294,6 +294,7 @@ class StatusReply(_message.Message):
     EPISODES_PER_UPDATE_FIELD_NUMBER: _builtins.int
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
     ACTORS_MISSING_FIELD_NUMBER: _builtins.int
+    ACTOR_INCARNATION_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     has_version: _builtins.bool
     latest_version: _builtins.int
@@ -303,6 +304,8 @@ class StatusReply(_message.Message):
     target_rollouts: _builtins.int
     episodes_per_update: _builtins.int
     num_actors: _builtins.int
+    actor_incarnation: _builtins.int
+    """times actor rank 0 was started afresh from a checkpoint (each rewinds the versions to it)"""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.VersionInfo]: ...
     @_builtins.property
@@ -328,10 +331,11 @@ class StatusReply(_message.Message):
         episodes_per_update: _builtins.int = ...,
         num_actors: _builtins.int = ...,
         actors_missing: _abc.Iterable[Global___MissingActor] | None = ...,
+        actor_incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors_missing", b"actors_missing", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "actors_missing", b"actors_missing", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

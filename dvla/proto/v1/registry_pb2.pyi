@@ -42,7 +42,7 @@ class RegisterRequest(_message.Message):
     num_shards: _builtins.int
     """rollout: env shard processes (0: envs in-process, not rescalable)"""
     worker_key: _builtins.int
-    """rollout: a number of this process's own, carried in every trajectory header"""
+    """a number of this process's own (a rollout's is carried in every trajectory"""
     @_builtins.property
     def env_spec(self) -> _common_pb2.EnvSpec:
         """rollout only"""
@@ -186,10 +186,13 @@ class SenderCounts(_message.Message):
     EPISODES_PRODUCED_FIELD_NUMBER: _builtins.int
     EPISODES_SENT_FIELD_NUMBER: _builtins.int
     ENV_STEPS_PRODUCED_FIELD_NUMBER: _builtins.int
+    EPISODES_SENT_BEFORE_FIELD_NUMBER: _builtins.int
     worker_key: _builtins.int
     episodes_produced: _builtins.int
     episodes_sent: _builtins.int
     env_steps_produced: _builtins.int
+    episodes_sent_before: _builtins.int
+    """sent before the first batch this actor process received from it"""
     def __init__(
         self,
         *,
@@ -197,10 +200,11 @@ class SenderCounts(_message.Message):
         episodes_produced: _builtins.int = ...,
         episodes_sent: _builtins.int = ...,
         env_steps_produced: _builtins.int = ...,
+        episodes_sent_before: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_produced", b"episodes_produced", "episodes_sent", b"episodes_sent", "worker_key", b"worker_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps_produced", b"env_steps_produced", "episodes_produced", b"episodes_produced", "episodes_sent", b"episodes_sent", "episodes_sent_before", b"episodes_sent_before", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +226,7 @@ class HeartbeatReply(_message.Message):
     RENDEZVOUS_ADDRESS_FIELD_NUMBER: _builtins.int
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
     LOST_FIELD_NUMBER: _builtins.int
+    ACTOR_INCARNATION_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     latest_version: _builtins.int
     epoch: _builtins.int
@@ -239,6 +244,8 @@ class HeartbeatReply(_message.Message):
     rendezvous_address: _builtins.str
     num_actors: _builtins.int
     """K: ranks 0..K-1 are actors; a rollout sends to its home actor (World.home)"""
+    actor_incarnation: _builtins.int
+    """times actor rank 0 was started afresh (0: never): each one rewinds the"""
     @_builtins.property
     def lost(self) -> _containers.RepeatedCompositeFieldContainer[Global___LostRank]:
         """actor: ranks of recent epochs whose worker was evicted (stop receiving)"""
@@ -258,10 +265,11 @@ class HeartbeatReply(_message.Message):
         rendezvous_address: _builtins.str = ...,
         num_actors: _builtins.int = ...,
         lost: _abc.Iterable[Global___LostRank] | None = ...,
+        actor_incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "lost", b"lost", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "lost", b"lost", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
