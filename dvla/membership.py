@@ -92,7 +92,8 @@ class Heartbeat:
         lost_after_s: float = 0.0,
         on_lost: Callable[[str], None] | None = None,
     ):
-        """lost_after_s: after this long without one answered beat, on_lost(why) is called once (0: never)."""
+        """lost_after_s: after this long without one answered beat, or (a rollout) with the actor silent,
+        on_lost(why) is called once (0: never)."""
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.senders = senders
         self.lost_after_s, self.on_lost = lost_after_s, on_lost
@@ -139,6 +140,13 @@ class Heartbeat:
             stats = self.stats()
             self.directives = self.client.heartbeat(self.worker_id, stats, self.acks, self.senders())
             self._last_ok = time.monotonic()
+            gone = self.directives.actor_silent_s
+            if self.lost_after_s and gone > self.lost_after_s and self.on_lost and not self._gave_up:
+                self._gave_up = True
+                self.on_lost(
+                    f"the actor has not been heard from for {gone:.0f} s (control.lost_after_s="
+                    f"{self.lost_after_s:g}): giving up. weight_control shows it missing: was it started again?"
+                )
         except RpcFailed as e:
             silent = time.monotonic() - self._last_ok
             log.warning("heartbeat failed (weight_control unanswered for %.0f s): %s", silent, e)

@@ -52,6 +52,7 @@ class Directives:
     num_actors: int = 1  # K: data-plane ranks 0..K-1 are the actor group's
     lost: tuple[tuple[int, int], ...] = ()  # actor: (epoch, rank) of recent ranks whose worker was evicted
     actor_incarnation: int = 0  # times actor rank 0 was started afresh; a new one rewinds the versions
+    actor_silent_s: float = 0.0  # rollout: seconds actor rank 0 has been silent, once it shows as dead (else 0)
 
     def lost_ranks(self, epoch: int) -> set[int]:
         """Ranks of data-plane epoch `epoch` whose worker weight_control evicted: nothing more will come."""

@@ -49,7 +49,8 @@ class ControlConfig:
     """Worker heartbeat period; a worker silent for 5 periods is marked dead."""
     lost_after_s: float = 120.0
     """A worker that cannot reach weight_control this long exits (code 3) saying so, instead of waiting for
-    ever; gRPC retries and reconnects meanwhile (0 = wait for ever)."""
+    ever; gRPC retries and reconnects meanwhile. A rollout does the same once the actor has been gone
+    (silent, or unreachable on the data plane) this long (0 = wait for ever)."""
     evict_after_s: float = 0.0
     """A rollout silent this long is evicted: the data plane re-forms without it, and what it had not
     delivered counts as lost (0 = 10 heartbeat periods: it shows as dead after 5)."""

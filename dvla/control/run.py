@@ -180,6 +180,14 @@ class RunControl:
         r = self.registry
         return [(w.worker_id, r.seen_ago(w)) for w in r.actors() if not r.alive(w)]
 
+    def actor_silent_s(self) -> float:
+        """Seconds actor rank 0 has been silent, once it shows as dead while the run goes on (else 0): rollouts
+        give up after control.lost_after_s of it."""
+        a, r = self.registry.actor(), self.registry
+        if a is None or self.state == RunState.FINISHED or r.alive(a):
+            return 0.0
+        return r.seen_ago(a)
+
     def sweep(self) -> list[Worker]:
         """Evict the rollouts that stopped heartbeating (Registry.sweep); those evicted now. Not once the
         run has finished: its rollouts exit by themselves then, and what they sent is all in."""

@@ -37,6 +37,7 @@ class DataPlane:
         self.timeout = timedelta(seconds=timeout_s)
         self.is_host, self.address = is_host, rendezvous
         self.store = self._connect(rendezvous)
+        self.store_lost = False  # the connection to the store broke (its host died)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
         self.link: Link | None = None  # that epoch's group
 
@@ -50,15 +51,25 @@ class DataPlane:
 
     def form(self, world: World, abort: Callable[[], bool] = lambda: False, poll_s: float = 0.02) -> bool:
         """Join epoch `world.epoch` as `world.rank` of `world.size`. False if the epoch was cancelled (by
-        abort() here or on another rank); True once the group is formed. A world with another rendezvous
-        address (the actor was started afresh) is formed around that store."""
+        abort() here or on another rank, or its actor's store went away); True once the group is formed. A
+        world with another rendezvous address (the actor was started afresh) is formed around that store."""
         epoch, rank, world_size = world.epoch, world.rank, world.size
         if self.link is not None:
             raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
-        if world.rendezvous and world.rendezvous != self.address and not self.is_host:
-            self.store, self.address = self._connect(world.rendezvous), world.rendezvous
         if not 0 <= rank < world_size:
             raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
+        if world.rendezvous and (world.rendezvous != self.address or self.store_lost) and not self.is_host:
+            self.store, self.address = self._connect(world.rendezvous), world.rendezvous
+            self.store_lost = False
+        try:
+            return self._rendezvous(epoch, rank, world_size, abort, poll_s)
+        except dist.DistError:  # the store's host (the actor) died: this epoch will not form
+            if self.is_host:
+                raise
+            self.store_lost = True  # a later epoch connects again (its actor started afresh)
+            return False
+
+    def _rendezvous(self, epoch: int, rank: int, world_size: int, abort: Callable[[], bool], poll_s: float) -> bool:
         go = f"e{epoch}/go"
         if self.store.add(f"e{epoch}/arrived", 1) == world_size:
             self.store.compare_set(go, "", _GO.decode())

@@ -183,6 +183,7 @@ class ControlClient:
             r.num_actors or 1,
             tuple((x.epoch, x.rank) for x in r.lost),
             r.actor_incarnation,
+            r.actor_silent_s,
         )
 
     @_wrap

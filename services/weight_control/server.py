@@ -209,6 +209,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             num_actors=r.num_actors,
             lost=[registry_pb2.LostRank(epoch=e, rank=k) for e, k in r.lost()] if w.role == Role.ACTOR else [],
             actor_incarnation=r.actor_incarnation,
+            actor_silent_s=self.s.run.actor_silent_s() if w.role == Role.ROLLOUT else 0.0,
         )
 
     @_status

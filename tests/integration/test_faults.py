@@ -1,10 +1,13 @@
-"""Faults in a run of real processes: rollouts killed (SIGKILL) mid-run, and the run goes on.
+"""Faults in a run of real processes: rollouts and the actor killed (SIGKILL) mid-run, and the run goes on.
 
 - under `dvla run` (dvla chaos): a random rollout is killed every few seconds; weight_control evicts
-  it, the data plane re-forms without it, the launcher starts it again and it rejoins; the run
-  completes every update, each version trained once, and the ledger balances with `lost`;
+  it, the data plane re-forms without it, the launcher starts it again and it rejoins; the actor is
+  killed once and started again from its newest checkpoint; the run completes every update, and the
+  ledger balances with `lost`;
 - with the services started by hand, as on a cluster: one rollout is killed, the others and the
-  actor go on, and the same worker started again by hand rejoins.
+  actor go on, and the same worker started again by hand rejoins; the actor is killed, the rollouts
+  wait, and the actor started again by hand with --resume continues from its checkpoint; an actor
+  that never comes back makes the rollouts exit with a clear message within control.lost_after_s.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from dvla.admin import format_status
 from dvla.chaos import run_chaos
 from dvla.checkpoint import config_text
 from dvla.config import load_config
@@ -41,22 +45,33 @@ FAST = [
 ]
 
 
-def test_a_chaos_run_survives_rollouts_killed_at_random_and_its_ledger_balances(tmp_path: Path):
-    cfg = load_config(None, [*FAST, "pipeline.num_updates=50", "pipeline.slow_actor_s=0.5"])
-    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run")
+def test_a_chaos_run_survives_rollouts_killed_at_random_and_the_actor_killed_once(tmp_path: Path):
+    overrides = ["pipeline.num_updates=50", "pipeline.slow_actor_s=0.5", "checkpoint.every_updates=5"]
+    cfg = load_config(None, [*FAST, *overrides])
+    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.4)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
     assert report.rc == 0, logs
-    assert len(report.faults) >= 2, report.table()
+    rollouts = [f for f in report.faults if f.kind == "rollout killed"]
+    actors = [f for f in report.faults if f.kind == "actor killed"]
+    assert len(rollouts) >= 2 and len(actors) == 1, report.table()
     assert report.versions_ok and report.balanced, report.table()
-    # detected within the eviction deadline (plus a sweep and a status poll); every fault was over
-    # (its worker back, sending in a new epoch) before the run ended
+    # a rollout: detected within the eviction deadline (plus a sweep and a status poll); the actor: missing
+    # after 5 heartbeats, or already started again; every fault was over (the worker back, sending in a new
+    # epoch; the actor back from its checkpoint, publishing versions it trained) before the run ended
     assert all(f.detect_s is not None and f.detect_s < 3 + 2 for f in report.faults), report.table()
     assert all(f.recover_s is not None for f in report.faults), report.table()
+    actor_log = (tmp_path / "run" / "logs" / "actor.log").read_text()
+    assert "actor started again" in actor_log and "resumed from" in actor_log
     t = report.totals
     assert t["episodes_lost"] >= 0 and t["episodes_produced"] >= 50 * 4
     restarts = (tmp_path / "run" / "logs" / f"{report.faults[0].worker_id}.log").read_text()
     assert "started again" in restarts
-    assert (tmp_path / "run" / "faults.csv").read_text().count("rollout killed") == len(report.faults)
+    faults_csv = (tmp_path / "run" / "faults.csv").read_text()
+    assert faults_csv.count("rollout killed") == len(rollouts) and faults_csv.count("actor killed") == 1
+    # no rollout died of the actor's death (the launcher restarts only those the chaos killed)
+    rollout_logs = (tmp_path / "run" / "logs").glob("rollout-*")
+    restarted = sum(log.read_text().count("started again ----") for log in rollout_logs)
+    assert restarted == len(rollouts), logs
 
 
 def test_services_started_by_hand_go_on_when_a_rollout_dies_and_take_it_back_when_restarted(tmp_path: Path):
@@ -138,3 +153,116 @@ def test_services_started_by_hand_go_on_when_a_rollout_dies_and_take_it_back_whe
     assert detected < 3 + 2
     assert "evicted rollout 'r1'" in logs["wc"].read_text()
     assert "is lost" in logs["actor"].read_text() or "was evicted" in logs["actor"].read_text()
+
+
+class Services:
+    """weight_control, an actor and rollouts started by hand as separate processes, as on a cluster."""
+
+    def __init__(self, tmp_path: Path, overrides: list[str]):
+        self.tmp_path, self.port = tmp_path, free_port("127.0.0.1")
+        self.cfg = load_config(None, [*FAST, *overrides, f"control.port={self.port}"])
+        self.config = tmp_path / "config.yaml"
+        self.config.write_text(config_text(self.cfg, ""))
+        self.address = f"127.0.0.1:{self.port}"
+        self.run_dir = tmp_path / "run"
+        self.logs: dict[str, Path] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs["wc"] = self.start("wc", "services.weight_control")
+        self.client = ControlClient(self.address, self.cfg.control)
+        self.client.wait_healthy(60)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        self.logs[name] = self.tmp_path / f"{name}.log"
+        with open(self.logs[name], "a") as f:
+            p = subprocess.Popen(
+                [sys.executable, "-m", *args, "--config", str(self.config)],
+                cwd=ROOT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = p
+        return p
+
+    def actor(self, *args: str) -> subprocess.Popen:
+        return self.start("actor", "services.actor", "--control", self.address, "--run-dir", str(self.run_dir),
+                          "--worker-id", "actor-0", *args)  # fmt: skip
+
+    def rollout(self, worker_id: str) -> subprocess.Popen:
+        return self.start(worker_id, "services.rollout", "--control", self.address, "--worker-id", worker_id)
+
+    def wait_for(self, what, timeout_s: float, log: str = "actor"):
+        deadline = time.monotonic() + timeout_s
+        while not (found := what(self.client.status())):
+            assert time.monotonic() < deadline, self.logs[log].read_text()[-3000:]
+            time.sleep(0.2)
+        return found
+
+    def close(self) -> None:
+        self.client.close()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_services_by_hand_go_on_when_the_actor_dies_and_continue_from_its_checkpoint(tmp_path: Path):
+    n = 30
+    svc = Services(tmp_path, [f"pipeline.num_updates={n}", "pipeline.slow_actor_s=0.4", "checkpoint.every_updates=5",
+                              "control.lost_after_s=60"])  # fmt: skip
+    try:
+        svc.actor()
+        svc.rollout("r0"), svc.rollout("r1")
+        svc.wait_for(lambda s: s.latest_version >= 12, 150)
+        svc.procs["actor"].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        svc.procs["actor"].wait()
+        missing = svc.wait_for(lambda s: list(s.actors_missing), 15)  # 5 heartbeats of 0.5 s, and a poll
+        assert missing[0].worker_id == "actor-0"
+        assert "ACTOR MISSING: actor-0" in format_status(svc.client.status())
+        assert svc.procs["r0"].poll() is None and svc.procs["r1"].poll() is None  # the rollouts wait for it
+        svc.actor("--resume", str(svc.run_dir))  # started again by hand, from the newest checkpoint
+        svc.wait_for(lambda s: s if s.actor_incarnation == 1 and s.latest_version >= 11 else None, 90)
+        recovered = time.monotonic() - killed
+        assert svc.procs["actor"].wait(timeout=180) == 0, svc.logs["actor"].read_text()[-3000:]
+        assert svc.procs["r0"].wait(timeout=60) == 0 and svc.procs["r1"].wait(timeout=60) == 0
+        final = svc.client.status()
+    finally:
+        svc.close()
+    t = final.totals
+    assert final.state == pb.FINISHED and final.latest_version == n and final.actor_incarnation == 1
+    assert t.episodes_produced == t.episodes_trained + t.episodes_dropped + t.episodes_lost, t
+    assert t.episodes_in_flight == 0 and t.episodes_on_wire == 0 and t.episodes_lost >= 0, t
+    records = read_metrics(svc.run_dir / "metrics.jsonl")
+    last = {r["update"]: r["version"] for r in records}  # the actor started again redid the updates after v10
+    assert last == {u: u for u in range(1, n + 1)} and len(records) > n
+    actor_log = svc.logs["actor"].read_text()
+    assert "resumed from" in actor_log and ("checkpoints/v000010" in actor_log or "checkpoints/v000015" in actor_log)
+    assert "started afresh" in svc.logs["wc"].read_text()
+    assert "following its versions from its checkpoint" in svc.logs["r0"].read_text()
+    assert recovered < 60
+
+
+def test_rollouts_exit_with_a_clear_message_when_the_actor_never_comes_back(tmp_path: Path):
+    svc = Services(tmp_path, ["pipeline.num_updates=200", "pipeline.slow_actor_s=0.3", "control.lost_after_s=6"])
+    try:
+        svc.actor()
+        svc.rollout("r0"), svc.rollout("r1")
+        svc.wait_for(lambda s: s.latest_version >= 2, 150)
+        svc.procs["actor"].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        codes = [svc.procs[r].wait(timeout=60) for r in ("r0", "r1")]
+        waited = time.monotonic() - killed
+        alive = svc.procs["wc"].poll() is None  # weight_control stays, and says what is wrong
+        status = svc.client.status()
+    finally:
+        svc.close()
+    assert codes == [3, 3]
+    assert 6 <= waited < 6 + 15
+    for r in ("r0", "r1"):
+        assert "giving up" in svc.logs[r].read_text() and "actor" in svc.logs[r].read_text()
+    assert alive and [a.worker_id for a in status.actors_missing] == ["actor-0"]

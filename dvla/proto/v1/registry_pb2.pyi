@@ -227,6 +227,7 @@ class HeartbeatReply(_message.Message):
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
     LOST_FIELD_NUMBER: _builtins.int
     ACTOR_INCARNATION_FIELD_NUMBER: _builtins.int
+    ACTOR_SILENT_S_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     latest_version: _builtins.int
     epoch: _builtins.int
@@ -246,6 +247,10 @@ class HeartbeatReply(_message.Message):
     """K: ranks 0..K-1 are actors; a rollout sends to its home actor (World.home)"""
     actor_incarnation: _builtins.int
     """times actor rank 0 was started afresh (0: never): each one rewinds the"""
+    actor_silent_s: _builtins.float
+    """versions to its checkpoint, so a rollout drops the newer one it holds
+    rollout: how long actor rank 0 has been silent, once it shows as dead (else 0)
+    """
     @_builtins.property
     def lost(self) -> _containers.RepeatedCompositeFieldContainer[Global___LostRank]:
         """actor: ranks of recent epochs whose worker was evicted (stop receiving)"""
@@ -266,10 +271,11 @@ class HeartbeatReply(_message.Message):
         num_actors: _builtins.int = ...,
         lost: _abc.Iterable[Global___LostRank] | None = ...,
         actor_incarnation: _builtins.int = ...,
+        actor_silent_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "lost", b"lost", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "actor_silent_s", b"actor_silent_s", "checkpoint_request", b"checkpoint_request", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "latest_version", b"latest_version", "lost", b"lost", "membership", b"membership", "num_actors", b"num_actors", "num_shards", b"num_shards", "rank", b"rank", "rendezvous_address", b"rendezvous_address", "state", b"state", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
