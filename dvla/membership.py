@@ -148,6 +148,8 @@ class Heartbeat:
                     f"{self.lost_after_s:g}): giving up. weight_control shows it missing: was it started again?"
                 )
         except RpcFailed as e:
+            if e.code == "NOT_FOUND" and self.client.can_rejoin and self._rejoin():
+                return
             silent = time.monotonic() - self._last_ok
             log.warning("heartbeat failed (weight_control unanswered for %.0f s): %s", silent, e)
             if self.lost_after_s and silent > self.lost_after_s and self.on_lost and not self._gave_up:
@@ -158,6 +160,18 @@ class Heartbeat:
                 )
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)
             log.exception("heartbeat: could not gather stats")
+
+    def _rejoin(self) -> bool:
+        """weight_control does not know this worker (it was restarted): register again, report; True if done."""
+        try:
+            self.client.rejoin(self.directives.epoch)
+            log.warning("weight_control did not know this worker (it was restarted?): registered again")
+            self.directives = self.client.heartbeat(self.worker_id, self.stats(), self.acks, self.senders())
+            self._last_ok = time.monotonic()
+            return True
+        except RpcFailed as e:
+            log.warning("registering again failed: %s", e)
+            return False
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.period_s):

@@ -73,6 +73,13 @@ def run_service(name: str, telemetry_cfg, body) -> int:
             print(f"{name}: {_failures[0]}", file=sys.stderr, flush=True)
             return 3
         return 130
+    except BaseException:
+        if not _failures:
+            raise
+        # gave up (give_up) while a lane failed for the same reason: say that, not the lane's traceback
+        logging.getLogger(f"dvla.{name}").exception("%s", _failures[0])
+        print(f"{name}: {_failures[0]}", file=sys.stderr, flush=True)
+        return 3
     finally:
         telemetry.shutdown()
     return 3 if _failures else 0

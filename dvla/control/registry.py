@@ -218,7 +218,10 @@ class Registry:
         num_envs: int = 0,
         num_shards: int = 0,
         worker_key: int = 0,
+        next_epoch: int = 0,
     ) -> Worker:
+        """next_epoch: a worker registering again after weight_control was restarted names the epoch after
+        the one it is in; the world re-forms there (this registry numbers on from the newest it hears of)."""
         if not worker_id:
             raise InvalidArgument("worker_id is empty")
         try:
@@ -230,6 +233,11 @@ class Registry:
                 f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
                 f"[0, {MAX_SHARDS}] dividing num_envs"
             )
+        if next_epoch > self.epoch:
+            self.epoch = next_epoch
+            self._remember()
+            self.events.append(f"'{worker_id}' registered again from data-plane epoch {next_epoch - 1}: "
+                               f"the world re-forms at epoch {next_epoch}")  # fmt: skip
         now = self._clock()
         known = self._workers.get(worker_id)
         if (

@@ -111,8 +111,7 @@ class RunControl:
                 held = self._senders.get(c.worker_key)
                 if held is None or c.episodes_sent >= held.episodes_sent:
                     self._senders[c.worker_key] = c
-                if self.registry.retired_actors():
-                    self._sent_before[c.worker_key] = c.episodes_sent_before
+                self._sent_before[c.worker_key] = c.episodes_sent_before
         done = w.acks.checkpoint_request_done
         if w.role != Role.ACTOR or not done or done == self.checkpoint_done:
             return w, False
@@ -158,6 +157,8 @@ class RunControl:
             self.state == RunState.FINISHED
             and known is not None
             and known.role == Role.ACTOR
+            and worker_key
+            and known.worker_key
             and worker_key != known.worker_key
         ):
             raise OutOfOrder("the run has finished: a new actor process has nothing to continue")
@@ -226,7 +227,7 @@ class RunControl:
                 delivered = seen.episodes_sent if seen is not None else 0
                 lost_unsent += counts["episodes_produced"] - delivered
                 counts["episodes_sent"] = delivered
-            if rollout and retired:
+            if w.role == Role.ROLLOUT and retired:  # a rollout without a key: all it sent, as far as we know
                 sent = counts["episodes_sent"]
                 sent_to_retired += min(self._sent_before.get(w.worker_key, sent), sent)
             for k in _REPORTED:

@@ -134,7 +134,8 @@ class Sampler:
     def _follow_actor(self) -> None:
         """An actor started afresh (from its checkpoint) rewound the versions: drop the newer one held."""
         incarnation = self.control.directives.actor_incarnation
-        if self.actor_incarnation is not None and incarnation != self.actor_incarnation:
+        # (a restarted weight_control counts from 0 again: that is no new actor)
+        if self.actor_incarnation is not None and incarnation > self.actor_incarnation:
             log.info("the actor was started afresh (incarnation %d): following its versions from its checkpoint",
                      incarnation)  # fmt: skip
             self.lane.rewind()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -110,6 +111,7 @@ class ControlClient:
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.actor_id = ""  # set by register('actor', ...): only the actor may publish
+        self._registered: dict | None = None  # the last register() call's arguments, for rejoin()
 
     def close(self) -> None:
         self.channel.close()
@@ -139,8 +141,12 @@ class ControlClient:
         num_envs: int = 0,
         num_shards: int = 0,
         worker_key: int = 0,
+        next_epoch: int = 0,
     ) -> Registration:
-        """Rank -1 in the reply: on standby, no slot in the world yet."""
+        """Rank -1 in the reply: on standby, no slot in the world yet. next_epoch: see rejoin()."""
+        self._registered = dict(role=role, worker_id=worker_id, rendezvous_address=rendezvous_address,
+                                env_spec=env_spec, num_envs=num_envs, num_shards=num_shards,
+                                worker_key=worker_key)  # fmt: skip
         req = registry_pb2.RegisterRequest(
             role=codec.ROLE_TO_PB[role],
             worker_id=worker_id,
@@ -149,6 +155,7 @@ class ControlClient:
             num_envs=num_envs,
             num_shards=num_shards,
             worker_key=worker_key,
+            next_epoch=next_epoch,
         )
         if env_spec is not None:
             req.env_spec.CopyFrom(codec.env_spec_to_pb(env_spec))
@@ -156,6 +163,31 @@ class ControlClient:
         if role == "actor":
             self.actor_id = worker_id  # the default publisher of this client's publishes
         return Registration(r.rank, r.world_size, r.rendezvous_address, r.epoch, r.num_actors or 1)
+
+    @property
+    def can_rejoin(self) -> bool:
+        return self._registered is not None
+
+    def rejoin(self, epoch: int) -> Registration:
+        """Register again as before (weight_control was restarted and does not know this worker), saying which
+        data-plane epoch this worker is in: the restarted weight_control's next epoch follows it."""
+        if self._registered is None:
+            raise RuntimeError("rejoin() needs an earlier register()")
+        return self.register(**self._registered, next_epoch=epoch + 1)
+
+    def patiently(self, call, *args, retry_on: tuple[str, ...] = ("UNAVAILABLE",), **kw):
+        """call(*args, **kw), tried again with backoff while it fails with a code in retry_on (weight_control
+        restarting), for up to control.lost_after_s (0: for ever); then its RpcFailed."""
+        deadline = time.monotonic() + self.cfg.lost_after_s if self.cfg.lost_after_s else float("inf")
+        delay = 0.2
+        while True:
+            try:
+                return call(*args, **kw)
+            except RpcFailed as e:
+                if e.code not in retry_on or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     @_wrap
     def heartbeat(
@@ -198,16 +230,31 @@ class ControlClient:
         return next(iter(specs), None)
 
     # ------------------------------------------------------------ weights
-    @_wrap
     def publish(
         self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
     ) -> int:
         """Pack and stream one version; returns the bytes sent.
 
-        publisher_id defaults to the actor this client registered as: only the actor may publish.
+        publisher_id defaults to the actor this client registered as: only the actor may publish. While
+        weight_control is unreachable (or, restarted, does not know the actor yet: its heartbeat registers
+        it again) the publish is tried again for up to control.lost_after_s; a version that an earlier try
+        stored counts as published.
         """
         manifest, buf = pack(tensors)
-        return self.publish_packed(version, manifest, buf, final, publisher_id)
+        tries = 0
+
+        def once() -> int:
+            nonlocal tries
+            tries += 1
+            try:
+                return self.publish_packed(version, manifest, buf, final, publisher_id)
+            except RpcFailed as e:
+                if e.code == "ALREADY_EXISTS" and tries > 1:
+                    return len(buf)
+                raise
+
+        codes = ("UNAVAILABLE", "PERMISSION_DENIED") if self.actor_id else ("UNAVAILABLE",)
+        return self.patiently(once, retry_on=codes)
 
     @_wrap
     def publish_packed(
@@ -231,9 +278,13 @@ class ControlClient:
         self.weights.PublishWeights(chunks(), timeout=self.cfg.transfer_timeout_s)
         return len(buf)
 
-    @_wrap
     def fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
-        """Fetch a version (None = latest); returns (version, final, tensors), checksum verified."""
+        """Fetch a version (None = latest); returns (version, final, tensors), checksum verified. Tried
+        again while weight_control is unreachable, for up to control.lost_after_s."""
+        return self.patiently(self._fetch, version)
+
+    @_wrap
+    def _fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
         req = weights_pb2.FetchRequest(latest=True) if version is None else weights_pb2.FetchRequest(version=version)
         stream = self.weights.FetchWeights(req, timeout=self.cfg.transfer_timeout_s)
         header, buf, received = None, None, 0
@@ -258,12 +309,36 @@ class ControlClient:
             raise RpcFailed("DATA_LOSS", str(e)) from None
         return header.version, header.final, tensors
 
-    @_wrap
     def latest(self) -> VersionEvent:
+        """The newest version and the run's state; tried again while weight_control is unreachable."""
+        return self.patiently(self._latest)
+
+    @_wrap
+    def _latest(self) -> VersionEvent:
         return _event(self.weights.GetLatest(weights_pb2.GetLatestRequest(), timeout=self.cfg.rpc_timeout_s))
 
     def watch(self, after_version: int, stop: threading.Event | None = None) -> Iterator[VersionEvent]:
-        """Yield version/state changes newer than after_version until cancelled or stop is set."""
+        """Yield version/state changes newer than after_version until cancelled or stop is set. A stream
+        broken by weight_control going away is opened again (with backoff) for up to control.lost_after_s."""
+        delay, broken_since = 0.2, None
+        while stop is None or not stop.is_set():
+            try:
+                for ev in self._watch_once(after_version, stop):
+                    broken_since, delay = None, 0.2
+                    yield ev
+                return  # cancelled, or stopped
+            except RpcFailed as e:
+                now = time.monotonic()
+                broken_since = broken_since or now
+                lost = self.cfg.lost_after_s and now - broken_since + delay > self.cfg.lost_after_s
+                if e.code != "UNAVAILABLE" or lost:
+                    raise
+            if stop is not None and stop.wait(delay):
+                return
+            time.sleep(0 if stop is not None else delay)
+            delay = min(2 * delay, 5.0)
+
+    def _watch_once(self, after_version: int, stop: threading.Event | None) -> Iterator[VersionEvent]:
         call = self.weights.WatchVersions(weights_pb2.WatchRequest(after_version=after_version))
         if stop is not None:
             threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True).start()

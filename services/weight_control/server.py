@@ -173,6 +173,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             request.num_envs,
             request.num_shards,
             worker_key=request.worker_key,
+            next_epoch=request.next_epoch,
         )
         await self.s.bump()
         return registry_pb2.RegisterReply(

@@ -266,3 +266,49 @@ def test_rollouts_exit_with_a_clear_message_when_the_actor_never_comes_back(tmp_
     for r in ("r0", "r1"):
         assert "giving up" in svc.logs[r].read_text() and "actor" in svc.logs[r].read_text()
     assert alive and [a.worker_id for a in status.actors_missing] == ["actor-0"]
+
+
+def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes(tmp_path: Path):
+    n = 30
+    svc = Services(tmp_path, [f"pipeline.num_updates={n}", "pipeline.slow_actor_s=0.4", "control.lost_after_s=60"])
+    try:
+        svc.actor()
+        svc.rollout("r0"), svc.rollout("r1")
+        svc.wait_for(lambda s: s.latest_version >= 5, 150)
+        svc.procs["wc"].send_signal(signal.SIGKILL)
+        svc.procs["wc"].wait()
+        time.sleep(3)  # the workers find it gone, and retry
+        svc.start("wc", "services.weight_control")  # on the same port, knowing nothing of the run
+        svc.client.wait_healthy(60)
+        back = svc.wait_for(lambda s: s if s.latest_version > 5 and len(s.workers) == 3 else None, 90)
+        assert back.epoch >= 1  # the world re-formed after the epoch the workers were in
+        assert svc.procs["actor"].wait(timeout=180) == 0, svc.logs["actor"].read_text()[-3000:]
+        assert svc.procs["r0"].wait(timeout=60) == 0 and svc.procs["r1"].wait(timeout=60) == 0
+        final = svc.client.status()
+    finally:
+        svc.close()
+    assert final.state == pb.FINISHED and final.latest_version == n
+    t = final.totals  # every worker's counters are its own, so the new weight_control's totals hold
+    assert t.episodes_produced == t.episodes_trained + t.episodes_dropped + t.episodes_lost, t
+    assert t.episodes_in_flight == 0, t
+    assert [r["version"] for r in read_metrics(svc.run_dir / "metrics.jsonl")] == list(range(1, n + 1))
+    for name in ("actor", "r0", "r1"):
+        assert "registered again" in svc.logs[name].read_text(), name
+
+
+def test_every_process_exits_with_a_clear_message_when_weight_control_never_comes_back(tmp_path: Path):
+    svc = Services(tmp_path, ["pipeline.num_updates=200", "pipeline.slow_actor_s=0.3", "control.lost_after_s=8"])
+    try:
+        svc.actor()
+        svc.rollout("r0"), svc.rollout("r1")
+        svc.wait_for(lambda s: s.latest_version >= 2, 150)
+        svc.procs["wc"].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        codes = {name: svc.procs[name].wait(timeout=60) for name in ("actor", "r0", "r1")}
+        waited = time.monotonic() - killed
+    finally:
+        svc.close()
+    assert codes == {"actor": 3, "r0": 3, "r1": 3}, {k: svc.logs[k].read_text()[-2000:] for k in codes}
+    assert 8 <= waited < 8 + 20
+    for name in codes:
+        assert "has not answered for" in svc.logs[name].read_text() and "giving up" in svc.logs[name].read_text()

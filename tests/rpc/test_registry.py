@@ -74,3 +74,22 @@ def test_a_standby_worker_gives_up_once_the_run_has_finished(publisher):
     with pytest.raises(RunFinished):
         join(publisher, "rollout", "r3", env_spec=SPEC, timeout_s=30)  # on standby until the run ends
     done.join()
+
+
+def test_sender_counts_carry_what_went_to_earlier_actors_and_refuse_impossible_ones():
+    from dvla.proto.v1 import registry_pb2
+    from dvla.types import SenderCounts
+
+    c = SenderCounts((1 << 63) - 1, 20, 16, env_steps_produced=900, episodes_sent_before=12)
+    assert codec.sender_from_pb(codec.sender_to_pb(c)) == c
+    edge = SenderCounts(7, episodes_produced=8, episodes_sent=8, env_steps_produced=0, episodes_sent_before=8)
+    assert codec.sender_from_pb(codec.sender_to_pb(edge)) == edge  # all of it went to an earlier actor
+    old = registry_pb2.SenderCounts(worker_key=7, episodes_produced=4, episodes_sent=4, env_steps_produced=40)
+    assert codec.sender_from_pb(old).episodes_sent_before == 0  # a sender that gives none: nothing went before
+    for bad in (
+        dict(worker_key=7, episodes_produced=20, episodes_sent=16, episodes_sent_before=17),
+        dict(worker_key=7, episodes_produced=15, episodes_sent=16, episodes_sent_before=0),
+        dict(worker_key=0, episodes_produced=20, episodes_sent=16, episodes_sent_before=0),
+    ):
+        with pytest.raises(ValueError, match="sender counts"):
+            codec.sender_from_pb(registry_pb2.SenderCounts(**bad))

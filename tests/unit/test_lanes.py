@@ -19,7 +19,7 @@ from dvla.lanes.epochs import EpochCycle
 from dvla.lanes.publish import OffThread, PublishLane
 from dvla.lanes.receive import ReceiveLane
 from dvla.lanes.sampling import Outcome, Sampler
-from dvla.lanes.shards import ShardPool
+from dvla.lanes.shards import LocalShard, ShardPool
 from dvla.lanes.training import Progress, Trainer
 from dvla.lanes.weights import WeightLane
 from dvla.policy import build_policy
@@ -380,3 +380,78 @@ def test_the_sampling_lane_sends_its_counters_with_each_batch_and_no_heartbeat()
         (42, 12, 36),
     ]
     assert control.beats == 0  # the control plane is off the sampling path
+
+
+# ---------------------------------------------------------------- an actor started afresh
+def weights_of(value: float) -> dict[str, torch.Tensor]:
+    return {k: torch.full_like(t, value) for k, t in make_policy().export_weights().items()}
+
+
+def first_weight(policy) -> float:
+    return float(next(iter(policy.export_weights().values())).flatten()[0])
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_rewound_weight_lane_follows_the_new_actors_older_versions(background):
+    weights, stop = LocalWeights(), threading.Event()
+    lane = WeightLane(weights, make_policy, stop)
+    if background:
+        lane.start_thread()
+    for v in range(6):
+        weights.publish(v, weights_of(0.5))
+    assert lane.wait_loaded(5, timeout_s=10) and lane.version == 5
+    weights.store.rewind()  # the actor died; its successor publishes its checkpoint's version, 3
+    weights.publish(3, weights_of(0.25))
+    lane.rewind()
+    assert (lane.version, lane.final) == (-1, False)  # nothing runs until the new history's first version
+    assert lane.wait_loaded(0, timeout_s=10)
+    policy, version = lane.current()
+    assert version == 3 == lane.version and first_weight(policy) == 0.25
+    weights.publish(4, weights_of(0.125), final=True)  # and on from there
+    assert lane.wait_loaded(4, timeout_s=10) and lane.current()[1] == 4 and lane.final
+    assert first_weight(lane.active) == 0.125
+    stop.set()
+
+
+def test_a_version_fetched_before_a_rewind_is_thrown_away():
+    """A fetch of the dead actor's version, under way when the lane rewinds, never becomes the one in use."""
+    weights, stop = LocalWeights(), threading.Event()
+    fetching, release = threading.Event(), threading.Event()
+
+    class SlowFetch:
+        def latest(self):
+            return weights.latest()
+
+        def watch(self, after_version, stop=None):
+            return weights.watch(after_version, stop)
+
+        def fetch(self, version=None):
+            got = weights.fetch(version)
+            if got[0] == 5:  # holds the dead history's newest until the lane has rewound
+                fetching.set()
+                release.wait(10)
+            return got
+
+    weights.publish(5, weights_of(0.5))
+    lane = WeightLane(SlowFetch(), make_policy, stop).start_thread()
+    assert fetching.wait(10)
+    weights.store.rewind()
+    weights.publish(3, weights_of(0.25))
+    lane.rewind()
+    release.set()
+    assert lane.wait_loaded(0, timeout_s=10)
+    policy, version = lane.current()
+    assert version == 3 and first_weight(policy) == 0.25 and lane.versions_used == [3]
+    stop.set()
+
+
+def test_rounds_move_back_only_on_a_rewind():
+    pool = ShardPool([LocalShard(FakeEnvs(), 0), LocalShard(FakeEnvs(), 1)], SPEC, chunk_size=None)
+    pool.start_rounds_at(7)
+    pool.shards[1].round = 9
+    pool.start_rounds_at(4)  # never back: rounds are numbered like the versions they are meant for
+    assert [s.round for s in pool.shards] == [7, 9]
+    pool.start_rounds_at(8)
+    assert [s.round for s in pool.shards] == [8, 9]
+    pool.start_rounds_at(3, rewind=True)  # the actor continues from an older checkpoint
+    assert [s.round for s in pool.shards] == [3, 3]

@@ -187,3 +187,79 @@ def test_a_member_lost_while_the_first_world_fills_leaves_a_slot_for_a_newcomer(
     r.register("rollout", "r5", env_spec=SPEC, num_envs=8)
     r.register("rollout", "r6", env_spec=SPEC, num_envs=8)
     assert (r.epoch, r.complete, ranks(r)["r6"]) == (1, True, (2, Membership.MEMBER))
+
+
+def test_a_new_process_under_actor_rank_0s_id_is_a_new_incarnation_around_its_new_store():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock())
+    old = r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=5)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1)
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=8, worker_key=2)
+    r.heartbeat("actor-0", {"episodes_trained": 8})
+    assert (r.epoch, r.actor_incarnation, r.complete, r.retired_actors(), r.drain_events()) == (0, 0, True, [], [])
+    r._clock.t = 3.0
+    w = r.register("actor", "actor-0", rendezvous_address="h:2", worker_key=6)  # the old process died
+    assert w is not old and (w.rank, w.worker_key, w.membership, w.last_seen) == (0, 6, Membership.MEMBER, 3.0)
+    assert (r.actor_incarnation, r.epoch, r.rendezvous_address, r.complete) == (1, 1, "h:2", True)
+    assert r.actor() is w and r.find("actor-0") is w and w.stats == {}
+    assert [x is old for x in r.retired_actors()] == [True] and old.membership == Membership.LEFT
+    assert old.stats == {"episodes_trained": 8}  # its counters stay, for the totals
+    assert sum(x is old for x in r.incarnations()) == 1 and sum(x is w for x in r.incarnations()) == 1
+    assert ranks(r) == {"actor-0": (0, Membership.MEMBER), "r0": (1, Membership.MEMBER), "r1": (2, Membership.MEMBER)}
+    assert (r.world_size, r.episodes_per_update, r.lost()) == (3, 16, [])  # the rollouts lost nothing
+    events = r.drain_events()
+    assert len(events) == 1 and "actor rank 0 ('actor-0') started afresh (incarnation 1)" in events[0]
+    assert "epoch 1" in events[0]
+    r.check_publisher("actor-0")  # the new process publishes
+    # once more: incarnations count on
+    r.register("actor", "actor-0", rendezvous_address="h:3", worker_key=7)
+    assert (r.actor_incarnation, r.epoch, r.rendezvous_address, len(r.retired_actors())) == (2, 2, "h:3", 2)
+
+
+def test_the_same_actor_process_registering_again_is_no_new_incarnation():
+    r = Registry(1, heartbeat_s=1.0, clock=Clock())
+    a = r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=5)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1)
+    r.drain_events()
+    for key in (5, 0):  # a retry; a register that gives no key is never taken for a new process
+        assert r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=key) is a
+        assert (r.actor_incarnation, r.epoch, r.retired_actors(), r.drain_events()) == (0, 0, [], [])
+    assert a.worker_key == 5 and a.membership == Membership.MEMBER
+    # an actor registered without a key (an older client) is not replaced by one that gives a key
+    r2 = Registry(1, heartbeat_s=1.0, clock=Clock())
+    b = r2.register("actor", "actor-0", rendezvous_address="h:1")
+    assert r2.register("actor", "actor-0", rendezvous_address="h:1", worker_key=9) is b
+    assert (r2.actor_incarnation, r2.epoch, b.worker_key) == (0, 0, 9)
+
+
+def test_a_new_actor_rank_0_without_a_rendezvous_address_is_refused_and_changes_nothing():
+    r = Registry(1, heartbeat_s=1.0, clock=Clock())
+    a = r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=5)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1)
+    with pytest.raises(InvalidArgument, match="rank 0 must give its data-plane rendezvous_address"):
+        r.register("actor", "actor-0", worker_key=6)
+    assert (r.actor_incarnation, r.epoch, r.rendezvous_address, r.retired_actors()) == (0, 0, "h:1", [])
+    assert r.actor() is a and a.membership == Membership.MEMBER and a.worker_key == 5 and r.drain_events() == []
+
+
+def test_a_new_process_under_actor_rank_1s_id_reforms_the_world_but_rewinds_no_versions():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock(), num_actors=2)
+    r.register("actor", "a", rendezvous_address="h:1", worker_key=5)
+    old = r.register("actor", "b", worker_key=6)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=1)
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=2)
+    w = r.register("actor", "b", worker_key=7)  # rank 1 needs no rendezvous address
+    assert (w.rank, r.epoch, r.actor_incarnation, r.rendezvous_address) == (1, 1, 0, "h:1")
+    assert [x is old for x in r.retired_actors()] == [True] and [x.worker_id for x in r.actors()] == ["a", "b"]
+    assert [ranks(r)[x][0] for x in ("a", "b", "r0", "r1")] == [0, 1, 2, 3]
+
+
+def test_a_restarted_registry_numbers_its_world_after_the_epoch_the_workers_were_in():
+    r = Registry(2, heartbeat_s=1.0, clock=Clock())  # weight_control started again: it knows nobody
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=11, next_epoch=7)
+    assert r.epoch == 7 and "re-forms at epoch 7" in r.drain_events()[0]
+    r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=1, next_epoch=7)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=10, next_epoch=6)  # an older one
+    assert (r.epoch, r.complete, r.world_size, r.actor_incarnation) == (7, True, 3, 0)  # one world, no new actor
+    assert ranks(r) == {"actor-0": (0, Membership.MEMBER), "r1": (1, Membership.MEMBER), "r0": (2, Membership.MEMBER)}
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=10)  # a first registration
+    assert r.epoch == 7

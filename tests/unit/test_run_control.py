@@ -266,3 +266,167 @@ def test_a_finished_run_evicts_nobody():
     publish(run, 1, final=True)
     clock.t = 100.0
     assert run.sweep() == [] and run.registry.workers()[1].membership == Membership.MEMBER
+
+
+def test_store_rewind_drops_every_version_and_says_which():
+    run = with_workers()
+    assert run.store.rewind() == []  # nothing held: nothing dropped
+    for v in range(4):
+        publish(run, v)
+    assert run.store.rewind() == [2, 3]  # keep=2: the two newest were held
+    assert (run.store.latest, run.store.versions(), run.state) == (None, [], RunState.STARTING)
+    with pytest.raises(NotFound):
+        run.store.get(3)
+    publish(run, 1)  # versions go forward again from wherever the next publish starts
+    with pytest.raises(OutOfOrder, match="versions only go forward"):
+        publish(run, 0)
+    assert [s.version for s in run.store.versions()] == [1]
+
+
+def actor_and_rollouts(num_rollouts: int = 1, actor_key: int = 100) -> tuple[RunControl, Clock]:
+    """Workers registered through RunControl.register, each with its process's worker_key."""
+    run, clock = make_run(num_rollouts)
+    run.register("actor", "actor-0", rendezvous_address="h:1", worker_key=actor_key)
+    for i in range(num_rollouts):
+        run.register("rollout", f"r{i}", env_spec=SPEC, num_envs=4, worker_key=10 + i)
+    return run, clock
+
+
+def test_a_new_actor_process_drops_every_version_its_predecessor_published():
+    run, _ = actor_and_rollouts()
+    for v in range(4):
+        publish(run, v)
+    run.registry.drain_events()
+    run.register("actor", "actor-0", rendezvous_address="h:1", worker_key=100)  # the same process: a retry
+    assert run.store.latest.version == 3 and run.registry.drain_events() == []
+    run.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)  # started afresh
+    assert (run.store.latest, run.store.versions(), run.state) == (None, [], RunState.STARTING)
+    assert (run.registry.actor_incarnation, run.registry.rendezvous_address) == (1, "h:2")
+    events = run.registry.drain_events()
+    assert events[-1] == "versions 2..3 dropped: the new actor continues from its checkpoint"
+    assert "started afresh" in events[0]
+    publish(run, 1)  # its checkpoint's version, older than those dropped, is taken
+    publish(run, 2)
+    assert [s.version for s in run.store.versions()] == [1, 2] and run.state == RunState.RUNNING
+
+
+def test_a_new_actor_process_before_any_version_drops_nothing():
+    run, _ = actor_and_rollouts()
+    run.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)
+    assert run.store.latest is None and run.registry.actor_incarnation == 1
+    assert run.registry.drain_events()[-1] == "no version was held: the new actor publishes its checkpoint's first"
+
+
+def test_a_new_actor_process_after_the_run_finished_is_refused_and_changes_nothing():
+    run, _ = actor_and_rollouts()
+    actor = run.registry.actor()
+    publish(run, 0)
+    publish(run, 1, final=True)
+    run.registry.drain_events()
+    with pytest.raises(OutOfOrder, match="the run has finished: a new actor process has nothing to continue"):
+        run.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)
+    r = run.registry
+    assert r.actor() is actor and actor.worker_key == 100 and actor.membership == Membership.MEMBER
+    assert (r.actor_incarnation, r.epoch, r.rendezvous_address, r.retired_actors(), r.drain_events()) == (
+        0,
+        0,
+        "h:1",
+        [],
+        [],
+    )
+    assert [s.version for s in run.store.versions()] == [0, 1] and run.state == RunState.FINISHED
+    # the same process registering again is still answered; so is a rollout
+    assert run.register("actor", "actor-0", rendezvous_address="h:1", worker_key=100) is actor
+    assert run.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10).rank == 1
+
+
+def lost_actor_run() -> RunControl:
+    """1 actor, 2 rollouts (keys 10, 11). The first actor process received 8 episodes from each, trained 8 and
+    dropped 2, and held 4 queued and 2 in training when it died; r0 had sent it 4 more (on the wire), r1 had
+    2 produced and unsent. Then a new actor process registers."""
+    run, _ = actor_and_rollouts(num_rollouts=2)
+    run.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12})
+    run.on_heartbeat("r1", {"episodes_produced": 10, "episodes_sent": 8})
+    run.on_heartbeat(
+        "actor-0",
+        {
+            "episodes_received": 16,
+            "episodes_trained": 8,
+            "episodes_dropped": 2,
+            "episodes_queued": 4,
+            "episodes_in_training": 2,
+        },
+        senders=[SenderCounts(10, 8, 8, 0), SenderCounts(11, 8, 8, 0)],
+    )
+    t = run.totals()
+    assert (t["episodes_lost"], t["episodes_on_wire"], t["episodes_in_flight"]) == (0, 4, 12)
+    run.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)
+    return run
+
+
+def assert_balanced(t: dict[str, int]) -> None:
+    assert all(v >= 0 for v in t.values()), t
+    assert t["episodes_produced"] == (
+        t["episodes_trained"] + t["episodes_dropped"] + t["episodes_lost"] + t["episodes_in_flight"]
+    ), t
+    assert t["episodes_in_flight"] == (
+        t["episodes_unsent"] + t["episodes_on_wire"] + t["episodes_queued"] + t["episodes_in_training"]
+    ), t
+
+
+def test_what_was_sent_to_a_dead_actor_and_not_finished_counts_as_lost():
+    run = lost_actor_run()
+    # the rollouts went on with the new actor: r0 sent it 8 more, r1 4 more (and has 2 unsent)
+    run.on_heartbeat("r0", {"episodes_produced": 20, "episodes_sent": 20})
+    run.on_heartbeat("r1", {"episodes_produced": 14, "episodes_sent": 12})
+    run.on_heartbeat(
+        "actor-0",
+        {"episodes_received": 12, "episodes_trained": 8, "episodes_queued": 4},
+        senders=[
+            SenderCounts(10, 20, 20, 0, episodes_sent_before=12),
+            SenderCounts(11, 14, 12, 0, episodes_sent_before=8),
+        ],
+    )
+    t = run.totals()
+    sent_to_old, finished_by_old = 12 + 8, 8 + 2
+    assert t["episodes_lost"] == sent_to_old - finished_by_old == 10  # its queue, its batch, its wire
+    assert (t["episodes_produced"], t["episodes_sent"], t["episodes_trained"], t["episodes_dropped"]) == (34, 32, 16, 2)
+    assert (t["episodes_received"], t["episodes_in_flight"]) == (10 + 12, 6)
+    assert (t["episodes_unsent"], t["episodes_on_wire"]) == (2, 0)
+    assert (t["episodes_queued"], t["episodes_in_training"]) == (4, 0)  # the new actor's only: the old ones died
+    assert_balanced(t)
+    # the new actor's later reports keep what went before as it first said
+    run.on_heartbeat(
+        "actor-0",
+        {"episodes_received": 16, "episodes_trained": 16},
+        senders=[
+            SenderCounts(10, 24, 24, 0, episodes_sent_before=12),
+            SenderCounts(11, 14, 12, 0, episodes_sent_before=8),
+        ],
+    )
+    run.on_heartbeat("r0", {"episodes_produced": 24, "episodes_sent": 24})
+    t = run.totals()
+    assert (t["episodes_lost"], t["episodes_trained"], t["episodes_on_wire"], t["episodes_in_flight"]) == (10, 24, 0, 2)
+    assert_balanced(t)
+
+
+def test_before_the_new_actor_reports_a_sender_all_it_sent_counts_as_sent_to_the_dead_one():
+    run = lost_actor_run()
+    t = run.totals()  # the new actor has reported nothing yet
+    assert (t["episodes_lost"], t["episodes_on_wire"], t["episodes_unsent"]) == (12 + 8 - 10, 0, 2)
+    assert (t["episodes_queued"], t["episodes_in_training"]) == (0, 0)
+    assert_balanced(t)
+    run.on_heartbeat("actor-0", {})  # a first heartbeat, nothing received yet
+    run.on_heartbeat("r0", {"episodes_produced": 16, "episodes_sent": 16})  # it sent 4 more: not reported yet
+    t = run.totals()
+    assert t["episodes_lost"] == 16 + 8 - 10  # for now, at most what was sent
+    assert_balanced(t)
+    # the new actor reports r0 only: r1's sends all went to the dead actor
+    run.on_heartbeat(
+        "actor-0",
+        {"episodes_received": 4, "episodes_queued": 4},
+        senders=[SenderCounts(10, 16, 16, 0, episodes_sent_before=12)],
+    )
+    t = run.totals()
+    assert (t["episodes_lost"], t["episodes_on_wire"], t["episodes_queued"]) == (10, 0, 4)
+    assert_balanced(t)

@@ -63,3 +63,31 @@ def test_a_round_started_below_the_bound_would_be_dropped():
     b = batch([[2, 2]], lengths=[2], groups=[0])
     assert not admits(2, round_=4, max_staleness=1)
     assert stale_episodes(b, 4, 1, whole_groups=False).tolist() == [True]
+
+
+def test_a_step_newer_than_the_actors_version_makes_its_episode_stale():
+    """An actor started afresh from an older checkpoint: what a version of the dead process acted is dropped,
+    however fresh; padding past an episode's length never counts."""
+    b = batch([[3, 4, 9], [5, 5, 5], [5, 6, 6], [4, 5, 0]], lengths=[2, 3, 3, 2], groups=[0, 1, 2, 3])
+    assert stale_episodes(b, version=5, max_staleness=100, whole_groups=False).tolist() == [False, False, True, False]
+    assert stale_episodes(b, version=6, max_staleness=100, whole_groups=False).tolist() == [False, False, False, False]
+    # both rules at once: too old, or newer than the actor
+    assert stale_episodes(b, version=5, max_staleness=1, whole_groups=False).tolist() == [True, False, True, False]
+
+
+def test_a_member_newer_than_the_actor_drops_its_whole_group():
+    b = batch([[2, 2], [2, 3], [2, 2], [1, 2]], lengths=[2, 2, 2, 2], groups=[7, 7, 9, 9])
+    assert stale_episodes(b, 2, 1, whole_groups=True).tolist() == [True, True, False, False]
+    assert stale_episodes(b, 2, 1, whole_groups=False).tolist() == [False, True, False, False]
+    assert not stale_episodes(b, 3, 2, whole_groups=True).any()  # at or below the version, within the bound
+
+
+def test_episodes_at_or_below_the_version_within_the_bound_are_kept():
+    for version in range(4):
+        for max_staleness in range(3):
+            for a in range(max(0, version - max_staleness), version + 1):
+                for c in range(a, version + 1):
+                    b = batch([[a, c]], lengths=[2], groups=[0])
+                    assert not stale_episodes(b, version, max_staleness, whole_groups=True).any(), (version, a, c)
+                    newer = batch([[a, version + 1]], lengths=[2], groups=[0])
+                    assert stale_episodes(newer, version, max_staleness, whole_groups=True).all()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dvla.proto.v1 import common_pb2 as dvla_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64vla/proto/v1/registry.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\xcc\x01\n\x0fRegisterRequest\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.dvla.v1.Role\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12rendezvous_address\x18\x04 \x01(\t\x12\"\n\x08\x65nv_spec\x18\x05 \x01(\x0b\x32\x10.dvla.v1.EnvSpec\x12\x10\n\x08num_envs\x18\x06 \x01(\x05\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x12\n\nworker_key\x18\x08 \x01(\x04\"p\n\rRegisterReply\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x12\n\nnum_actors\x18\x05 \x01(\x05\"\x8f\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x05stats\x18\x02 \x01(\x0b\x32\x14.dvla.v1.WorkerStats\x12\x1b\n\x04\x61\x63ks\x18\x03 \x01(\x0b\x32\r.dvla.v1.Acks\x12&\n\x07senders\x18\x04 \x03(\x0b\x32\x15.dvla.v1.SenderCounts\"t\n\x04\x41\x63ks\x12\x1f\n\x17\x63heckpoint_request_done\x18\x01 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x63heckpoint_path\x18\x03 \x01(\t\x12\x16\n\x0eleft_dataplane\x18\x04 \x01(\x08\"\x8e\x01\n\x0cSenderCounts\x12\x12\n\nworker_key\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x15\n\repisodes_sent\x18\x03 \x01(\x04\x12\x1a\n\x12\x65nv_steps_produced\x18\x04 \x01(\x04\x12\x1c\n\x14\x65pisodes_sent_before\x18\x05 \x01(\x04\"\xf5\x02\n\x0eHeartbeatReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\'\n\nmembership\x18\x06 \x01(\x0e\x32\x13.dvla.v1.Membership\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x1a\n\x12\x63heckpoint_request\x18\x08 \x01(\x04\x12\x1b\n\x13\x65pisodes_per_update\x18\t \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\n \x01(\t\x12\x12\n\nnum_actors\x18\x0b \x01(\x05\x12\x1f\n\x04lost\x18\x0c \x03(\x0b\x32\x11.dvla.v1.LostRank\x12\x19\n\x11\x61\x63tor_incarnation\x18\r \x01(\r\x12\x16\n\x0e\x61\x63tor_silent_s\x18\x0e \x01(\x01\"\'\n\x08LostRank\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0c\n\x04rank\x18\x02 \x01(\x05\"\x11\n\x0fGetWorldRequest\"\xc8\x01\n\x05World\x12\x12\n\nworld_size\x18\x01 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12$\n\x07workers\x18\x04 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x1b\n\x13\x65pisodes_per_update\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_rollouts\x18\x07 \x01(\x05\x12\x12\n\nnum_actors\x18\x08 \x01(\x05\x32\xbf\x01\n\x08Registry\x12<\n\x08Register\x12\x18.dvla.v1.RegisterRequest\x1a\x16.dvla.v1.RegisterReply\x12?\n\tHeartbeat\x12\x19.dvla.v1.HeartbeatRequest\x1a\x17.dvla.v1.HeartbeatReply\x12\x34\n\x08GetWorld\x12\x18.dvla.v1.GetWorldRequest\x1a\x0e.dvla.v1.Worldb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64vla/proto/v1/registry.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\xe0\x01\n\x0fRegisterRequest\x12\x1b\n\x04role\x18\x01 \x01(\x0e\x32\r.dvla.v1.Role\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12rendezvous_address\x18\x04 \x01(\t\x12\"\n\x08\x65nv_spec\x18\x05 \x01(\x0b\x32\x10.dvla.v1.EnvSpec\x12\x10\n\x08num_envs\x18\x06 \x01(\x05\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x12\n\nworker_key\x18\x08 \x01(\x04\x12\x12\n\nnext_epoch\x18\t \x01(\x03\"p\n\rRegisterReply\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x12\n\nnum_actors\x18\x05 \x01(\x05\"\x8f\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12#\n\x05stats\x18\x02 \x01(\x0b\x32\x14.dvla.v1.WorkerStats\x12\x1b\n\x04\x61\x63ks\x18\x03 \x01(\x0b\x32\r.dvla.v1.Acks\x12&\n\x07senders\x18\x04 \x03(\x0b\x32\x15.dvla.v1.SenderCounts\"t\n\x04\x41\x63ks\x12\x1f\n\x17\x63heckpoint_request_done\x18\x01 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x17\n\x0f\x63heckpoint_path\x18\x03 \x01(\t\x12\x16\n\x0eleft_dataplane\x18\x04 \x01(\x08\"\x8e\x01\n\x0cSenderCounts\x12\x12\n\nworker_key\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x15\n\repisodes_sent\x18\x03 \x01(\x04\x12\x1a\n\x12\x65nv_steps_produced\x18\x04 \x01(\x04\x12\x1c\n\x14\x65pisodes_sent_before\x18\x05 \x01(\x04\"\xf5\x02\n\x0eHeartbeatReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x12\n\nworld_size\x18\x05 \x01(\x05\x12\'\n\nmembership\x18\x06 \x01(\x0e\x32\x13.dvla.v1.Membership\x12\x12\n\nnum_shards\x18\x07 \x01(\x05\x12\x1a\n\x12\x63heckpoint_request\x18\x08 \x01(\x04\x12\x1b\n\x13\x65pisodes_per_update\x18\t \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\n \x01(\t\x12\x12\n\nnum_actors\x18\x0b \x01(\x05\x12\x1f\n\x04lost\x18\x0c \x03(\x0b\x32\x11.dvla.v1.LostRank\x12\x19\n\x11\x61\x63tor_incarnation\x18\r \x01(\r\x12\x16\n\x0e\x61\x63tor_silent_s\x18\x0e \x01(\x01\"\'\n\x08LostRank\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0c\n\x04rank\x18\x02 \x01(\x05\"\x11\n\x0fGetWorldRequest\"\xc8\x01\n\x05World\x12\x12\n\nworld_size\x18\x01 \x01(\x05\x12\x1a\n\x12rendezvous_address\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12$\n\x07workers\x18\x04 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x1b\n\x13\x65pisodes_per_update\x18\x06 \x01(\x05\x12\x17\n\x0ftarget_rollouts\x18\x07 \x01(\x05\x12\x12\n\nnum_actors\x18\x08 \x01(\x05\x32\xbf\x01\n\x08Registry\x12<\n\x08Register\x12\x18.dvla.v1.RegisterRequest\x1a\x16.dvla.v1.RegisterReply\x12?\n\tHeartbeat\x12\x19.dvla.v1.HeartbeatRequest\x1a\x17.dvla.v1.HeartbeatReply\x12\x34\n\x08GetWorld\x12\x18.dvla.v1.GetWorldRequest\x1a\x0e.dvla.v1.Worldb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dvla.proto.v1.registry_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST']._serialized_start=70
-  _globals['_REGISTERREQUEST']._serialized_end=274
-  _globals['_REGISTERREPLY']._serialized_start=276
-  _globals['_REGISTERREPLY']._serialized_end=388
-  _globals['_HEARTBEATREQUEST']._serialized_start=391
-  _globals['_HEARTBEATREQUEST']._serialized_end=534
-  _globals['_ACKS']._serialized_start=536
-  _globals['_ACKS']._serialized_end=652
-  _globals['_SENDERCOUNTS']._serialized_start=655
-  _globals['_SENDERCOUNTS']._serialized_end=797
-  _globals['_HEARTBEATREPLY']._serialized_start=800
-  _globals['_HEARTBEATREPLY']._serialized_end=1173
-  _globals['_LOSTRANK']._serialized_start=1175
-  _globals['_LOSTRANK']._serialized_end=1214
-  _globals['_GETWORLDREQUEST']._serialized_start=1216
-  _globals['_GETWORLDREQUEST']._serialized_end=1233
-  _globals['_WORLD']._serialized_start=1236
-  _globals['_WORLD']._serialized_end=1436
-  _globals['_REGISTRY']._serialized_start=1439
-  _globals['_REGISTRY']._serialized_end=1630
+  _globals['_REGISTERREQUEST']._serialized_end=294
+  _globals['_REGISTERREPLY']._serialized_start=296
+  _globals['_REGISTERREPLY']._serialized_end=408
+  _globals['_HEARTBEATREQUEST']._serialized_start=411
+  _globals['_HEARTBEATREQUEST']._serialized_end=554
+  _globals['_ACKS']._serialized_start=556
+  _globals['_ACKS']._serialized_end=672
+  _globals['_SENDERCOUNTS']._serialized_start=675
+  _globals['_SENDERCOUNTS']._serialized_end=817
+  _globals['_HEARTBEATREPLY']._serialized_start=820
+  _globals['_HEARTBEATREPLY']._serialized_end=1193
+  _globals['_LOSTRANK']._serialized_start=1195
+  _globals['_LOSTRANK']._serialized_end=1234
+  _globals['_GETWORLDREQUEST']._serialized_start=1236
+  _globals['_GETWORLDREQUEST']._serialized_end=1253
+  _globals['_WORLD']._serialized_start=1256
+  _globals['_WORLD']._serialized_end=1456
+  _globals['_REGISTRY']._serialized_start=1459
+  _globals['_REGISTRY']._serialized_end=1650
 # @@protoc_insertion_point(module_scope)

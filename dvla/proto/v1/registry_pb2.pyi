@@ -31,6 +31,7 @@ class RegisterRequest(_message.Message):
     NUM_ENVS_FIELD_NUMBER: _builtins.int
     NUM_SHARDS_FIELD_NUMBER: _builtins.int
     WORKER_KEY_FIELD_NUMBER: _builtins.int
+    NEXT_EPOCH_FIELD_NUMBER: _builtins.int
     role: _common_pb2.Role.ValueType
     worker_id: _builtins.str
     address: _builtins.str
@@ -43,6 +44,10 @@ class RegisterRequest(_message.Message):
     """rollout: env shard processes (0: envs in-process, not rescalable)"""
     worker_key: _builtins.int
     """a number of this process's own (a rollout's is carried in every trajectory"""
+    next_epoch: _builtins.int
+    """header); the same worker_id with a new key is a new process: the old is gone
+    registering again (weight_control was restarted): the epoch after the one
+    """
     @_builtins.property
     def env_spec(self) -> _common_pb2.EnvSpec:
         """rollout only"""
@@ -58,10 +63,11 @@ class RegisterRequest(_message.Message):
         num_envs: _builtins.int = ...,
         num_shards: _builtins.int = ...,
         worker_key: _builtins.int = ...,
+        next_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["env_spec", b"env_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "num_envs", b"num_envs", "num_shards", b"num_shards", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "env_spec", b"env_spec", "next_epoch", b"next_epoch", "num_envs", b"num_envs", "num_shards", b"num_shards", "rendezvous_address", b"rendezvous_address", "role", b"role", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
