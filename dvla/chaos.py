@@ -4,13 +4,15 @@ A `dvla run` (weight_control, actor and rollouts as separate processes) trains
 while a random rollout worker is killed (SIGKILL: no goodbye, like an OOM kill or
 a node gone) every `every_s` seconds, give or take half that, until 60% of the
 updates are done (a restarted worker takes a while to rejoin); with `actor_at`,
-the actor is killed once too, when that share of the updates is done. For each
-fault it measures, from the status API:
+the actor is killed once too, when that share of the updates is done, and with
+`control_at` weight_control. For each fault it measures, from the status API:
 
     rollout  detected   kill -> weight_control shows the worker evicted (the data plane re-forms without it)
              recovered  kill -> the worker, restarted by the launcher, sends episodes in a new epoch
     actor    detected   kill -> weight_control shows the actor missing, or a new actor process registered
              recovered  kill -> the new actor (from the newest checkpoint) has published a version it trained
+    control  detected   kill -> the launcher started weight_control again and it answers
+             recovered  kill -> every worker registered with it again and a new version is published
 
 At the end the ledger must balance (produced = trained + dropped + lost, nothing
 in flight) and every update 1..N must be in the metrics with its version (an
@@ -43,7 +45,7 @@ LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted wor
 
 @dataclass
 class Fault:
-    kind: str  # "rollout killed" or "actor killed"
+    kind: str  # "rollout killed", "actor killed" or "weight_control killed"
     worker_id: str
     at_version: int
     t_kill: float  # seconds since the run started
@@ -109,16 +111,28 @@ class ChaosReport:
 
 
 def run_chaos(
-    cfg: RunConfig, every_s: float = 20.0, seed: int = 0, out: Path | None = None, actor_at: float | None = None
+    cfg: RunConfig,
+    every_s: float = 20.0,
+    seed: int = 0,
+    out: Path | None = None,
+    actor_at: float | None = None,
+    control_at: float | None = None,
 ) -> ChaosReport:
     """Run `cfg` under `dvla run` and kill a random rollout worker every ~every_s seconds (0: never); with
-    actor_at, the actor too, once, when that share of the updates is done (after a checkpoint)."""
-    if actor_at is not None and not 0 < actor_at < 1:
-        raise ValueError(f"actor_at is a share of the updates, in (0, 1); got {actor_at}")
+    actor_at, the actor too, once, when that share of the updates is done (after a checkpoint); with
+    control_at, weight_control once."""
+    for name, at in (("actor_at", actor_at), ("control_at", control_at)):
+        if at is not None and not 0 < at < 1:
+            raise ValueError(f"{name} is a share of the updates, in (0, 1); got {at}")
     if actor_at is not None and not cfg.checkpoint.every_updates:
         raise ValueError("killing the actor needs checkpoints to restart from: set checkpoint.every_updates > 0")
     p = cfg.pipeline
-    p = replace(p, rollout_restarts=max(p.rollout_restarts, 1000), actor_restarts=max(p.actor_restarts, 1))
+    p = replace(
+        p,
+        rollout_restarts=max(p.rollout_restarts, 1000),
+        actor_restarts=max(p.actor_restarts, 1),
+        control_restarts=max(p.control_restarts, 1),
+    )
     cfg = replace(cfg, pipeline=p)
     run_dir = Path(out) if out is not None else new_run_dir(cfg)
     launcher = Launcher(cfg, run_dir, progress="off")
@@ -126,7 +140,7 @@ def run_chaos(
     faults: list[Fault] = []
     rc: list[int] = []
     t0 = time.monotonic()
-    from dvla.rpc.client import ControlClient
+    from dvla.rpc.client import ControlClient, RpcFailed
 
     try:
         client = ControlClient(launcher.start(), cfg.control)
@@ -135,11 +149,21 @@ def run_chaos(
         next_fault = t0 + every_s * rng.uniform(0.5, 1.5) if every_s else float("inf")
         open_faults: list[Fault] = []
         actor = _ActorFault(actor_at, cfg.pipeline.num_updates)
+        control = _ControlFault(control_at, cfg.pipeline.num_updates)
         while waiter.is_alive():
             time.sleep(0.2)
-            s = client.status()
             now = time.monotonic()
+            try:
+                s = client.status()
+            except RpcFailed:
+                continue  # weight_control is down: it is started again
             workers = {w.worker_id: w for w in s.workers}
+            control.follow(s, now - t0)
+            if control.due(s, actor, open_faults):
+                f = control.kill(launcher, s, now - t0)
+                faults.append(f)
+                print(f"chaos: killed weight_control at v{s.latest_version} ({f.t_kill:.0f} s)", flush=True)
+                continue
             for f in list(open_faults):
                 w = workers.get(f.worker_id)
                 if f.kind == "actor killed":
@@ -158,7 +182,7 @@ def run_chaos(
                 print(f"chaos: killed the actor at v{s.latest_version} ({f.t_kill:.0f} s)", flush=True)
                 continue
             near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
-            if now < next_fault or near_end or s.latest_version < 1 or actor.open:
+            if now < next_fault or near_end or s.latest_version < 1 or actor.open or control.open:
                 continue
             victims = [
                 c
@@ -235,6 +259,37 @@ class _ActorFault:
             self._low = s.latest_version if self._low is None else min(self._low, s.latest_version)
             if s.latest_version > self._low:  # it trained and published a version of its own
                 f.recover_s, self.open = t - f.t_kill, False
+
+
+class _ControlFault:
+    """The one weight_control kill: when it is due, and how the run came back from it."""
+
+    def __init__(self, at: float | None, num_updates: int):
+        self.at_version = None if at is None else max(1, round(at * num_updates))
+        self.open = False
+        self.fault: Fault | None = None
+
+    def due(self, s, actor: _ActorFault, open_faults: list[Fault]) -> bool:
+        if self.at_version is None or s.latest_version < self.at_version or actor.open or open_faults:
+            return False
+        return all(w.membership == pb.MEMBER for w in s.workers if w.role == pb.ROLLOUT)
+
+    def kill(self, launcher, s, t: float) -> Fault:
+        wc = next(c for c in launcher.children if c.name == "weight_control")
+        os.kill(wc.proc.pid, signal.SIGKILL)
+        self.at_version, self.open = None, True
+        self.fault = Fault("weight_control killed", "weight_control", s.latest_version, t)
+        return self.fault
+
+    def follow(self, s, t: float) -> None:
+        f = self.fault
+        if not self.open or f is None or s.uptime_s > t - f.t_kill:
+            return  # still the old weight_control's answer
+        if f.detect_s is None:
+            f.detect_s = t - f.t_kill
+        members = [w for w in s.workers if w.role == pb.ROLLOUT and w.membership == pb.MEMBER]
+        if len(members) >= s.target_rollouts and s.has_version and s.latest_version > f.at_version:
+            f.recover_s, self.open = t - f.t_kill, False
 
 
 def _totals(status) -> dict[str, int]:

@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     c = sub.add_parser(
         "chaos",
-        help="a run with a rollout worker killed every --every seconds (and the actor once, --actor-at): how "
+        help="a run with a rollout worker killed every --every seconds (the actor once, --actor-at, and weight_control "
+        "once, --control-at): how "
         "long faults took to detect and recover from, and whether the ledger balances (table, faults.csv, "
         "chaos.json in the run folder)",
     )
@@ -76,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="also kill the actor once, when this share of the updates is done (e.g. 0.4); it starts again from "
         "the newest checkpoint (checkpoint.every_updates must be > 0)",
+    )
+    c.add_argument(
+        "--control-at",
+        type=float,
+        help="also kill weight_control once, when this share of the updates is done (e.g. 0.2); it starts again "
+        "on the same port and the workers register with it again",
     )
     c.add_argument("overrides", nargs="*", help="section.field=value, e.g. pipeline.num_updates=100")
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")
@@ -132,8 +139,9 @@ def chaos_command(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides, args.preset)
         if not args.every >= 0:
             raise ValueError(f"--every must be >= 0 seconds (0: no rollout is killed), got {args.every}")
-        if args.actor_at is not None and not 0 < args.actor_at < 1:
-            raise ValueError(f"--actor-at is a share of the updates, in (0, 1); got {args.actor_at}")
+        for flag, at in (("--actor-at", args.actor_at), ("--control-at", args.control_at)):
+            if at is not None and not 0 < at < 1:
+                raise ValueError(f"{flag} is a share of the updates, in (0, 1); got {at}")
         if args.actor_at is not None and not cfg.checkpoint.every_updates:
             raise ValueError("--actor-at needs checkpoints to restart from: set checkpoint.every_updates > 0")
     except ValueError as e:
@@ -141,7 +149,7 @@ def chaos_command(args: argparse.Namespace) -> int:
         return 2
     from dvla.chaos import run_chaos
 
-    report = run_chaos(cfg, every_s=args.every, seed=args.seed, actor_at=args.actor_at)
+    report = run_chaos(cfg, every_s=args.every, seed=args.seed, actor_at=args.actor_at, control_at=args.control_at)
     print(report.table())
     print(f"details: {report.run_dir}/faults.csv, chaos.json, logs/")
     return 0 if report.survived else 1

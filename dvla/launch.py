@@ -183,6 +183,8 @@ class Launcher:
             return False
         if _is_actor(c.name):
             return c.restarts < p.actor_restarts
+        if c.name == "weight_control":
+            return c.restarts < p.control_restarts
         return c.name.startswith("rollout-") and c.restarts < p.rollout_restarts
 
     def _plan_restart(self, c: Child, rc: int) -> None:
@@ -191,9 +193,12 @@ class Launcher:
             self._plan_actor_restart(c, rc, delay)
             return
         self._due[c.name] = time.monotonic() + delay
+        wc = c.name == "weight_control"
+        budget = self.cfg.pipeline.control_restarts if wc else self.cfg.pipeline.rollout_restarts
+        then = "the workers keep going and register with it again" if wc else "the run goes on without it"
         print(
             f"\n{c.name} {_exit_text(rc)}; starting it again in {delay:.0f} s "
-            f"(restart {c.restarts + 1} of {self.cfg.pipeline.rollout_restarts}); the run goes on without it. "
+            f"(restart {c.restarts + 1} of {budget}); {then}. "
             f"Last lines of {c.log_path}:\n{c.tail(8)}",
             file=sys.stderr,
             flush=True,
@@ -243,7 +248,13 @@ class Launcher:
             argv = self._actor_argv(old.argv) if _is_actor(name) else old.argv
             new = self.spawn(name, *argv, cores=old.cores, again=True)
             new.restarts = old.restarts + 1
-            what = "the data plane re-forms around it" if _is_actor(name) else "it rejoins at the next data-plane epoch"
+            what = (
+                "the data plane re-forms around it"
+                if _is_actor(name)
+                else "the workers register with it again"
+                if name == "weight_control"
+                else "it rejoins at the next data-plane epoch"
+            )
             print(f"{name} started again (pid {new.proc.pid}); {what}", flush=True)
 
     def wait(self) -> int:
@@ -266,7 +277,13 @@ class Launcher:
                     bar.close()
                     print(f"\n{c.name} {_exit_text(rc)}; last lines of {c.log_path}:\n{c.tail()}", file=sys.stderr)
                     if c.restarts:
-                        budget = "pipeline.actor_restarts" if _is_actor(c.name) else "pipeline.rollout_restarts"
+                        budget = (
+                            "pipeline.actor_restarts"
+                            if _is_actor(c.name)
+                            else "pipeline.control_restarts"
+                            if c.name == "weight_control"
+                            else "pipeline.rollout_restarts"
+                        )
                         print(f"{c.name} was started again {c.restarts} time(s), the most allowed "
                               f"({budget}): giving up", file=sys.stderr)  # fmt: skip
                     return rc
@@ -277,7 +294,7 @@ class Launcher:
                     try:
                         # Once the final version is out, rollouts exit by themselves while the actor still
                         # writes its last checkpoint: none of them is to be replaced.
-                        self._finished = client.latest().state == RunState.FINISHED
+                        self._finished = client.latest(patient=False).state == RunState.FINISHED
                         if not self._finished:
                             self.follow_rescale(client.world())
                     except RpcFailed:

@@ -140,6 +140,9 @@ class PipelineConfig:
     """`dvla run`: times the actor (every rank of an actor group together) is started again after one dies,
     from the newest checkpoint of the run folder (checkpoint.every_updates); rollouts wait for it up to
     control.lost_after_s. 0: an actor that dies ends the run."""
+    control_restarts: int = 3
+    """`dvla run`: times weight_control is started again (on the same port) after it dies; the workers register
+    with it again and the run goes on. 0: a weight_control that dies ends the run."""
     num_shards: int = 2
     """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
     max_batch: int = 0
@@ -212,6 +215,7 @@ class PipelineConfig:
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")
         _check(self.rollout_restarts >= 0, "pipeline.rollout_restarts", f"must be >= 0, got {self.rollout_restarts}")
         _check(self.actor_restarts >= 0, "pipeline.actor_restarts", f"must be >= 0, got {self.actor_restarts}")
+        _check(self.control_restarts >= 0, "pipeline.control_restarts", f"must be >= 0, got {self.control_restarts}")
 
 
 @dataclass(frozen=True)

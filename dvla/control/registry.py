@@ -97,6 +97,7 @@ class Registry:
         self.rendezvous_address = ""
         self.epoch = 0
         self.actor_incarnation = 0  # times actor rank 0 was replaced by a new process
+        self.took_over = False  # workers registered again from a run under way (weight_control started again)
 
     # ------------------------------------------------------------------ the world
     @property
@@ -233,6 +234,8 @@ class Registry:
                 f"num_envs={num_envs} and num_shards={num_shards}: need num_shards in "
                 f"[0, {MAX_SHARDS}] dividing num_envs"
             )
+        if next_epoch:
+            self.took_over = True  # a run already under way: this weight_control was started again
         if next_epoch > self.epoch:
             self.epoch = next_epoch
             self._remember()

@@ -232,6 +232,17 @@ class RunControl:
                 sent_to_retired += min(self._sent_before.get(w.worker_key, sent), sent)
             for k in _REPORTED:
                 t[k] += counts[k]
+        # Rollouts this weight_control never saw (it was started again, after they died): the actor still
+        # reports what each delivered; nothing more will come from them. (Otherwise an unknown key is no one's.)
+        known = {w.worker_key for w in self.registry.incarnations() if w.role == Role.ROLLOUT and w.worker_key}
+        for key, seen in self._senders.items() if self.registry.took_over else ():
+            if key not in known:
+                t["episodes_produced"] += seen.episodes_produced
+                t["env_steps_produced"] += seen.env_steps_produced
+                t["episodes_sent"] += seen.episodes_sent
+                lost_unsent += seen.episodes_produced - seen.episodes_sent
+                if retired:
+                    sent_to_retired += min(self._sent_before.get(key, seen.episodes_sent), seen.episodes_sent)
         lost_with_actor = sent_to_retired - finished_by_retired if retired else 0
         t["episodes_lost"] = lost_unsent + lost_with_actor
         t["episodes_in_flight"] = (

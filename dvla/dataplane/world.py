@@ -32,21 +32,27 @@ class DataPlane:
     With NCCL, set this process's CUDA device (torch.cuda.set_device) first: messages travel on it.
     """
 
-    def __init__(self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0):
+    def __init__(
+        self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0, connect_now: bool = True
+    ):
+        """connect_now=False (a rollout): connect to the store when forming the first epoch, where a store that
+        is gone (its actor died) cancels that epoch instead of failing here."""
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
         self.is_host, self.address = is_host, rendezvous
-        self.store = self._connect(rendezvous)
+        split_address(rendezvous, "data-plane rendezvous")  # a bad address fails now, whenever we connect
+        self.store = self._connect(rendezvous) if connect_now or is_host else None
         self.store_lost = False  # the connection to the store broke (its host died)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
         self.link: Link | None = None  # that epoch's group
 
-    def _connect(self, rendezvous: str) -> dist.TCPStore:
+    def _connect(self, rendezvous: str, max_wait_s: float = 60.0) -> dist.TCPStore:
         host, port = split_address(rendezvous, "data-plane rendezvous")
         # The host's store lives as long as its process; clients connect once per host. A worker only learns
         # the address once the actor (which starts the store first) has registered, so connecting is quick,
-        # and a short deadline lets a late joiner notice that the run has ended instead of waiting.
-        store_timeout = timedelta(seconds=min(self.timeout.total_seconds(), 60.0))
+        # and a short deadline lets a late joiner notice that the run has ended (or the actor died) instead
+        # of waiting.
+        store_timeout = timedelta(seconds=min(self.timeout.total_seconds(), max_wait_s))
         return dist.TCPStore(host, port, is_master=self.is_host, wait_for_workers=False, timeout=store_timeout)
 
     def form(self, world: World, abort: Callable[[], bool] = lambda: False, poll_s: float = 0.02) -> bool:
@@ -58,10 +64,11 @@ class DataPlane:
             raise RuntimeError(f"leave data-plane epoch {self.epoch} before forming epoch {epoch}")
         if not 0 <= rank < world_size:
             raise ValueError(f"data-plane rank {rank} is outside [0, {world_size})")
-        if world.rendezvous and (world.rendezvous != self.address or self.store_lost) and not self.is_host:
-            self.store, self.address = self._connect(world.rendezvous), world.rendezvous
-            self.store_lost = False
         try:
+            address = world.rendezvous or self.address
+            if not self.is_host and (self.store is None or self.store_lost or address != self.address):
+                self.store, self.address, self.store_lost = None, address, False
+                self.store = self._connect(address, max_wait_s=10.0)
             return self._rendezvous(epoch, rank, world_size, abort, poll_s)
         except dist.DistError:  # the store's host (the actor) died: this epoch will not form
             if self.is_host:

@@ -309,9 +309,9 @@ class ControlClient:
             raise RpcFailed("DATA_LOSS", str(e)) from None
         return header.version, header.final, tensors
 
-    def latest(self) -> VersionEvent:
-        """The newest version and the run's state; tried again while weight_control is unreachable."""
-        return self.patiently(self._latest)
+    def latest(self, patient: bool = True) -> VersionEvent:
+        """The newest version and the run's state; tried again while weight_control is unreachable (patient)."""
+        return self.patiently(self._latest) if patient else self._latest()
 
     @_wrap
     def _latest(self) -> VersionEvent:

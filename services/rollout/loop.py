@@ -47,7 +47,7 @@ from dvla.membership import Heartbeat, RunFinished, join
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 from dvla.service_main import give_up, resolve_device
-from dvla.types import Membership, RunState, World
+from dvla.types import Membership, World
 
 log = logging.getLogger("dvla.rollout")
 
@@ -88,9 +88,10 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             return report()
         heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s,
                               lost_after_s=cfg.control.lost_after_s, on_lost=give_up).start()  # fmt: skip
-        plane = connect(reg.rendezvous_address, cfg, heartbeat)
-        if plane is None:
-            return report()
+        # connected when the first epoch forms: an actor that died meanwhile only cancels that epoch
+        d = cfg.dataplane
+        plane = DataPlane(reg.rendezvous_address, is_host=False, backend=d.backend, timeout_s=d.timeout_s,
+                          connect_now=False)  # fmt: skip
         lane = WeightLane(client, lambda: build_policy(cfg.policy, pool.spec).to(device).eval(), stop)
         if p.background_weights:
             lane.start_thread()
@@ -124,21 +125,6 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
             heartbeat.stop()
         pool.close()
         client.close()
-
-
-def connect(rendezvous: str, cfg: RunConfig, heartbeat: Heartbeat) -> DataPlane | None:
-    """The actor's rendezvous store; None when the run ended before this worker could join it."""
-    try:
-        return DataPlane(rendezvous, is_host=False, backend=cfg.dataplane.backend, timeout_s=cfg.dataplane.timeout_s)
-    except Exception:  # torch's DistNetworkError and kin: the actor's rendezvous store is not there
-        heartbeat.beat()
-        if heartbeat.state in (
-            RunState.FINISHED,
-            RunState.UNKNOWN,
-        ):  # a late joiner: the run (or weight_control) is over
-            log.info("the run ended before this worker could join it")
-            return None
-        raise
 
 
 class Evicted(RuntimeError):

@@ -45,23 +45,26 @@ FAST = [
 ]
 
 
-def test_a_chaos_run_survives_rollouts_killed_at_random_and_the_actor_killed_once(tmp_path: Path):
+def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_control_once(tmp_path: Path):
     overrides = ["pipeline.num_updates=50", "pipeline.slow_actor_s=0.5", "checkpoint.every_updates=5"]
     cfg = load_config(None, [*FAST, *overrides])
-    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.4)
+    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.5, control_at=0.2)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
     assert report.rc == 0, logs
     rollouts = [f for f in report.faults if f.kind == "rollout killed"]
     actors = [f for f in report.faults if f.kind == "actor killed"]
-    assert len(rollouts) >= 2 and len(actors) == 1, report.table()
+    controls = [f for f in report.faults if f.kind == "weight_control killed"]
+    assert len(rollouts) >= 2 and len(actors) == 1 and len(controls) == 1, report.table()
     assert report.versions_ok and report.balanced, report.table()
     # a rollout: detected within the eviction deadline (plus a sweep and a status poll); the actor: missing
-    # after 5 heartbeats, or already started again; every fault was over (the worker back, sending in a new
-    # epoch; the actor back from its checkpoint, publishing versions it trained) before the run ended
+    # after 5 heartbeats, or already started again; weight_control: started again and answering; every fault
+    # was over (the worker back, sending in a new epoch; the actor back from its checkpoint, publishing
+    # versions it trained; every worker registered again with weight_control) before the run ended
     assert all(f.detect_s is not None and f.detect_s < 3 + 2 for f in report.faults), report.table()
     assert all(f.recover_s is not None for f in report.faults), report.table()
     actor_log = (tmp_path / "run" / "logs" / "actor.log").read_text()
     assert "actor started again" in actor_log and "resumed from" in actor_log
+    assert "registered again" in (tmp_path / "run" / "logs" / "weight_control.log").read_text()
     t = report.totals
     assert t["episodes_lost"] >= 0 and t["episodes_produced"] >= 50 * 4
     restarts = (tmp_path / "run" / "logs" / f"{report.faults[0].worker_id}.log").read_text()
