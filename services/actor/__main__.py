@@ -25,11 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--resume",
         default=os.environ.get("DVLA_RESUME") or None,
-        help="continue from this checkpoint, or the newest one of this run folder (env DVLA_RESUME)",
+        help="continue from this checkpoint, or the newest one of this run folder; 'auto': from the newest one of "
+        "--run-dir if it has one, else from the start (a supervisor restarting the actor: Kubernetes, compose) "
+        "(env DVLA_RESUME)",
     )
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     resume = None
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
+    if args.resume == "auto":
+        from dvla.checkpoint import CHECKPOINTS, list_checkpoints
+
+        found = list_checkpoints(run_dir / CHECKPOINTS)
+        args.resume = str(found[-1]) if found else None
+        what = f"continuing from {found[-1]}" if found else f"no checkpoint in {run_dir}: from the start"
+        print(f"--resume auto: {what}", file=sys.stderr, flush=True)
     if args.resume:
         from dvla.checkpoint import check_can_continue, inspect_checkpoint
 
@@ -42,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         resume = info.path
     from .loop import run_actor
 
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
     return run_service(
         "actor",
         cfg.telemetry,

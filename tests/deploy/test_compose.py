@@ -148,3 +148,10 @@ def test_trace_viewer_is_behind_the_tracing_profile(services):
     assert jaeger["profiles"] == ["tracing"]
     assert "jaegertracing/all-in-one" in jaeger["image"]
     assert environment(jaeger)["COLLECTOR_OTLP_ENABLED"] == "true"
+
+
+def test_a_dead_service_is_started_again_and_the_actor_continues_from_its_checkpoint(services):
+    for name in DVLA_SERVICES:
+        assert services[name]["restart"] == "on-failure", name
+    env = environment(services["actor"])
+    assert env["DVLA_WORKER_ID"] == "actor-0" and env["DVLA_RESUME"] == "auto"

@@ -181,3 +181,12 @@ def test_gpu_overlay_patches_paths_that_exist(objects):
             assert op["op"] == "add" and isinstance(node, dict) and leaf == "nvidia.com/gpu" and op["value"] == 1
         patched.add(target["metadata"]["name"])
     assert patched == {"actor", "rollout"}
+
+
+def test_a_restarted_actor_pod_continues_from_its_checkpoint_as_the_same_actor(objects):
+    actor = workloads(objects)["actor"]
+    e = env(container(actor))
+    # the same worker id: weight_control takes the new process as the actor's next incarnation
+    assert e["DVLA_WORKER_ID"]["value"] == "actor-0" and e["DVLA_RESUME"]["value"] == "auto"
+    assert actor["spec"]["template"]["spec"].get("restartPolicy", "Always") == "Always"
+    assert actor["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "runs"  # checkpoints outlive the pod

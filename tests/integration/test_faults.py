@@ -228,7 +228,7 @@ def test_services_by_hand_go_on_when_the_actor_dies_and_continue_from_its_checkp
         assert missing[0].worker_id == "actor-0"
         assert "ACTOR MISSING: actor-0" in format_status(svc.client.status())
         assert svc.procs["r0"].poll() is None and svc.procs["r1"].poll() is None  # the rollouts wait for it
-        svc.actor("--resume", str(svc.run_dir))  # started again by hand, from the newest checkpoint
+        svc.actor("--resume", "auto")  # started again as a supervisor would: from the run folder's newest checkpoint
         svc.wait_for(lambda s: s if s.actor_incarnation == 1 and s.latest_version >= 11 else None, 90)
         recovered = time.monotonic() - killed
         assert svc.procs["actor"].wait(timeout=180) == 0, svc.logs["actor"].read_text()[-3000:]
