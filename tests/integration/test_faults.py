@@ -201,6 +201,14 @@ class Services:
             time.sleep(0.2)
         return found
 
+    def kill_once_training(self, victim: str, at_version: int) -> float:
+        """Start the actor and two rollouts, SIGKILL `victim` once `at_version` is out; when it was killed."""
+        self.actor()
+        self.rollout("r0"), self.rollout("r1")
+        self.wait_for(lambda s: s.latest_version >= at_version, 150)
+        self.procs[victim].send_signal(signal.SIGKILL)
+        return time.monotonic()
+
     def close(self) -> None:
         self.client.close()
         for p in self.procs.values():
@@ -253,11 +261,7 @@ def test_services_by_hand_go_on_when_the_actor_dies_and_continue_from_its_checkp
 def test_rollouts_exit_with_a_clear_message_when_the_actor_never_comes_back(tmp_path: Path):
     svc = Services(tmp_path, ["pipeline.num_updates=200", "pipeline.slow_actor_s=0.3", "control.lost_after_s=6"])
     try:
-        svc.actor()
-        svc.rollout("r0"), svc.rollout("r1")
-        svc.wait_for(lambda s: s.latest_version >= 2, 150)
-        svc.procs["actor"].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
+        killed = svc.kill_once_training("actor", at_version=2)
         codes = [svc.procs[r].wait(timeout=60) for r in ("r0", "r1")]
         waited = time.monotonic() - killed
         alive = svc.procs["wc"].poll() is None  # weight_control stays, and says what is wrong
@@ -302,11 +306,7 @@ def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes
 def test_every_process_exits_with_a_clear_message_when_weight_control_never_comes_back(tmp_path: Path):
     svc = Services(tmp_path, ["pipeline.num_updates=200", "pipeline.slow_actor_s=0.3", "control.lost_after_s=8"])
     try:
-        svc.actor()
-        svc.rollout("r0"), svc.rollout("r1")
-        svc.wait_for(lambda s: s.latest_version >= 2, 150)
-        svc.procs["wc"].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
+        killed = svc.kill_once_training("wc", at_version=2)
         codes = {name: svc.procs[name].wait(timeout=60) for name in ("actor", "r0", "r1")}
         waited = time.monotonic() - killed
     finally:
