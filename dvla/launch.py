@@ -176,16 +176,18 @@ class Launcher:
         """The actor ranks' processes (the newest of each), rank 0 first."""
         return [c for c in self.children if _is_actor(c.name)]
 
+    def _budget(self, name: str) -> tuple[str, int]:
+        """The setting that bounds how often the process `name` is started again, and its value."""
+        key = "actor_restarts" if _is_actor(name) else "control_restarts" if name == "weight_control" else (
+            "rollout_restarts"
+        )  # fmt: skip
+        return f"pipeline.{key}", getattr(self.cfg.pipeline, key)
+
     def _restartable(self, c: Child) -> bool:
         """A process that died while the run goes on, with restarts left (an actor: the group's)."""
-        p = self.cfg.pipeline
         if self._finished or any(a.proc.poll() == 0 for a in self.actors()):
             return False
-        if _is_actor(c.name):
-            return c.restarts < p.actor_restarts
-        if c.name == "weight_control":
-            return c.restarts < p.control_restarts
-        return c.name.startswith("rollout-") and c.restarts < p.rollout_restarts
+        return c.restarts < self._budget(c.name)[1]
 
     def _plan_restart(self, c: Child, rc: int) -> None:
         delay = min(30.0, 2.0**c.restarts)
@@ -194,11 +196,10 @@ class Launcher:
             return
         self._due[c.name] = time.monotonic() + delay
         wc = c.name == "weight_control"
-        budget = self.cfg.pipeline.control_restarts if wc else self.cfg.pipeline.rollout_restarts
         then = "the workers keep going and register with it again" if wc else "the run goes on without it"
         print(
             f"\n{c.name} {_exit_text(rc)}; starting it again in {delay:.0f} s "
-            f"(restart {c.restarts + 1} of {budget}); {then}. "
+            f"(restart {c.restarts + 1} of {self._budget(c.name)[1]}); {then}. "
             f"Last lines of {c.log_path}:\n{c.tail(8)}",
             file=sys.stderr,
             flush=True,
@@ -220,7 +221,7 @@ class Launcher:
         who = "the actor" if len(self.actors()) == 1 else f"the {len(self.actors())} actor ranks"
         print(
             f"\n{c.name} {_exit_text(rc)}; starting {who} again from {source} in {delay:.0f} s "
-            f"(restart {c.restarts + 1} of {self.cfg.pipeline.actor_restarts}); rollouts wait for it. "
+            f"(restart {c.restarts + 1} of {self._budget(c.name)[1]}); rollouts wait for it. "
             f"Last lines of {c.log_path}:\n{c.tail(8)}",
             file=sys.stderr,
             flush=True,
@@ -277,15 +278,8 @@ class Launcher:
                     bar.close()
                     print(f"\n{c.name} {_exit_text(rc)}; last lines of {c.log_path}:\n{c.tail()}", file=sys.stderr)
                     if c.restarts:
-                        budget = (
-                            "pipeline.actor_restarts"
-                            if _is_actor(c.name)
-                            else "pipeline.control_restarts"
-                            if c.name == "weight_control"
-                            else "pipeline.rollout_restarts"
-                        )
                         print(f"{c.name} was started again {c.restarts} time(s), the most allowed "
-                              f"({budget}): giving up", file=sys.stderr)  # fmt: skip
+                              f"({self._budget(c.name)[0]}): giving up", file=sys.stderr)  # fmt: skip
                     return rc
                 self._restart_due()
                 actors = self.actors()

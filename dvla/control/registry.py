@@ -247,21 +247,13 @@ class Registry:
             known is not None
             and known.role == Role.ROLLOUT == role
             and known.membership in _LIVE
-            and worker_key
-            and known.worker_key
-            and worker_key != known.worker_key
+            and _another_process(known, worker_key)
         ):
             self._evict(known, "a new process registered under its id: the old one is gone")
         if known is not None and known.membership in (Membership.LEFT, Membership.EVICTED):
             self._retired.append(known)  # a new incarnation: the old one's counters stay in the totals
             known = None
-        if (
-            known is not None
-            and known.role == Role.ACTOR == role
-            and worker_key
-            and known.worker_key
-            and worker_key != known.worker_key
-        ):
+        if known is not None and known.role == Role.ACTOR == role and _another_process(known, worker_key):
             return self._restart_actor(known, address, rendezvous_address, env_spec, worker_key)
         if known is not None:
             if known.role != role:
@@ -390,6 +382,11 @@ class Registry:
         """The newest incarnation of `worker_id`, if it ever registered."""
         return self._workers.get(worker_id)
 
+    def is_new_actor_process(self, worker_id: str, worker_key: int) -> bool:
+        """Registering `worker_id` with `worker_key` would start a new incarnation of an actor rank."""
+        known = self.find(worker_id)
+        return known is not None and known.role == Role.ACTOR and _another_process(known, worker_key)
+
     def workers(self) -> list[Worker]:
         return sorted(self._workers.values(), key=lambda w: (_ORDER.index(w.membership), w.rank, w.worker_id))
 
@@ -414,3 +411,8 @@ class Registry:
         if len(specs) > 1:
             raise InvalidArgument(f"rollouts report different env specs: {specs}")
         return next(iter(specs), None)
+
+
+def _another_process(known: Worker, worker_key: int) -> bool:
+    """Both keys given and different: a new process under a known id (the old one is gone)."""
+    return bool(worker_key and known.worker_key and worker_key != known.worker_key)

@@ -152,15 +152,7 @@ class RunControl:
         versions its predecessor published go with it: it publishes its checkpoint's version first."""
         r = self.registry
         before = r.actor_incarnation
-        known = r.find(worker_id)
-        if (
-            self.state == RunState.FINISHED
-            and known is not None
-            and known.role == Role.ACTOR
-            and worker_key
-            and known.worker_key
-            and worker_key != known.worker_key
-        ):
+        if self.state == RunState.FINISHED and r.is_new_actor_process(worker_id, worker_key):
             raise OutOfOrder("the run has finished: a new actor process has nothing to continue")
         w = r.register(role, worker_id, *args, worker_key=worker_key, **kw)
         if r.actor_incarnation != before:
@@ -214,11 +206,11 @@ class RunControl:
         lost_unsent = sent_to_retired = finished_by_retired = 0
         for w in self.registry.incarnations():
             if id(w) in retired:  # its queue and its batch in training died with it
-                finished = int(w.stats.get("episodes_trained", 0)) + int(w.stats.get("episodes_dropped", 0))
-                t["episodes_trained"] += int(w.stats.get("episodes_trained", 0))
-                t["episodes_dropped"] += int(w.stats.get("episodes_dropped", 0))
-                t["episodes_received"] += finished
-                finished_by_retired += finished
+                trained, dropped = int(w.stats.get("episodes_trained", 0)), int(w.stats.get("episodes_dropped", 0))
+                t["episodes_trained"] += trained
+                t["episodes_dropped"] += dropped
+                t["episodes_received"] += trained + dropped
+                finished_by_retired += trained + dropped
                 continue
             rollout = w.role == Role.ROLLOUT and w.worker_key
             seen = self._senders.get(w.worker_key) if rollout else None
