@@ -80,7 +80,8 @@ class Heartbeat:
     It is the Control port of a service: `directives` as of the last reply, `beat()` to report now,
     `acknowledge()` to tell weight_control of something done. The stats are telemetry; what
     weight_control acts on travels as typed Acks beside them. The actor also reports `senders()`:
-    each rollout's counters as its latest batch carried them."""
+    each rollout's counters as its latest batch carried them, and `broken()`: the (epoch, rank)
+    pairs whose data-plane connection broke, so weight_control evicts those workers at once."""
 
     def __init__(
         self,
@@ -89,13 +90,14 @@ class Heartbeat:
         stats: Callable[[], dict],
         period_s: float,
         senders: Callable[[], list[SenderCounts]] = list,
+        broken: Callable[[], list[tuple[int, int]]] = list,
         lost_after_s: float = 0.0,
         on_lost: Callable[[str], None] | None = None,
     ):
         """lost_after_s: after this long without one answered beat, or (a rollout) with the actor silent,
         on_lost(why) is called once (0: never)."""
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
-        self.senders = senders
+        self.senders, self.broken = senders, broken
         self.lost_after_s, self.on_lost = lost_after_s, on_lost
         self._last_ok = time.monotonic()
         self._gave_up = False
@@ -137,8 +139,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         try:
-            stats = self.stats()
-            self.directives = self.client.heartbeat(self.worker_id, stats, self.acks, self.senders())
+            self._report()
             self._last_ok = time.monotonic()
             gone = self.directives.actor_silent_s
             if self.lost_after_s and gone > self.lost_after_s and self.on_lost and not self._gave_up:
@@ -161,12 +162,15 @@ class Heartbeat:
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)
             log.exception("heartbeat: could not gather stats")
 
+    def _report(self) -> None:
+        self.directives = self.client.heartbeat(self.worker_id, self.stats(), self.acks, self.senders(), self.broken())
+
     def _rejoin(self) -> bool:
         """weight_control does not know this worker (it was restarted): register again, report; True if done."""
         try:
             self.client.rejoin(self.directives.epoch)
             log.warning("weight_control did not know this worker (it was restarted?): registered again")
-            self.directives = self.client.heartbeat(self.worker_id, self.stats(), self.acks, self.senders())
+            self._report()
             self._last_ok = time.monotonic()
             return True
         except RpcFailed as e:

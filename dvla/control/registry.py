@@ -345,6 +345,24 @@ class Registry:
                 evicted.append(w)
         return evicted
 
+    def evict_broken(self, broken: list[tuple[int, int]]) -> list[Worker]:
+        """Evict the workers of (epoch, rank) pairs whose connection to the actor broke; the workers evicted now.
+
+        Only the worker that held the rank in that epoch, and only while it is still live: a later
+        incarnation under the same id (a new process) is another worker, and a pair repeated by the
+        next heartbeats finds its worker already evicted.
+        """
+        evicted = []
+        for epoch, rank in broken:
+            members = self._worlds.get(epoch, [])
+            i = rank - self.num_actors
+            w = members[i] if 0 <= i < len(members) else None
+            if w is None or w.membership not in _LIVE or self._workers.get(w.worker_id) is not w:
+                continue
+            self._evict(w, f"the actor's connection to its rank {rank} of data-plane epoch {epoch} broke")
+            evicted.append(w)
+        return evicted
+
     def _evict(self, w: Worker, why: str) -> None:
         was_member = w.membership == Membership.MEMBER
         w.membership, w.rank = Membership.EVICTED, -1

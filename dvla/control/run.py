@@ -102,21 +102,30 @@ class RunControl:
         return self.checkpoint_request if w.role == Role.ACTOR else 0
 
     def on_heartbeat(
-        self, worker_id: str, stats: dict, acks: Acks | None = None, senders: list[SenderCounts] = ()
+        self,
+        worker_id: str,
+        stats: dict,
+        acks: Acks | None = None,
+        senders: list[SenderCounts] = (),
+        broken: list[tuple[int, int]] = (),
     ) -> tuple[Worker, bool]:
-        """Record a heartbeat; also True if the actor acknowledged a checkpoint request it had not before."""
+        """Record a heartbeat; also True if it changed what others wait on: the actor acknowledged a
+        checkpoint request it had not before, or reported broken ranks whose workers are evicted now.
+
+        broken: (epoch, rank) pairs whose data-plane connection to the actor broke."""
         w = self.registry.heartbeat(worker_id, stats, acks)
-        if w.role == Role.ACTOR:
-            for c in senders:
-                held = self._senders.get(c.worker_key)
-                if held is None or c.episodes_sent >= held.episodes_sent:
-                    self._senders[c.worker_key] = c
-                self._sent_before[c.worker_key] = c.episodes_sent_before
-        done = w.acks.checkpoint_request_done
-        if w.role != Role.ACTOR or not done or done == self.checkpoint_done:
+        if w.role != Role.ACTOR:
             return w, False
-        self.checkpoint_done = done
-        return w, True
+        evicted = self.state != RunState.FINISHED and bool(self.registry.evict_broken(list(broken)))
+        for c in senders:
+            held = self._senders.get(c.worker_key)
+            if held is None or c.episodes_sent >= held.episodes_sent:
+                self._senders[c.worker_key] = c
+            self._sent_before[c.worker_key] = c.episodes_sent_before
+        done = w.acks.checkpoint_request_done
+        acked = bool(done) and done != self.checkpoint_done
+        self.checkpoint_done = done if acked else self.checkpoint_done
+        return w, acked or evicted
 
     def checkpoint_written(self, n: int) -> bool:
         """Whether the actor has reported checkpoint request `n` (or a later one) written."""

@@ -16,7 +16,9 @@ every rank sent END, or when there is no next epoch.
 A rank lost (its connection broke, or weight_control evicted its worker: dead,
 hung or cut off) counts as ended: the lane stops receiving from it and goes on
 with the others, and weight_control's next epoch forms without it. What it had
-not delivered is weight_control's to count as lost.
+not delivered is weight_control's to count as lost. A broken connection is
+reported (broken(), through the actor's heartbeat), so weight_control evicts
+that worker at once rather than after evict_after_s of silence.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 
 from dvla import telemetry
@@ -35,6 +38,7 @@ from dvla.types import SenderCounts, TrajectoryBatch, World
 
 log = logging.getLogger("dvla.lanes.receive")
 END = None  # put on the queue once the data plane has nothing more to give
+BROKEN_REMEMBERED = 16  # the newest broken (epoch, rank) pairs the heartbeat repeats to weight_control
 
 
 class ReceiveLane:
@@ -45,6 +49,7 @@ class ReceiveLane:
         self.blocked_s = 0.0  # time spent waiting for room in the queue
         self.sources_lost = 0  # rollout ranks lost mid-epoch (connection broken, or evicted)
         self._senders: dict[int, SenderCounts] = {}  # worker key -> the newest counters a batch carried
+        self._broken: deque[tuple[int, int]] = deque(maxlen=BROKEN_REMEMBERED)  # (epoch, rank) seen lost
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="receive-lane", daemon=True)
 
@@ -92,6 +97,7 @@ class ReceiveLane:
                 continue
             except SourceLost as e:
                 self.sources_lost += 1
+                self._broken.append((self.world.epoch, e.rank))
                 log.warning("%s; going on with ranks %s of epoch %d", e, source.open_sources, self.world.epoch)
                 continue
             if b is None:
@@ -121,6 +127,11 @@ class ReceiveLane:
     def senders(self) -> list[SenderCounts]:
         """Each rollout's counters as its newest batch here carried them (read after the ledger's snapshot)."""
         return list(self._senders.values())
+
+    def broken(self) -> list[tuple[int, int]]:
+        """(epoch, rank) of the newest ranks whose connection broke here: the heartbeat tells weight_control,
+        which evicts their workers at once instead of after control.evict_after_s of silence."""
+        return list(self._broken)
 
     def take(self, timeout_s: float | None = None) -> TrajectoryBatch | None:
         """Next batch, or END (None) once the data plane has nothing more; queue.Empty after timeout_s."""

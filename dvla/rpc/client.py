@@ -191,14 +191,21 @@ class ControlClient:
 
     @_wrap
     def heartbeat(
-        self, worker_id: str, stats: dict, acks: Acks | None = None, senders: list[SenderCounts] = ()
+        self,
+        worker_id: str,
+        stats: dict,
+        acks: Acks | None = None,
+        senders: list[SenderCounts] = (),
+        broken: list[tuple[int, int]] = (),
     ) -> Directives:
-        """Report telemetry (stats), acknowledgements and, from the actor, what each rollout had sent."""
+        """Report telemetry (stats), acknowledgements and, from the actor, what each rollout had sent and
+        the (epoch, rank) pairs whose data-plane connection broke."""
         req = registry_pb2.HeartbeatRequest(
             worker_id=worker_id,
             stats=codec.stats_to_pb(stats),
             acks=codec.acks_to_pb(acks or Acks()),
             senders=[codec.sender_to_pb(c) for c in senders],
+            broken=[registry_pb2.LostRank(epoch=e, rank=k) for e, k in broken],
         )
         r = self.registry.Heartbeat(req, timeout=self.cfg.rpc_timeout_s)
         return Directives(

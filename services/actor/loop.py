@@ -73,7 +73,8 @@ def run_actor(
         reg, plane, group = join_actor_group(cfg, client, worker_id, stop)
         metrics = MetricsLog(*metrics_paths(run_dir, reg.rank))
         heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders,
-                              lost_after_s=cfg.control.lost_after_s, on_lost=give_up).start()  # fmt: skip
+                              broken=report.broken, lost_after_s=cfg.control.lost_after_s,
+                              on_lost=give_up).start()  # fmt: skip
         telemetry.observe_worker("actor", worker_id, report)
         log.info("actor rank %d of %d; waiting for %d rollout(s) at %s", reg.rank, reg.num_actors,
                  reg.world_size - reg.num_actors, reg.rendezvous_address)  # fmt: skip

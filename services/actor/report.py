@@ -31,6 +31,9 @@ class ActorReport:
     def senders(self) -> list:
         return self.inbox.senders() if self.inbox is not None else []
 
+    def broken(self) -> list[tuple[int, int]]:
+        return self.inbox.broken() if self.inbox is not None else []
+
     def after_update(
         self, record: dict, start_steps: int, t0: float, publish_s: list[float], epoch: int, queued: int
     ) -> None:

@@ -187,14 +187,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     @_status
     async def Heartbeat(self, request, context):
         r = self.s.run.registry
-        w, checkpoint_acked = self.s.run.on_heartbeat(
+        w, changed = self.s.run.on_heartbeat(
             request.worker_id,
             codec.stats_from_pb(request.stats),
             codec.acks_from_pb(request.acks),
             [codec.sender_from_pb(c) for c in request.senders],
+            [(x.epoch, x.rank) for x in request.broken],
         )
-        if checkpoint_acked:
-            await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it
+        if changed:
+            await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it, and world watchers
         latest = self.s.run.store.latest
         return registry_pb2.HeartbeatReply(
             state=self.s.state,

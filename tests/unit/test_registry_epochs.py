@@ -263,3 +263,16 @@ def test_a_restarted_registry_numbers_its_world_after_the_epoch_the_workers_were
     assert ranks(r) == {"actor-0": (0, Membership.MEMBER), "r1": (1, Membership.MEMBER), "r0": (2, Membership.MEMBER)}
     r.register("rollout", "r0", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=10)  # a first registration
     assert r.epoch == 7
+
+
+def test_a_rank_whose_connection_broke_is_evicted_at_once_and_only_its_own_worker():
+    r = world(3)
+    assert r.evict_broken([(0, 2)]) == [r._workers["r1"]]  # epoch 0, rank 2: r1, long before any deadline
+    assert ranks(r)["r1"] == (-1, Membership.EVICTED) and ranks(r)["r2"] == (2, Membership.MEMBER)
+    assert r.epoch == 1 and r.lost() == [(0, 2)]
+    assert "the actor's connection to its rank 2 of data-plane epoch 0 broke" in r.drain_events()[0]
+    assert r.evict_broken([(0, 2)]) == [] and r.epoch == 1  # the next heartbeats repeat it: nothing more
+    r.register("rollout", "r1", env_spec=SPEC, num_envs=8, num_shards=2, worker_key=9)  # a new process, rank 3
+    assert r.evict_broken([(0, 2), (1, 2)]) == [r._workers["r2"]]  # epoch 1's rank 2 is r2 (moved down)
+    assert ranks(r)["r1"] == (2, Membership.MEMBER)  # the new r1 is another worker: (0, 2) was the old one's
+    assert r.evict_broken([(7, 1), (0, 9), (0, 0)]) == []  # an epoch not remembered, no such rank, an actor rank

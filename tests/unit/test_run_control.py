@@ -268,6 +268,21 @@ def test_a_finished_run_evicts_nobody():
     assert run.sweep() == [] and run.registry.workers()[1].membership == Membership.MEMBER
 
 
+def test_the_actors_report_of_a_broken_connection_evicts_that_rollout_before_its_deadline():
+    """A data-plane error the actor saw is news now; the heartbeat deadline would take 10 heartbeats."""
+    run = with_workers(2)
+    _, changed = run.on_heartbeat("r0", {}, broken=[(0, 1)])  # only the actor's word counts
+    assert not changed and run.registry.workers()[1].membership == Membership.MEMBER
+    _, changed = run.on_heartbeat("actor-0", {}, broken=[(0, 1)])  # epoch 0, rank 1: r0
+    members = {w.worker_id: w.membership for w in run.registry.workers()}
+    assert changed and (members["r0"], members["r1"]) == (Membership.EVICTED, Membership.MEMBER)
+    _, changed = run.on_heartbeat("actor-0", {}, broken=[(0, 1)])  # repeated in the next heartbeat: nothing new
+    assert not changed
+    publish(run, 1, final=True)
+    _, changed = run.on_heartbeat("actor-0", {}, broken=[(1, 1)])  # a finished run evicts nobody
+    assert not changed and {w.worker_id: w.membership for w in run.registry.workers()}["r1"] == Membership.MEMBER
+
+
 def test_store_rewind_drops_every_version_and_says_which():
     run = with_workers()
     assert run.store.rewind() == []  # nothing held: nothing dropped

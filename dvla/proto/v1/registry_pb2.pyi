@@ -116,6 +116,7 @@ class HeartbeatRequest(_message.Message):
     STATS_FIELD_NUMBER: _builtins.int
     ACKS_FIELD_NUMBER: _builtins.int
     SENDERS_FIELD_NUMBER: _builtins.int
+    BROKEN_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     @_builtins.property
     def stats(self) -> _common_pb2.WorkerStats:
@@ -129,6 +130,10 @@ class HeartbeatRequest(_message.Message):
     def senders(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderCounts]:
         """actor: each rollout's counters as of the last batch received from it"""
 
+    @_builtins.property
+    def broken(self) -> _containers.RepeatedCompositeFieldContainer[Global___LostRank]:
+        """actor: ranks whose connection broke mid-epoch (the newest few)"""
+
     def __init__(
         self,
         *,
@@ -136,10 +141,11 @@ class HeartbeatRequest(_message.Message):
         stats: _common_pb2.WorkerStats | None = ...,
         acks: Global___Acks | None = ...,
         senders: _abc.Iterable[Global___SenderCounts] | None = ...,
+        broken: _abc.Iterable[Global___LostRank] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "senders", b"senders", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "broken", b"broken", "senders", b"senders", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -289,7 +295,9 @@ Global___HeartbeatReply: _TypeAlias = HeartbeatReply  # noqa: Y015
 
 @_typing.final
 class LostRank(_message.Message):
-    """A data-plane rank whose worker weight_control evicted: nothing more will come from it."""
+    """A data-plane rank of an epoch: one whose worker weight_control evicted (nothing more will come from
+    it), or, from the actor, one whose connection broke (weight_control evicts its worker).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
