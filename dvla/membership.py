@@ -93,12 +93,14 @@ class Heartbeat:
         broken: Callable[[], list[tuple[int, int]]] = list,
         lost_after_s: float = 0.0,
         on_lost: Callable[[str], None] | None = None,
+        on_rejoin: Callable[[], None] | None = None,
     ):
         """lost_after_s: after this long without one answered beat, or (a rollout) with the actor silent,
-        on_lost(why) is called once (0: never)."""
+        on_lost(why) is called once (0: never). on_rejoin(): called once this worker registered again with
+        a weight_control that did not know it (restarted); it must not block (the heartbeats wait)."""
         self.client, self.worker_id, self.stats, self.period_s = client, worker_id, stats, period_s
         self.senders, self.broken = senders, broken
-        self.lost_after_s, self.on_lost = lost_after_s, on_lost
+        self.lost_after_s, self.on_lost, self.on_rejoin = lost_after_s, on_lost, on_rejoin
         self._last_ok = time.monotonic()
         self._gave_up = False
         self.stop_event = threading.Event()
@@ -172,6 +174,8 @@ class Heartbeat:
             log.warning("weight_control did not know this worker (it was restarted?): registered again")
             self._report()
             self._last_ok = time.monotonic()
+            if self.on_rejoin is not None:
+                self.on_rejoin()
             return True
         except RpcFailed as e:
             log.warning("registering again failed: %s", e)

@@ -6,7 +6,9 @@ waits for the sink to take the bytes
 thread    the caller's (lockstep modes), or its own in swimlane mode: `OffThread` runs
           the same `PublishLane.submit` there, so the next update trains while a version
           streams out; if versions queue up only the newest is sent (none is needed twice)
-owns      the publish timings
+owns      the publish timings, and the last version published: a restarted weight_control
+          holds no version, so `republish()` gives it that one again (one host copy of the
+          weights kept for it) and a rollout that joins then need not wait for the next update
 """
 
 from __future__ import annotations
@@ -22,18 +24,47 @@ from dvla.ports import WeightSink
 log = logging.getLogger("dvla.lanes.publish")
 
 
+# a sink's error codes (ControlError, RpcFailed) that say the store holds this version or a newer one
+_ALREADY_THERE = ("ALREADY_EXISTS", "FAILED_PRECONDITION")
+
+
 class PublishLane:
     def __init__(self, sink: WeightSink, publisher_id: str):
         self.sink, self.publisher_id = sink, publisher_id
         self.published: list[int] = []
         self.publish_s: list[float] = []
+        self._last: tuple[int, dict, bool] | None = None
+        self._lock = threading.Lock()  # a publish and a republish (from the heartbeat's thread) take turns
 
     def submit(self, version: int, weights: dict, final: bool = False) -> None:
-        t = time.monotonic()
-        with telemetry.span("publish.version", version=version, tensors=len(weights)):
-            self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
-        self.publish_s.append(time.monotonic() - t)
-        self.published.append(version)
+        with self._lock:
+            t = time.monotonic()
+            with telemetry.span("publish.version", version=version, tensors=len(weights)):
+                self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
+            self.publish_s.append(time.monotonic() - t)
+            self.published.append(version)
+            self._last = (version, weights, final)
+
+    def republish(self) -> int | None:
+        """Publish the last version again (weight_control was restarted and holds none); the version
+        stored, or None: nothing published yet, or the store holds it or a newer one already. Never raises:
+        the next update's version will come anyway."""
+        with self._lock:
+            if self._last is None:
+                return None
+            version, weights, final = self._last
+            try:
+                self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
+            except Exception as e:
+                if getattr(e, "code", "") not in _ALREADY_THERE:
+                    log.warning("could not publish v%d again: %s", version, e)
+                return None
+            log.warning("published v%d again: weight_control was restarted and held no version", version)
+            return version
+
+    def republish_in_background(self) -> None:
+        """republish() on a thread of its own: the caller (the heartbeat) does not wait for the bytes."""
+        threading.Thread(target=self.republish, name="republish", daemon=True).start()
 
     def flush(self, timeout_s: float = 300.0) -> None:
         """Nothing waits: every submit has returned once published."""

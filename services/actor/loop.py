@@ -105,6 +105,8 @@ def run_actor(
             idle=lambda: group.size == 1 and checkpoints.if_requested(heartbeat.checkpoint_request),
         )  # fmt: skip
         lane = PublishLane(client, worker_id)  # used on actor rank 0 only: one version, one whole policy
+        if reg.rank == 0:
+            heartbeat.on_rejoin = lane.republish_in_background  # a restarted weight_control holds no version
         publisher = OffThread(lane.submit) if p.background_weights and reg.rank == 0 else lane
         actor = Actor(cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished)
         actor.train(start_version, stop=stop)

@@ -318,6 +318,27 @@ def test_publish_runs_off_the_training_thread_newest_first():
         off.submit(5, {})
 
 
+def test_the_last_version_is_published_again_to_a_restarted_store_and_only_there():
+    lane = PublishLane(LocalWeights(), "actor")
+    assert lane.republish() is None  # nothing published yet
+    for v in (1, 2):
+        lane.submit(v, {"w": torch.full((3,), float(v))})
+    assert lane.republish() is None and lane.sink.latest().version == 2  # the store holds it: nothing to do
+    lane.sink = LocalWeights()  # weight_control restarted: it holds no version
+    assert lane.republish() == 2
+    version, final, tensors = lane.sink.fetch()
+    assert (version, final) == (2, False) and tensors["w"].tolist() == [2.0, 2.0, 2.0]
+    lane.submit(3, {"w": torch.zeros(3)}, final=True)
+    assert lane.republish() is None and lane.sink.latest().version == 3
+
+    class Down:
+        def publish(self, *a, **kw):
+            raise ConnectionError("weight_control is unreachable")
+
+    lane.sink = Down()
+    assert lane.republish() is None  # it says so in the log and leaves it to the next version
+
+
 def test_a_cancelled_epoch_moves_on_to_the_next_one():
     hub, stop = LocalHub(), threading.Event()
     control = SetControl(Directives(state="running", epoch=1, rank=0, world_size=2, membership="member"))
