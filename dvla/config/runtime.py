@@ -112,9 +112,14 @@ class DataPlaneConfig:
     """Rendezvous port (0 = any free port)."""
     timeout_s: float = 600.0
     """torch.distributed operation timeout."""
+    connect_timeout_s: float = 30.0
+    """How long the ranks of a new data-plane epoch (gloo) take at most to connect to each other. A rank that
+    died meanwhile costs the others this long (then they meet again, and go on once it is evicted)."""
 
     def validate(self) -> None:
         _check(self.backend in ("auto", "gloo", "nccl"), "dataplane.backend", f"unknown '{self.backend}'")
+        _check(self.timeout_s > 0, "dataplane.timeout_s", f"must be > 0, got {self.timeout_s}")
+        _check(self.connect_timeout_s > 0, "dataplane.connect_timeout_s", f"must be > 0, got {self.connect_timeout_s}")
         _check(0 <= self.port < 65536, "dataplane.port", "must be in [0, 65535]")
 
 

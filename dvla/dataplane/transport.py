@@ -54,26 +54,38 @@ class Link:
     actor group (FSDP/DDP), which lives for the whole run while data-plane epochs come and go.
     """
 
-    def __init__(self, backend: str, store: dist.Store, rank: int, size: int, timeout: timedelta):
-        self.backend, self.rank, self.size = backend, rank, size
+    def __init__(
+        self,
+        backend: str,
+        store: dist.Store,
+        rank: int,
+        size: int,
+        timeout: timedelta,
+        connect: timedelta | None = None,
+    ):
+        """timeout: for each send and receive; connect (gloo): for every rank to connect to every other,
+        so a rank that died after the epoch's barrier costs the others this long, not `timeout`.
+        Raises torch.distributed.DistError (or RuntimeError) when the ranks could not all connect."""
+        self.backend, self.rank, self.size, self.timeout = backend, rank, size, timeout
         self.waiters: list[threading.Thread] = []  # threads waiting on posted receives (gloo)
-        if backend == "nccl":
+        if backend == "nccl":  # NCCL connects lazily, at the first message: `timeout` bounds both
             self.device = torch.device("cuda", torch.cuda.current_device())
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
             self.group = dist.ProcessGroupNCCL(store, rank, size, options)
-        else:
+        else:  # gloo's group timeout bounds connecting; each operation below is waited on with `timeout`
             self.device = torch.device("cpu")
-            self.group = dist.ProcessGroupGloo(store, rank, size, timeout)
+            self.group = dist.ProcessGroupGloo(store, rank, size, connect or timeout)
 
     def send(self, t: torch.Tensor, dst: int) -> None:
-        self.group.send([t], dst, 0).wait()
+        self.group.send([t], dst, 0).wait(self.timeout)
 
     def irecv(self, t: torch.Tensor, src: int) -> dist.Work:
+        """A posted receive: wait on it with .wait(link.timeout)."""
         return self.group.recv([t], src, 0)
 
     def recv(self, t: torch.Tensor, src: int) -> None:
-        self.group.recv([t], src, 0).wait()
+        self.group.recv([t], src, 0).wait(self.timeout)
 
     def close(self) -> None:
         """Tear the group down; receives still posted on it end (with an error their waiters ignore), and
@@ -119,7 +131,7 @@ class _PostedHeader:
 
     def __init__(self, link: Link, src: int, use_waiter_thread: bool):
         self.tensor = torch.empty(HEADER_LEN, dtype=torch.int64, device=link.device)
-        self.work = link.irecv(self.tensor, src)
+        self.work, self.timeout = link.irecv(self.tensor, src), link.timeout
         self._flag: threading.Event | None = None
         self._error: BaseException | None = None
         if use_waiter_thread:
@@ -130,7 +142,7 @@ class _PostedHeader:
 
     def _wait(self) -> None:
         try:
-            self.work.wait()  # releases the GIL
+            self.work.wait(self.timeout)  # releases the GIL
         except BaseException as e:  # handed to the receiving thread in arrived()
             self._error = e
         self._flag.set()
@@ -145,7 +157,7 @@ class _PostedHeader:
     def received(self) -> torch.Tensor:
         """The header, on the CPU; only once arrived()."""
         if self._flag is None:
-            self.work.wait()  # NCCL: the copy below must queue behind the receive
+            self.work.wait(self.timeout)  # NCCL: the copy below must queue behind the receive
         return self.tensor.cpu()
 
 

@@ -9,10 +9,19 @@ prefix 'e<e>/': every rank arrives at a barrier and the last to arrive sets
 started, the run ended, it is stopping) cancels the barrier for everyone with a
 compare-and-set, so nobody is left waiting for a rank that will never come.
 Whichever of 'go' and 'abort' is set first decides for all ranks.
+
+After 'go' every rank connects to every other within `connect_timeout_s`. A rank
+that dies in between (killed while connecting) fails that for the others; they
+meet again at a fresh barrier ('e<e>/retry<n>/'), which the dead rank never
+reaches: once weight_control evicts it, the newer epoch cancels the barrier as
+above. So a rank lost at the worst moment costs the others connect_timeout_s,
+not the operation timeout. Ranks that meet but cannot connect CONNECT_TRIES
+times in a row (an address they cannot reach) fail with a message saying so.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -24,6 +33,8 @@ from dvla.net import split_address
 from dvla.types import World
 
 _GO, _ABORT = b"go", b"abort"
+CONNECT_TRIES = 3
+log = logging.getLogger("dvla.dataplane")
 
 
 class DataPlane:
@@ -33,12 +44,20 @@ class DataPlane:
     """
 
     def __init__(
-        self, rendezvous: str, is_host: bool, backend: str = "auto", timeout_s: float = 600.0, connect_now: bool = True
+        self,
+        rendezvous: str,
+        is_host: bool,
+        backend: str = "auto",
+        timeout_s: float = 600.0,
+        connect_now: bool = True,
+        connect_timeout_s: float = 30.0,
     ):
         """connect_now=False (a rollout): connect to the store when forming the first epoch, where a store that
-        is gone (its actor died) cancels that epoch instead of failing here."""
+        is gone (its actor died) cancels that epoch instead of failing here. timeout_s: each message;
+        connect_timeout_s: the ranks of an epoch connecting to each other (see the module's text)."""
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
+        self.connect_timeout = timedelta(seconds=min(connect_timeout_s, timeout_s))
         self.is_host, self.address = is_host, rendezvous
         split_address(rendezvous, "data-plane rendezvous")  # a bad address fails now, whenever we connect
         self.store = self._connect(rendezvous) if connect_now or is_host else None
@@ -77,22 +96,43 @@ class DataPlane:
             return False
 
     def _rendezvous(self, epoch: int, rank: int, world_size: int, abort: Callable[[], bool], poll_s: float) -> bool:
-        go = f"e{epoch}/go"
-        if self.store.add(f"e{epoch}/arrived", 1) == world_size:
+        error: Exception | None = None
+        for attempt in range(CONNECT_TRIES):
+            prefix = f"e{epoch}/" if attempt == 0 else f"e{epoch}/retry{attempt}/"
+            if not self._barrier(prefix, world_size, abort, poll_s):
+                return False
+            try:
+                pg = dist.PrefixStore(f"{prefix}pg/", self.store)
+                self.link = Link(self.backend, pg, rank, world_size, self.timeout, self.connect_timeout)
+            except (dist.DistError, RuntimeError) as e:  # a rank died after the barrier, or is unreachable
+                error = e
+                log.warning(
+                    "data-plane epoch %d: rank %d could not connect to all %d ranks within %.0f s (try %d of %d); "
+                    "meeting the others again: %s",
+                    epoch, rank, world_size, self.connect_timeout.total_seconds(), attempt + 1, CONNECT_TRIES,
+                    str(e).splitlines()[0],
+                )  # fmt: skip
+                continue
+            self.epoch = epoch
+            return True
+        raise RuntimeError(
+            f"data-plane epoch {epoch}: its {world_size} ranks met {CONNECT_TRIES} times but could not connect to "
+            f"each other within dataplane.connect_timeout_s={self.connect_timeout.total_seconds():g} s: can every "
+            f"worker reach the others' addresses (dataplane.host)? Last error: {error}"
+        )
+
+    def _barrier(self, prefix: str, world_size: int, abort: Callable[[], bool], poll_s: float) -> bool:
+        """Every rank arrives under `prefix`; False if the barrier was cancelled (here or on another rank)."""
+        go = f"{prefix}go"
+        if self.store.add(f"{prefix}arrived", 1) == world_size:
             self.store.compare_set(go, "", _GO.decode())
         while True:
             if self.store.check([go]):
-                if self.store.get(go) != _GO:
-                    return False
-                break
+                return self.store.get(go) == _GO
             if abort():
-                if self.store.compare_set(go, "", _ABORT.decode()) != _GO:
-                    return False
-                break  # 'go' won the race: everyone else is forming now, so must we
+                # 'go' may have won the race: then everyone else is connecting now, so must we
+                return self.store.compare_set(go, "", _ABORT.decode()) == _GO
             time.sleep(poll_s)
-        self.link = Link(self.backend, dist.PrefixStore(f"e{epoch}/pg/", self.store), rank, world_size, self.timeout)
-        self.epoch = epoch
-        return True
 
     def leave(self) -> None:
         """Tear down this epoch's group (the store stays for the next one)."""

@@ -205,7 +205,8 @@ def join_actor_group(cfg: RunConfig, client: ControlClient, worker_id: str, stop
     reg = join(client, "actor", worker_id, rendezvous_address=f"{host}:{cfg.dataplane.port or free_port(host)}",
                stop=stop, worker_key=secrets.randbits(63) or 1)  # fmt: skip
     d = cfg.dataplane
-    plane = DataPlane(reg.rendezvous_address, is_host=reg.rank == 0, backend=d.backend, timeout_s=d.timeout_s)
+    plane = DataPlane(reg.rendezvous_address, is_host=reg.rank == 0, backend=d.backend, timeout_s=d.timeout_s,
+                      connect_timeout_s=d.connect_timeout_s)  # fmt: skip
     if reg.num_actors == 1:
         return reg, plane, Solo()
     actorgroup.form(reg.rank, reg.num_actors, timeout_s=d.timeout_s, store=plane.store)

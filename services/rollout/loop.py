@@ -91,7 +91,7 @@ def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Ev
         # connected when the first epoch forms: an actor that died meanwhile only cancels that epoch
         d = cfg.dataplane
         plane = DataPlane(reg.rendezvous_address, is_host=False, backend=d.backend, timeout_s=d.timeout_s,
-                          connect_now=False)  # fmt: skip
+                          connect_now=False, connect_timeout_s=d.connect_timeout_s)  # fmt: skip
         lane = WeightLane(client, lambda: build_policy(cfg.policy, pool.spec).to(device).eval(), stop)
         if p.background_weights:
             lane.start_thread()

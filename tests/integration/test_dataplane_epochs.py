@@ -118,3 +118,59 @@ def test_the_data_plane_reforms_by_epoch_and_a_cancelled_epoch_releases_everyone
     assert results["cancel"] == (False,)
     assert results["e2"][0] is False and results["e2"][1] < 30
     assert results["e3"] == (([130.0], {1: KIND_END}),)
+
+
+def survivor(address: str, rank: int, evicted, out) -> None:
+    """Rank 0 or 1 of epoch 0; its rank 2 dies after the barrier, while connecting. weight_control evicting
+    it (`evicted`) announces epoch 1, of the two survivors."""
+    try:
+        dp = DataPlane(address, is_host=rank == 0, backend="gloo", timeout_s=60, connect_timeout_s=2)
+        t = time.monotonic()
+        out.put((f"e0-{rank}", dp.form(World(0, rank, 3), abort=evicted.is_set), time.monotonic() - t))
+        assert dp.form(World(1, rank, 2))
+        if rank == 0:
+            out.put(("e1", receive_all(dp, [1])))
+        else:
+            dp.sink().send(batch(rank, 1))
+            dp.sink().send_end()
+        dp.close()
+    except BaseException:
+        out.put(("error", traceback.format_exc()))
+
+
+def dies_while_connecting(address: str) -> None:
+    import os
+
+    import dvla.dataplane.world as world
+
+    def killed(*args, **kwargs):  # SIGKILL at the worst moment: past the barrier, before connecting
+        os._exit(9)
+
+    world.Link = killed
+    DataPlane(address, is_host=False, backend="gloo", timeout_s=60).form(World(0, 2, 3))
+
+
+def test_a_rank_that_dies_while_the_epoch_connects_costs_the_others_the_connect_timeout_not_the_operation_timeout():
+    ctx = mp.get_context("spawn")
+    out, evicted = ctx.Queue(), ctx.Event()
+    address = f"127.0.0.1:{free_port()}"
+    procs = [ctx.Process(target=survivor, args=(address, r, evicted, out)) for r in (0, 1)]
+    procs.append(ctx.Process(target=dies_while_connecting, args=(address,)))
+    for p in procs:
+        p.start()
+    procs[2].join(60)
+    assert procs[2].exitcode == 9
+    time.sleep(3)  # the others' connect deadline (2 s) passes: they meet again and wait there ...
+    evicted.set()  # ... until the dead rank is evicted and a newer epoch cancels the retry
+    results = {}
+    while len(results) < 3:
+        item = out.get(timeout=60)
+        assert item[0] != "error", item[1]
+        results[item[0]] = item[1:]
+    for p in procs[:2]:
+        p.join(30)
+        assert p.exitcode == 0
+    for rank in (0, 1):
+        formed, waited = results[f"e0-{rank}"]
+        assert formed is False and waited < 20, results  # not dataplane.timeout_s (60 s here)
+    assert results["e1"] == (([101.0], {1: KIND_END}),)
