@@ -123,6 +123,8 @@ class RunControl:
                 self._senders[c.worker_key] = c
             self._sent_before[c.worker_key] = c.episodes_sent_before
         done = w.acks.checkpoint_request_done
+        # a weight_control started again numbers its requests on from the actor's (which writes only newer ones)
+        self.checkpoint_request = max(self.checkpoint_request, done)
         acked = bool(done) and done != self.checkpoint_done
         self.checkpoint_done = done if acked else self.checkpoint_done
         return w, acked or evicted

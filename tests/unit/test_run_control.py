@@ -113,6 +113,17 @@ def test_checkpoint_requests_are_numbered_and_acknowledged_by_the_actors_heartbe
     assert acked and run.checkpoint_written(2) and run.checkpoint_result() == (9, "")
 
 
+def test_a_restarted_weight_control_numbers_checkpoint_requests_on_from_the_actors_last():
+    """The actor writes a checkpoint only for a request newer than the last it did: a weight_control started
+    again (counting from 0) learns that number from the actor's first heartbeat and counts on from it."""
+    run = with_workers()  # knows nothing of requests 1..4, which the actor has written
+    _, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=4, checkpoint_version=20))
+    assert run.checkpoint_request_for(run.registry.actor()) == 4  # nothing new to write
+    assert run.request_checkpoint() == 5 and not run.checkpoint_written(5)
+    _, acked = run.on_heartbeat("actor-0", {}, Acks(checkpoint_request_done=5, checkpoint_version=23))
+    assert acked and run.checkpoint_written(5) and run.checkpoint_result() == (23, "")
+
+
 def test_a_heartbeat_from_an_unknown_worker_is_refused():
     run, _ = make_run()
     with pytest.raises(NotFound):
