@@ -153,6 +153,12 @@ class Heartbeat:
         except RpcFailed as e:
             if e.code == "NOT_FOUND" and self.client.can_rejoin and self._rejoin():
                 return
+            if e.code == "ABORTED":  # a newer process registered under this worker id: this one is replaced
+                log.error("%s", e.message)
+                if self.on_lost and not self._gave_up:
+                    self._gave_up = True
+                    self.on_lost(f"{e.message}; giving up")
+                return
             silent = time.monotonic() - self._last_ok
             log.warning("heartbeat failed (weight_control unanswered for %.0f s): %s", silent, e)
             if self.lost_after_s and silent > self.lost_after_s and self.on_lost and not self._gave_up:

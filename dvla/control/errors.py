@@ -41,5 +41,11 @@ class PermissionDenied(ControlError):
     code = "PERMISSION_DENIED"
 
 
+class Superseded(ControlError):
+    """A process whose worker id a newer process registered under: it is out of the run."""
+
+    code = "ABORTED"
+
+
 class DeadlineExceeded(ControlError):
     code = "DEADLINE_EXCEEDED"

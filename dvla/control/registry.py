@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from dvla.types import Acks, EnvSpec, Membership, Role
 
-from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied
+from .errors import AlreadyExists, InvalidArgument, NotFound, OutOfOrder, PermissionDenied, Superseded
 
 DEAD_AFTER_BEATS = 5
 EPOCHS_REMEMBERED = 16  # members of the newest epochs, for the ranks lost in each
@@ -321,10 +321,18 @@ class Registry:
         """Earlier incarnations of actor ranks: their processes are gone, with whatever they held."""
         return [w for w in self._retired if w.role == Role.ACTOR]
 
-    def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None) -> Worker:
+    def heartbeat(self, worker_id: str, stats: dict, acks: Acks | None = None, worker_key: int = 0) -> Worker:
+        """Record a worker's report. NotFound for an id never registered (weight_control was restarted: it
+        registers again); Superseded for a process that a newer one registered under the same id replaced
+        (it must not overwrite the newer one's counters)."""
         w = self._workers.get(worker_id)
         if w is None:
             raise NotFound(f"worker '{worker_id}' is not registered")
+        if _another_process(w, worker_key):
+            raise Superseded(
+                f"worker '{worker_id}' was registered again by another process (worker key {w.worker_key}, "
+                f"this one's is {worker_key}): this process is out of the run"
+            )
         w.last_seen = self._clock()
         w.stats = stats
         w.acks = acks or Acks()

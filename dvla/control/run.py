@@ -108,12 +108,14 @@ class RunControl:
         acks: Acks | None = None,
         senders: list[SenderCounts] = (),
         broken: list[tuple[int, int]] = (),
+        worker_key: int = 0,
     ) -> tuple[Worker, bool]:
         """Record a heartbeat; also True if it changed what others wait on: the actor acknowledged a
         checkpoint request it had not before, or reported broken ranks whose workers are evicted now.
 
-        broken: (epoch, rank) pairs whose data-plane connection to the actor broke."""
-        w = self.registry.heartbeat(worker_id, stats, acks)
+        broken: (epoch, rank) pairs whose data-plane connection to the actor broke; worker_key: the reporting
+        process's, as registered (Superseded if a newer process took its id)."""
+        w = self.registry.heartbeat(worker_id, stats, acks, worker_key)
         if w.role != Role.ACTOR:
             return w, False
         evicted = self.state != RunState.FINISHED and bool(self.registry.evict_broken(list(broken)))

@@ -206,6 +206,7 @@ class ControlClient:
             acks=codec.acks_to_pb(acks or Acks()),
             senders=[codec.sender_to_pb(c) for c in senders],
             broken=[registry_pb2.LostRank(epoch=e, rank=k) for e, k in broken],
+            worker_key=(self._registered or {}).get("worker_key", 0),  # a replaced process is told so
         )
         r = self.registry.Heartbeat(req, timeout=self.cfg.rpc_timeout_s)
         return Directives(

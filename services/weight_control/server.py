@@ -193,6 +193,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             codec.acks_from_pb(request.acks),
             [codec.sender_from_pb(c) for c in request.senders],
             [(x.epoch, x.rank) for x in request.broken],
+            request.worker_key,
         )
         if changed:
             await self.s.bump()  # wakes Admin.Checkpoint callers waiting for it, and world watchers

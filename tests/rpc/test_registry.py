@@ -93,3 +93,29 @@ def test_sender_counts_carry_what_went_to_earlier_actors_and_refuse_impossible_o
     ):
         with pytest.raises(ValueError, match="sender counts"):
             codec.sender_from_pb(registry_pb2.SenderCounts(**bad))
+
+
+def test_a_replaced_process_is_told_so_by_its_heartbeat_and_gives_up(control_server, control_cfg):
+    """Two processes under one worker id (the first cut off and replaced, then back): the old one's
+    heartbeats are refused with ABORTED, and its Heartbeat gives up instead of overwriting the new one."""
+    from dvla.membership import Heartbeat
+    from dvla.rpc.client import ControlClient
+
+    old, new = (ControlClient(control_server.address, control_cfg) for _ in range(2))
+    try:
+        old.register("rollout", "r0", env_spec=SPEC, worker_key=11)
+        new.register("rollout", "r0", env_spec=SPEC, worker_key=12)
+        new.heartbeat("r0", {"episodes_produced": 2})
+        with pytest.raises(RpcFailed) as e:
+            old.heartbeat("r0", {"episodes_produced": 50})
+        assert e.value.code == "ABORTED" and "registered again by another process" in e.value.message
+        why = []
+        beat = Heartbeat(old, "r0", lambda: {"episodes_produced": 50}, 0.05, on_lost=why.append)
+        beat.beat()
+        beat.beat()
+        assert len(why) == 1 and "giving up" in why[0]  # once
+        w = next(w for w in new.status().workers if w.worker_id == "r0")
+        assert w.stats.episodes_produced == 2
+    finally:
+        old.close()
+        new.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder
+from dvla.control.errors import InvalidArgument, NotFound, OutOfOrder, Superseded
 from dvla.control.registry import Membership, Registry
 from dvla.types import Acks, EnvSpec
 
@@ -213,6 +213,24 @@ def test_a_new_process_under_actor_rank_0s_id_is_a_new_incarnation_around_its_ne
     # once more: incarnations count on
     r.register("actor", "actor-0", rendezvous_address="h:3", worker_key=7)
     assert (r.actor_incarnation, r.epoch, r.rendezvous_address, len(r.retired_actors())) == (2, 2, "h:3", 2)
+
+
+def test_a_heartbeat_from_a_replaced_process_is_refused_and_changes_nothing():
+    """A process cut off and replaced (same id, new key) that comes back must not overwrite the new one's
+    counters: its heartbeat is refused, so it learns it is out of the run."""
+    r = Registry(1, heartbeat_s=1.0, clock=Clock())
+    r.register("actor", "actor-0", rendezvous_address="h:1", worker_key=5)
+    r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=1)
+    new = r.register("rollout", "r0", env_spec=SPEC, num_envs=8, worker_key=2)  # the old r0 was cut off
+    r.heartbeat("r0", {"episodes_produced": 3}, worker_key=2)
+    with pytest.raises(Superseded, match="registered again by another process"):
+        r.heartbeat("r0", {"episodes_produced": 40}, worker_key=1)
+    r.register("actor", "actor-0", rendezvous_address="h:2", worker_key=6)
+    with pytest.raises(Superseded):
+        r.heartbeat("actor-0", {"episodes_trained": 99}, worker_key=5)
+    assert new.stats == {"episodes_produced": 3} and r.actor().stats == {}
+    r.heartbeat("r0", {"episodes_produced": 4})  # a client that sends no key (an older one) is taken at its word
+    assert new.stats == {"episodes_produced": 4}
 
 
 def test_the_same_actor_process_registering_again_is_no_new_incarnation():

@@ -117,7 +117,10 @@ class HeartbeatRequest(_message.Message):
     ACKS_FIELD_NUMBER: _builtins.int
     SENDERS_FIELD_NUMBER: _builtins.int
     BROKEN_FIELD_NUMBER: _builtins.int
+    WORKER_KEY_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    worker_key: _builtins.int
+    """as registered (0: none); a process that a newer one registered under"""
     @_builtins.property
     def stats(self) -> _common_pb2.WorkerStats:
         """telemetry: shown by Admin.Status and the metrics, never acted on"""
@@ -142,10 +145,11 @@ class HeartbeatRequest(_message.Message):
         acks: Global___Acks | None = ...,
         senders: _abc.Iterable[Global___SenderCounts] | None = ...,
         broken: _abc.Iterable[Global___LostRank] | None = ...,
+        worker_key: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "broken", b"broken", "senders", b"senders", "stats", b"stats", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "broken", b"broken", "senders", b"senders", "stats", b"stats", "worker_id", b"worker_id", "worker_key", b"worker_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
