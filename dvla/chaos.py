@@ -37,7 +37,7 @@ from pathlib import Path
 from dvla.checkpoint import CHECKPOINTS, list_checkpoints
 from dvla.config import RunConfig
 from dvla.launch import Launcher, new_run_dir
-from dvla.metrics import read_metrics
+from dvla.metrics import SUPERSEDED, read_metrics
 from dvla.proto.v1 import common_pb2 as pb
 
 LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted worker needs time to rejoin
@@ -220,7 +220,7 @@ def run_chaos(
         wall_s=time.monotonic() - t0,
         return_first=sum(r["return_mean"] for r in rows[:n]) / n if rows else 0.0,
         return_last=sum(r["return_mean"] for r in rows[-n:]) / n if rows else 0.0,
-        updates_redone=len(records) - len(rows),
+        updates_redone=len(records) - len(rows) + len(read_metrics(run_dir / SUPERSEDED)),
     )
     with open(run_dir / "faults.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(asdict(Fault("", "", 0, 0.0))))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+
+SUPERSEDED = "superseded.jsonl"  # beside metrics.jsonl: records of updates an actor started again redid
 
 
 class MetricsLog:
@@ -15,9 +18,21 @@ class MetricsLog:
     record's `step_key` (env steps by default), for `tensorboard --logdir`.
     """
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None, step_key: str = "env_steps"):
+    def __init__(
+        self,
+        path: Path,
+        tensorboard_dir: Path | None = None,
+        step_key: str = "env_steps",
+        after_update: int | None = None,
+    ):
+        """after_update: the run goes on from this update (an actor started from a checkpoint): records of
+        later ones, which it trains again, move to superseded.jsonl beside the file, so each update has one
+        record here. (TensorBoard's event files keep both: they cannot be rewritten.)"""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.superseded = 0
+        if after_update is not None:
+            self.superseded = rewind_metrics(self.path, after_update)
         self._f = open(self.path, "a", buffering=1)
         self.step_key = step_key
         self._tb = None
@@ -56,6 +71,29 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def rewind_metrics(path: Path, after_update: int) -> int:
+    """Move the records of updates after `after_update` from `path` to superseded.jsonl beside it (appended:
+    nothing is lost), atomically; the number moved."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the half-written last line of a process that died writing it
+            continue
+        (later if record.get("update", 0) > after_update else keep).append(line)
+    if not later:
+        return 0
+    with open(path.with_name(SUPERSEDED), "a") as f:
+        f.write("".join(f"{line}\n" for line in later))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
+    return len(later)
 
 
 def _rolling_mean(y: list, window: int) -> list:

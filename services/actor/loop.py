@@ -43,7 +43,7 @@ from dvla.lanes.publish import OffThread, PublishLane
 from dvla.lanes.receive import ReceiveLane
 from dvla.lanes.training import Progress, Trainer
 from dvla.membership import Heartbeat, join
-from dvla.metrics import MetricsLog, plot_metrics
+from dvla.metrics import SUPERSEDED, MetricsLog, plot_metrics
 from dvla.net import free_port
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
@@ -71,7 +71,11 @@ def run_actor(
     try:
         client.wait_healthy(cfg.control.rpc_timeout_s)
         reg, plane, group = join_actor_group(cfg, client, worker_id, stop)
-        metrics = MetricsLog(*metrics_paths(run_dir, reg.rank))
+        # updates after the checkpoint are trained again: their records from a dead actor move aside
+        metrics = MetricsLog(*metrics_paths(run_dir, reg.rank), after_update=progress.updates)
+        if metrics.superseded:
+            log.info("%d metrics records of updates after %d (trained again now) moved to %s",
+                     metrics.superseded, progress.updates, metrics.path.with_name(SUPERSEDED))  # fmt: skip
         heartbeat = Heartbeat(client, worker_id, report, cfg.control.heartbeat_s, senders=report.senders,
                               broken=report.broken, lost_after_s=cfg.control.lost_after_s,
                               on_lost=give_up).start()  # fmt: skip

@@ -6,7 +6,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from dvla.metrics import MetricsLog, read_metrics
+from dvla.metrics import SUPERSEDED, MetricsLog, read_metrics
 
 
 def read_events(directory) -> list:
@@ -39,3 +39,23 @@ def test_records_go_to_jsonl_and_tensorboard(tmp_path):
     assert scalars["return_mean"] == [(800, 2.5), (1600, 3.0)]
     assert scalars["success_rate"] == [(800, 0.0), (1600, 0.25)]
     assert "versions_used" not in scalars and "loss/kl" not in scalars and "env_steps" not in scalars
+
+
+def test_an_actor_started_from_a_checkpoint_moves_the_records_it_redoes_aside_and_loses_none(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    for u in range(1, 8):
+        log.write({"update": u, "version": u})
+    log.close()
+    with open(path, "a") as f:
+        f.write('{"update": 8, "vers')  # the dead actor's half-written last line
+    log = MetricsLog(path, after_update=5)  # started again from the checkpoint of update 5
+    assert log.superseded == 2
+    log.write({"update": 6, "version": 6})
+    log.close()
+    assert [r["update"] for r in read_metrics(path)] == [1, 2, 3, 4, 5, 6]
+    assert [r["update"] for r in read_metrics(tmp_path / SUPERSEDED)] == [6, 7]
+    assert MetricsLog(tmp_path / "fresh" / "metrics.jsonl", after_update=0).superseded == 0  # no file yet
+    log = MetricsLog(path, after_update=0)  # started again with no checkpoint: every update is redone
+    log.close()
+    assert read_metrics(path) == [] and len(read_metrics(tmp_path / SUPERSEDED)) == 8
