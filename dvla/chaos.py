@@ -182,8 +182,8 @@ def run_chaos(
                 print(f"chaos: killed the actor at v{s.latest_version} ({f.t_kill:.0f} s)", flush=True)
                 continue
             near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
-            if now < next_fault or near_end or s.latest_version < 1 or actor.open or control.open:
-                continue
+            if now < next_fault or near_end or s.latest_version < 1 or actor.open or control.open or control.waiting(s):
+                continue  # (weight_control's turn waits for the open faults to close: start no new one meanwhile)
             victims = [
                 c
                 for c in launcher.children
@@ -269,8 +269,12 @@ class _ControlFault:
         self.open = False
         self.fault: Fault | None = None
 
+    def waiting(self, s) -> bool:
+        """Its version is out but it has not been killed yet (it waits for every other fault to close)."""
+        return self.at_version is not None and s.latest_version >= self.at_version
+
     def due(self, s, actor: _ActorFault, open_faults: list[Fault]) -> bool:
-        if self.at_version is None or s.latest_version < self.at_version or actor.open or open_faults:
+        if not self.waiting(s) or actor.open or open_faults:
             return False
         return all(w.membership == pb.MEMBER for w in s.workers if w.role == pb.ROLLOUT)
 
