@@ -199,6 +199,15 @@ class Services:
     def rollout(self, worker_id: str) -> subprocess.Popen:
         return self.start(worker_id, "services.rollout", "--control", self.address, "--worker-id", worker_id)
 
+    def tails(self, chars: int = 2500) -> str:
+        """Every process's last log lines and weight_control's status: what a failure message needs."""
+        try:
+            status = format_status(self.client.status())
+        except Exception as e:  # weight_control itself may be what failed
+            status = f"(no status: {e})"
+        logs = "\n".join(f"----- {k}\n{p.read_text()[-chars:]}" for k, p in self.logs.items())
+        return f"{logs}\n----- status\n{status}"
+
     def wait_for(self, what, timeout_s: float, log: str = "actor"):
         deadline = time.monotonic() + timeout_s
         while not (found := what(self.client.status())):
@@ -299,7 +308,10 @@ def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes
         svc.client.wait_healthy(60)
         back = svc.wait_for(lambda s: s if s.latest_version > 5 and len(s.workers) == 3 else None, 90)
         assert back.epoch >= 1  # the world re-formed after the epoch the workers were in
-        assert svc.procs["actor"].wait(timeout=180) == 0, svc.logs["actor"].read_text()[-3000:]
+        try:
+            assert svc.procs["actor"].wait(timeout=180) == 0, svc.tails()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the actor did not finish within 180 s:\n{svc.tails()}") from None
         assert svc.procs["r0"].wait(timeout=60) == 0 and svc.procs["r1"].wait(timeout=60) == 0
         final = svc.client.status()
     finally:
