@@ -117,10 +117,12 @@ def run_chaos(
     out: Path | None = None,
     actor_at: float | None = None,
     control_at: float | None = None,
+    actor_rank: int = 0,
 ) -> ChaosReport:
     """Run `cfg` under `dvla run` and kill a random rollout worker every ~every_s seconds (0: never); with
     actor_at, the actor too, once, when that share of the updates is done (after a checkpoint); with
-    control_at, weight_control once."""
+    control_at, weight_control once. actor_rank: which rank of an actor group (pipeline.num_actors) to
+    kill; the launcher restarts the whole group."""
     for name, at in (("actor_at", actor_at), ("control_at", control_at)):
         if at is not None and not 0 < at < 1:
             raise ValueError(f"{name} is a share of the updates, in (0, 1); got {at}")
@@ -148,7 +150,7 @@ def run_chaos(
         waiter.start()
         next_fault = t0 + every_s * rng.uniform(0.5, 1.5) if every_s else float("inf")
         open_faults: list[Fault] = []
-        actor = _ActorFault(actor_at, cfg.pipeline.num_updates)
+        actor = _ActorFault(actor_at, cfg.pipeline.num_updates, actor_rank)
         control = _ControlFault(control_at, cfg.pipeline.num_updates)
         while waiter.is_alive():
             time.sleep(0.2)
@@ -175,7 +177,7 @@ def run_chaos(
                 elif f.detect_s is not None and w is not None and w.membership == pb.MEMBER and w.stats.episodes_sent:
                     f.recover_s = now - t0 - f.t_kill
                     open_faults.remove(f)
-            if actor.due(s, launcher):
+            if actor.due(s, launcher) and not control.waiting(s):  # weight_control's turn first, if it came first
                 f = actor.kill(launcher, s, now - t0)
                 faults.append(f)
                 open_faults.append(f)
@@ -183,7 +185,7 @@ def run_chaos(
                 continue
             near_end = s.latest_version >= cfg.pipeline.num_updates * LAST_FAULT_AT
             if now < next_fault or near_end or s.latest_version < 1 or actor.open or control.open or control.waiting(s):
-                continue  # (weight_control's turn waits for the open faults to close: start no new one meanwhile)
+                continue  # (weight_control's turn waits for open faults to be detected: start no new one meanwhile)
             victims = [
                 c
                 for c in launcher.children
@@ -235,8 +237,9 @@ def run_chaos(
 class _ActorFault:
     """The one actor kill: when it is due, and how the run came back from it."""
 
-    def __init__(self, at: float | None, num_updates: int):
+    def __init__(self, at: float | None, num_updates: int, rank: int = 0):
         self.at_version = None if at is None else max(1, round(at * num_updates))
+        self.rank = rank
         self.open = False
         self._incarnation = 0
         self._low: int | None = None  # the lowest version held since the new actor registered
@@ -244,12 +247,15 @@ class _ActorFault:
     def due(self, s, launcher) -> bool:
         if self.at_version is None or s.latest_version < self.at_version or s.latest_version < 1:
             return False
-        return bool(list_checkpoints(launcher.run_dir / CHECKPOINTS)) and launcher.actors()[0].proc.poll() is None
+        return bool(list_checkpoints(launcher.run_dir / CHECKPOINTS)) and all(
+            a.proc.poll() is None for a in launcher.actors()
+        )
 
     def kill(self, launcher, s, t: float) -> Fault:
-        os.kill(launcher.actors()[0].proc.pid, signal.SIGKILL)
+        victim = launcher.actors()[self.rank]
+        os.kill(victim.proc.pid, signal.SIGKILL)
         self.at_version, self.open, self._incarnation = None, True, s.actor_incarnation
-        return Fault("actor killed", "actor-0", s.latest_version, t)
+        return Fault("actor killed", f"actor-{self.rank}", s.latest_version, t)
 
     def follow(self, f: Fault, s, t: float) -> None:
         restarted = s.actor_incarnation > self._incarnation
@@ -270,13 +276,16 @@ class _ControlFault:
         self.fault: Fault | None = None
 
     def waiting(self, s) -> bool:
-        """Its version is out but it has not been killed yet (it waits for every other fault to close)."""
+        """Its version is out but it has not been killed yet (it waits for the faults it would hide)."""
         return self.at_version is not None and s.latest_version >= self.at_version
 
     def due(self, s, actor: _ActorFault, open_faults: list[Fault]) -> bool:
-        if not self.waiting(s) or actor.open or open_faults:
+        # a killed rollout not yet seen evicted would never be (the new weight_control never knew it), and an
+        # actor restart is followed by its incarnation number, which a new weight_control counts from 0 again
+        if not self.waiting(s) or actor.open or any(f.detect_s is None for f in open_faults):
             return False
-        return all(w.membership == pb.MEMBER for w in s.workers if w.role == pb.ROLLOUT)
+        down = {f.worker_id for f in open_faults}  # evicted, to be started again: they register with the new one
+        return all(w.membership == pb.MEMBER or w.worker_id in down for w in s.workers if w.role == pb.ROLLOUT)
 
     def kill(self, launcher, s, t: float) -> Fault:
         wc = next(c for c in launcher.children if c.name == "weight_control")

@@ -79,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
         "the newest checkpoint (checkpoint.every_updates must be > 0)",
     )
     c.add_argument(
+        "--actor-rank",
+        type=int,
+        default=0,
+        help="with --actor-at and pipeline.num_actors > 1: which actor rank to kill (the group restarts together)",
+    )
+    c.add_argument(
         "--control-at",
         type=float,
         help="also kill weight_control once, when this share of the updates is done (e.g. 0.2); it starts again "
@@ -144,12 +150,16 @@ def chaos_command(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} is a share of the updates, in (0, 1); got {at}")
         if args.actor_at is not None and not cfg.checkpoint.every_updates:
             raise ValueError("--actor-at needs checkpoints to restart from: set checkpoint.every_updates > 0")
+        if not 0 <= args.actor_rank < cfg.pipeline.num_actors:
+            raise ValueError(f"--actor-rank must be in [0, pipeline.num_actors={cfg.pipeline.num_actors}), "
+                             f"got {args.actor_rank}")  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from dvla.chaos import run_chaos
 
-    report = run_chaos(cfg, every_s=args.every, seed=args.seed, actor_at=args.actor_at, control_at=args.control_at)
+    report = run_chaos(cfg, every_s=args.every, seed=args.seed, actor_at=args.actor_at, control_at=args.control_at,
+                       actor_rank=args.actor_rank)  # fmt: skip
     print(report.table())
     print(f"details: {report.run_dir}/faults.csv, chaos.json, logs/")
     return 0 if report.survived else 1
