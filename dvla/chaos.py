@@ -247,15 +247,25 @@ class _ActorFault:
     def due(self, s, launcher) -> bool:
         if self.at_version is None or s.latest_version < self.at_version or s.latest_version < 1:
             return False
-        return bool(list_checkpoints(launcher.run_dir / CHECKPOINTS)) and all(
-            a.proc.poll() is None for a in launcher.actors()
+        return (
+            bool(list_checkpoints(launcher.run_dir / CHECKPOINTS))
+            and all(a.proc.poll() is None for a in launcher.actors())
+            and self._process(launcher, s) is not None
         )
 
+    def _process(self, launcher, s):
+        """The launcher's child that holds actor rank `rank` (ranks go by registration, not by start order)."""
+        ids = [
+            w.worker_id for w in s.workers if w.role == pb.ACTOR and w.rank == self.rank and w.membership == pb.MEMBER
+        ]
+        return next((c for c in launcher.actors() if ids and c.argv[c.argv.index("--worker-id") + 1] == ids[0]), None)
+
     def kill(self, launcher, s, t: float) -> Fault:
-        victim = launcher.actors()[self.rank]
+        victim = self._process(launcher, s)
         os.kill(victim.proc.pid, signal.SIGKILL)
         self.at_version, self.open, self._incarnation = None, True, s.actor_incarnation
-        return Fault("actor killed", f"actor-{self.rank}", s.latest_version, t)
+        worker_id = victim.argv[victim.argv.index("--worker-id") + 1]
+        return Fault("actor killed", f"{worker_id} (rank {self.rank})", s.latest_version, t)
 
     def follow(self, f: Fault, s, t: float) -> None:
         restarted = s.actor_incarnation > self._incarnation

@@ -51,16 +51,18 @@ class DataPlane:
         timeout_s: float = 600.0,
         connect_now: bool = True,
         connect_timeout_s: float = 30.0,
+        store_wait_s: float = 60.0,
     ):
         """connect_now=False (a rollout): connect to the store when forming the first epoch, where a store that
         is gone (its actor died) cancels that epoch instead of failing here. timeout_s: each message;
-        connect_timeout_s: the ranks of an epoch connecting to each other (see the module's text)."""
+        connect_timeout_s: the ranks of an epoch connecting to each other (see the module's text); store_wait_s:
+        at most this long to reach the store now (connect_now), raising torch.distributed.DistError after."""
         self.backend = resolve_backend(backend)
         self.timeout = timedelta(seconds=timeout_s)
         self.connect_timeout = timedelta(seconds=min(connect_timeout_s, timeout_s))
         self.is_host, self.address = is_host, rendezvous
         split_address(rendezvous, "data-plane rendezvous")  # a bad address fails now, whenever we connect
-        self.store = self._connect(rendezvous) if connect_now or is_host else None
+        self.store = self._connect(rendezvous, store_wait_s) if connect_now or is_host else None
         self.store_lost = False  # the connection to the store broke (its host died)
         self.epoch = -1  # the epoch whose group this process is in; -1: none
         self.link: Link | None = None  # that epoch's group

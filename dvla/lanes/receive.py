@@ -57,6 +57,11 @@ class ReceiveLane:
     def epoch(self) -> int:
         return self.world.epoch
 
+    @property
+    def homeless(self) -> bool:
+        """The current epoch homes no rollout to this actor rank (they were evicted): nothing comes here."""
+        return not self.world.rollouts_of(self.world.rank)
+
     def start(self) -> ReceiveLane:
         self.thread.start()
         return self

@@ -103,15 +103,22 @@ class Trainer:
     def next_global_batch(self) -> GlobalBatch | None:
         """Batches until one round of the world (this rank's share of it) is in; None if the rollouts
         ended first (on any rank of a group: then no rank trains on a partial global batch)."""
-        g = self._gather()
         group = self.learner.group
-        if group.size == 1:
-            return g
-        everyone = group.all_reduce(torch.tensor([0 if g is None else 1]), "min")
-        if not int(everyone):
-            if g is not None:
-                self.ledger.drop(g.received)
-            return None
+        while True:
+            g = self._gather()
+            if group.size == 1:
+                return g
+            everyone = group.all_reduce(torch.tensor([0 if g is None else 1]), "min")
+            if not int(everyone):
+                if g is not None:
+                    self.ledger.drop(g.received)
+                return None
+            # a rank whose rollouts were all evicted brings none (its share is 0) and trains on what the
+            # others hand it; with none on any rank, every rank gathers again
+            if int(group.all_reduce(torch.tensor([g.num_episodes]))):
+                break
+            self.idle()
+            time.sleep(0.25)
         t = time.monotonic()
         g.batches, g.moved = even_out(group, g.batches, self.whole_groups)
         g.samples = [self.learner.prepare(TrajectoryBatch.concat(g.batches), self.progress.version)]

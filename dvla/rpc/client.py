@@ -168,6 +168,13 @@ class ControlClient:
     def can_rejoin(self) -> bool:
         return self._registered is not None
 
+    def register_again(self) -> Registration:
+        """The last register() again: the same process, so weight_control answers with today's world (e.g.
+        the rendezvous address of an actor rank 0 started again since)."""
+        if self._registered is None:
+            raise RuntimeError("register_again() needs an earlier register()")
+        return self.register(**self._registered)
+
     def rejoin(self, epoch: int) -> Registration:
         """Register again as before (weight_control was restarted and does not know this worker), saying which
         data-plane epoch this worker is in: the restarted weight_control's next epoch follows it."""

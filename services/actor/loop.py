@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from dvla import actorgroup, telemetry
 from dvla.algo.group import Solo
@@ -104,7 +105,9 @@ def run_actor(
             log.info("an actor group backpropagates whole global batches: streaming per batch is one rank's")
         trainer = Trainer(
             learner, inbox, ledger, progress, max_staleness=p.max_staleness_in_force, streamer=streamer,
-            episodes_per_update=lambda: heartbeat.directives.episodes_per_update or configured // reg.num_actors,
+            # a group rank without rollouts (evicted) takes share 0: the others hand it its part of theirs
+            episodes_per_update=lambda: 0 if group.size > 1 and inbox.homeless else (
+                heartbeat.directives.episodes_per_update or configured // reg.num_actors),
             # between two steps a checkpoint may be written while waiting; a group writes them together only
             idle=lambda: group.size == 1 and checkpoints.if_requested(heartbeat.checkpoint_request),
         )  # fmt: skip
@@ -209,13 +212,39 @@ def join_actor_group(cfg: RunConfig, client: ControlClient, worker_id: str, stop
     reg = join(client, "actor", worker_id, rendezvous_address=f"{host}:{cfg.dataplane.port or free_port(host)}",
                stop=stop, worker_key=secrets.randbits(63) or 1)  # fmt: skip
     d = cfg.dataplane
-    plane = DataPlane(reg.rendezvous_address, is_host=reg.rank == 0, backend=d.backend, timeout_s=d.timeout_s,
-                      connect_timeout_s=d.connect_timeout_s)  # fmt: skip
+    if reg.rank == 0:
+        plane = DataPlane(reg.rendezvous_address, is_host=True, backend=d.backend, timeout_s=d.timeout_s,
+                          connect_timeout_s=d.connect_timeout_s)  # fmt: skip
+    else:
+        reg, plane = reach_rank0(cfg, client, reg, stop)
     if reg.num_actors == 1:
         return reg, plane, Solo()
     actorgroup.form(reg.rank, reg.num_actors, timeout_s=d.timeout_s, store=plane.store)
     a = cfg.actor
     return reg, plane, actorgroup.DistGroup(a.strategy, resolve_device(cfg.device), a.param_dtype, a.reduce_dtype)
+
+
+def reach_rank0(cfg: RunConfig, client: ControlClient, reg, stop: threading.Event) -> tuple:
+    """Actor rank k > 0: connect to the store actor rank 0 hosts. A group started again together may find the
+    dead rank 0's address still registered (the new one has not registered yet): ask weight_control again
+    every few seconds, for up to control.lost_after_s (0: dataplane.timeout_s)."""
+    d = cfg.dataplane
+    deadline = time.monotonic() + (cfg.control.lost_after_s or d.timeout_s)
+    while True:
+        try:
+            plane = DataPlane(reg.rendezvous_address, is_host=False, backend=d.backend, timeout_s=d.timeout_s,
+                              connect_timeout_s=d.connect_timeout_s, store_wait_s=5.0)  # fmt: skip
+            return reg, plane
+        except dist.DistError as e:
+            if stop.is_set() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"actor rank {reg.rank}: actor rank 0's store at {reg.rendezvous_address} did not answer "
+                    f"within control.lost_after_s={cfg.control.lost_after_s:g} s: is actor rank 0 running?"
+                ) from e
+            log.warning("actor rank %d: actor rank 0's store at %s does not answer (started again?); asking "
+                        "weight_control for its address again", reg.rank, reg.rendezvous_address)  # fmt: skip
+            time.sleep(1.0)
+            reg = client.register_again()
 
 
 def metrics_paths(run_dir: Path, rank: int) -> tuple[Path, Path]:
