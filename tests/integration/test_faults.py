@@ -79,6 +79,31 @@ def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_con
     assert restarted == len(rollouts), logs
 
 
+def test_an_actor_group_trains_on_when_a_rank_loses_its_rollouts_and_restarts_together_when_a_rank_dies(
+    tmp_path: Path,
+):
+    """Two actor ranks, one rollout homed to each: a rollout killed leaves its rank without any, and the
+    group trains on (the other rank hands it half of its share); actor rank 1 killed restarts the whole
+    group from the newest checkpoint."""
+    overrides = ["pipeline.num_actors=2", "pipeline.num_updates=30", "pipeline.slow_actor_s=0.3",
+                 "checkpoint.every_updates=5"]  # fmt: skip
+    cfg = load_config(None, [*FAST, *overrides])
+    report = run_chaos(cfg, every_s=30.0, seed=2, out=tmp_path / "run", actor_at=0.6, actor_rank=1)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
+    assert report.rc == 0, logs
+    kinds = [f.kind for f in report.faults]
+    assert kinds.count("rollout killed") >= 1 and kinds.count("actor killed") == 1, report.table()
+    assert report.versions_ok and report.balanced and all(f.recover_s is not None for f in report.faults), (
+        report.table()
+    )
+    assert report.faults[kinds.index("actor killed")].worker_id == "actor-1 (rank 1)"
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert any(r["group/units_moved"] > 0 for r in rows)  # a rank without rollouts was handed episodes
+    for name in ("actor", "actor-1"):  # both ranks started again, from the checkpoint
+        text = (tmp_path / "run" / "logs" / f"{name}.log").read_text()
+        assert "started again" in text and "resumed from" in text, text[-2000:]
+
+
 def test_services_started_by_hand_go_on_when_a_rollout_dies_and_take_it_back_when_restarted(tmp_path: Path):
     n = 40
     port = free_port("127.0.0.1")
