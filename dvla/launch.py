@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dvla.checkpoint import CHECKPOINTS, config_text, list_checkpoints
@@ -20,6 +20,10 @@ from dvla.net import free_port
 from dvla.placement import Placement, Slot, plan
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.types import RunState
+
+# A process that ran this long had started fine: its death is a new failure (restarted after 1 s), not a
+# crash loop (restarted after 1, 2, 4 ... 30 s while it keeps dying sooner)
+STABLE_S = 30.0
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
@@ -41,6 +45,8 @@ class Child:
     argv: tuple[str, ...] = ()  # module and arguments: what a restart runs again
     cores: set[int] | None = None
     restarts: int = 0  # times it was started again after dying
+    quick_deaths: int = 0  # deaths in a row within STABLE_S of starting: the restart backoff's exponent
+    started: float = field(default_factory=time.monotonic)
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -190,7 +196,8 @@ class Launcher:
         return c.restarts < self._budget(c.name)[1]
 
     def _plan_restart(self, c: Child, rc: int) -> None:
-        delay = min(30.0, 2.0**c.restarts)
+        c.quick_deaths = c.quick_deaths + 1 if time.monotonic() - c.started < STABLE_S else 0
+        delay = min(30.0, 2.0 ** max(c.quick_deaths - 1, 0))
         if _is_actor(c.name):
             self._plan_actor_restart(c, rc, delay)
             return
@@ -248,7 +255,7 @@ class Launcher:
             old = next(c for c in self.children if c.name == name)
             argv = self._actor_argv(old.argv) if _is_actor(name) else old.argv
             new = self.spawn(name, *argv, cores=old.cores, again=True)
-            new.restarts = old.restarts + 1
+            new.restarts, new.quick_deaths = old.restarts + 1, old.quick_deaths
             what = (
                 "the data plane re-forms around it"
                 if _is_actor(name)

@@ -134,8 +134,9 @@ class PipelineConfig:
     or 'auto' (colocated for sync, disaggregated for the other modes). On GPUs every process gets one device,
     never two actor ranks the same one (dvla/placement.py)."""
     rollout_restarts: int = 5
-    """`dvla run`: times each rollout worker is started again after it dies (waiting 1, 2, 4 ... 30 s
-    between); it rejoins at the next data-plane epoch. 0: a rollout that dies ends the run."""
+    """`dvla run`: times each rollout worker is started again after it dies (after 1 s; 2, 4 ... 30 s while it
+    keeps dying within 30 s of starting); it rejoins at the next data-plane epoch. 0: a rollout that dies
+    ends the run."""
     actor_restarts: int = 3
     """`dvla run`: times the actor (every rank of an actor group together) is started again after one dies,
     from the newest checkpoint of the run folder (checkpoint.every_updates); rollouts wait for it up to
