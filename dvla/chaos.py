@@ -2,7 +2,7 @@
 
 A `dvla run` (weight_control, actor and rollouts as separate processes) trains
 while a random rollout worker is killed (SIGKILL: no goodbye, like an OOM kill or
-a node gone) every `every_s` seconds, give or take half that, until 60% of the
+a node gone) every `every_s` seconds, give or take half that, until 50% of the
 updates are done (a restarted worker takes a while to rejoin); with `actor_at`,
 the actor is killed once too, when that share of the updates is done, and with
 `control_at` weight_control. For each fault it measures, from the status API:
@@ -40,7 +40,7 @@ from dvla.launch import Launcher, new_run_dir
 from dvla.metrics import SUPERSEDED, read_metrics
 from dvla.proto.v1 import common_pb2 as pb
 
-LAST_FAULT_AT = 0.6  # no fault after this share of the updates: a restarted worker needs time to rejoin
+LAST_FAULT_AT = 0.5  # no rollout fault after this share of the updates: a restarted one needs ~20-30 s to rejoin
 
 
 @dataclass
