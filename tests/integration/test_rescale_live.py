@@ -93,6 +93,12 @@ def test_rescale_up_and_down_and_checkpoint_on_request(tmp_path: Path, mode: str
         assert joined.epoch >= 1 and joined.episodes_per_update == 8
         assert worker(joined, "rollout-1").membership == pb.MEMBER and worker(joined, "rollout-1").rank == 2
 
+        def grew() -> bool:  # an update of the grown world trained, before the shards change it again
+            rows = read_metrics(tmp_path / "metrics.jsonl")
+            return any(r["episodes"] - p["episodes"] == 8 for p, r in zip(rows, rows[1:]))
+
+        wait_for(grew, timeout_s=150)
+
         # --- env shards of one worker: 2 -> 1 -> 2 (sharded modes only)
         if mode == "swimlane":
             r = admin(capsys, address, "rescale", "--worker", "rollout-0", "--shards", "1")
