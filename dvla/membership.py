@@ -144,9 +144,8 @@ class Heartbeat:
             self._report()
             self._last_ok = time.monotonic()
             gone = self.directives.actor_silent_s
-            if self.lost_after_s and gone > self.lost_after_s and self.on_lost and not self._gave_up:
-                self._gave_up = True
-                self.on_lost(
+            if self.lost_after_s and gone > self.lost_after_s:
+                self._give_up(
                     f"the actor has not been heard from for {gone:.0f} s (control.lost_after_s="
                     f"{self.lost_after_s:g}): giving up. weight_control shows it missing: was it started again?"
                 )
@@ -155,20 +154,23 @@ class Heartbeat:
                 return
             if e.code == "ABORTED":  # a newer process registered under this worker id: this one is replaced
                 log.error("%s", e.message)
-                if self.on_lost and not self._gave_up:
-                    self._gave_up = True
-                    self.on_lost(f"{e.message}; giving up")
+                self._give_up(f"{e.message}; giving up")
                 return
             silent = time.monotonic() - self._last_ok
             log.warning("heartbeat failed (weight_control unanswered for %.0f s): %s", silent, e)
-            if self.lost_after_s and silent > self.lost_after_s and self.on_lost and not self._gave_up:
-                self._gave_up = True
-                self.on_lost(
+            if self.lost_after_s and silent > self.lost_after_s:
+                self._give_up(
                     f"weight_control at {self.client.address} has not answered for {silent:.0f} s "
                     f"(control.lost_after_s={self.lost_after_s:g}): giving up. Last error: {e}"
                 )
         except Exception:  # a bug in stats() must not silently end the heartbeats (and the counters)
             log.exception("heartbeat: could not gather stats")
+
+    def _give_up(self, why: str) -> None:
+        """on_lost(why), once."""
+        if self.on_lost and not self._gave_up:
+            self._gave_up = True
+            self.on_lost(why)
 
     def _report(self) -> None:
         self.directives = self.client.heartbeat(self.worker_id, self.stats(), self.acks, self.senders(), self.broken())
