@@ -141,6 +141,16 @@ def _shard_main(env_cfg: EnvConfig, tel_cfg: TelemetryConfig, index: int, conn) 
         telemetry.shutdown()
 
 
+def _shard_context():
+    """Shard processes fork from a server that imported torch and the simulator once (multiprocessing's
+    forkserver): a shard then starts in about a second instead of importing both again (measured: ~9 s of
+    CPU each on this machine's 2 cores, the bulk of a rollout worker's start). The server is a clean
+    process of its own, started before any CUDA or gRPC state exists, so forking it is safe."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["dvla.lanes.shards", "mani_skill.envs"])  # an import that fails is skipped
+    return ctx
+
+
 class ProcessShard(Shard):
     """Starting it returns at once; its spec arrives later (state STARTING)."""
 
@@ -212,14 +222,19 @@ class ProcessShard(Shard):
             steps=b["steps"],
         )
 
-    def close(self) -> None:
+    def ask_to_close(self) -> None:
         try:
             self.conn.send(("close",))
         except (BrokenPipeError, OSError):
             pass
-        self.proc.join(5)
+
+    def close(self, deadline: float | None = None) -> None:
+        """Closes the envs and ends the process; killed if it is not gone by `deadline` (monotonic; default 5 s)."""
+        self.ask_to_close()
+        self.proc.join(max(0.0, (deadline or time.monotonic() + 5) - time.monotonic()))
         if self.proc.is_alive():
             self.proc.kill()
+            self.proc.join(1)
 
 
 class ShardPool:
@@ -247,7 +262,7 @@ class ShardPool:
         tel_cfg = tel_cfg or TelemetryConfig(exporter="none")
         if env_cfg.num_envs % num_shards:
             raise ValueError(f"env.num_envs={env_cfg.num_envs} does not split into {num_shards} shards")
-        ctx = mp.get_context("spawn")
+        ctx = _shard_context()
         shard_cfg = replace(env_cfg, num_envs=env_cfg.num_envs // num_shards)
 
         def start(index: int) -> ProcessShard:
@@ -324,5 +339,13 @@ class ShardPool:
             raise RuntimeError(f"env shard {s.index} reports {spec}, the others {self.spec}")
 
     def close(self) -> None:
+        """All shards close side by side: each takes a while to tear its envs and interpreter down."""
         for s in self.shards:
-            s.close()
+            if isinstance(s, ProcessShard):
+                s.ask_to_close()
+        deadline = time.monotonic() + 5
+        for s in self.shards:
+            if isinstance(s, ProcessShard):
+                s.close(deadline)
+            else:
+                s.close()
