@@ -1,6 +1,8 @@
 """VLAPolicy: the Policy contract on the tiny VLA, both action heads, and the transformers save format."""
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -54,8 +56,12 @@ def head_policy(request):
     return request.param, make_policy(request.param)
 
 
-def test_registered_by_name():
-    assert REGISTRY["vla"] is build_vla
+def test_registered_by_name_and_loaded_only_when_asked_for():
+    assert "vla" in REGISTRY and isinstance(build_policy(make_cfg("discrete"), SPEC), VLAPolicy)
+    # an MLP run's processes start without transformers (~3 s of CPU each)
+    code = "import sys, dvla.policy, dvla.lanes.sampling, dvla.algo.learner; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_act_matches_evaluate_and_shapes(head_policy):
