@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_an_actor_group_trains_on_when_a_rank_loses_its_rollouts_and_restarts_to
     assert report.versions_ok and report.balanced and all(f.recover_s is not None for f in report.faults), (
         report.table()
     )
-    assert report.faults[kinds.index("actor killed")].worker_id == "actor-1 (rank 1)"
+    # ranks go by registration order: either actor process may hold rank 1
+    assert re.fullmatch(r"actor(-[01])? \(rank 1\)", report.faults[kinds.index("actor killed")].worker_id)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert any(r["group/units_moved"] > 0 for r in rows)  # a rank without rollouts was handed episodes
     for name in ("actor", "actor-1"):  # both ranks started again, from the checkpoint
