@@ -21,6 +21,7 @@ from dvla.placement import Placement, Slot, plan
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.types import RunState
 
+CONTROL_STATE = "control-state.json"  # weight_control's ledger in the run folder (control.state_path)
 # A process that ran this long had started fine: its death is a new failure (restarted after 1 s), not a
 # crash loop (restarted after 1, 2, 4 ... 30 s while it keeps dying sooner)
 STABLE_S = 30.0
@@ -116,7 +117,13 @@ class Launcher:
             if cfg.control.port and _port_free(cfg.control.host, cfg.control.port)
             else free_port(cfg.control.host)
         )
-        control = self.spawn("weight_control", "services.weight_control", f"control.port={port}")
+        ledger = cfg.control.state_path
+        if not ledger:  # the ledger of this launch's weight_control, for one started again; not an earlier launch's
+            ledger = str(self.run_dir / CONTROL_STATE)
+            Path(ledger).unlink(missing_ok=True)
+        control = self.spawn(
+            "weight_control", "services.weight_control", f"control.port={port}", f"control.state_path={ledger}"
+        )
         # Talk to the port *our* weight_control bound: a free port can be taken by another run between
         # the check and the bind, and its server would answer the health check just as well.
         address = f"{cfg.control.host}:{_bound_port(control, 60.0)}"

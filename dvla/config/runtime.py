@@ -54,6 +54,10 @@ class ControlConfig:
     evict_after_s: float = 0.0
     """A rollout silent this long is evicted: the data plane re-forms without it, and what it had not
     delivered counts as lost (0 = 10 heartbeat periods: it shows as dead after 5)."""
+    state_path: str = ""
+    """weight_control keeps its ledger here (a JSON file, rewritten as it changes): the incarnations that
+    are gone (a dead actor's, evicted rollouts') with their last counters. One started again reads it, so
+    the totals stay true across its restart. `dvla run` sets <run dir>/control-state.json ('' = none)."""
     token: str = ""
     """Shared secret the Admin RPCs and PublishWeights require ('' = none). The environment variable
     DVLA_TOKEN wins over this field; prefer it, since this field is redacted from saved configs."""

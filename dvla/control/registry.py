@@ -428,6 +428,43 @@ class Registry:
         """Every worker, and the earlier incarnations of those that registered again (for the totals)."""
         return self.workers() + self._retired
 
+    # ------------------------------------------------------------------ the ledger
+    def ledger(self) -> dict:
+        """What a weight_control started again could hear from no one: the incarnations that are gone (left,
+        evicted, replaced by a new process) with their last reports, and how often actor rank 0 was
+        replaced. Plain data (JSON-ready); `restore` takes it back."""
+        gone = [w for w in self._workers.values() if w.role == Role.ROLLOUT and w.membership not in _LIVE]
+        return {
+            "actor_incarnation": self.actor_incarnation,
+            "gone": [_entry(w, False) for w in gone] + [_entry(w, True) for w in self._retired],
+        }
+
+    def restore(self, ledger: dict) -> int:
+        """Take back a ledger (this weight_control replaces one that died); returns the incarnations restored.
+
+        Only into a registry nobody registered with yet. Gone rollouts are listed again as left or evicted
+        (until their id registers anew), replaced incarnations stay apart, and their counters count in the
+        totals as before. ValueError naming the entry when the ledger is malformed."""
+        if self._workers or self._retired:
+            raise ValueError("a ledger is restored only before any worker registers")
+        if not isinstance(ledger, dict) or not isinstance(ledger.get("gone"), list):
+            raise ValueError("a ledger is a mapping with a 'gone' list")
+        incarnation = ledger.get("actor_incarnation", 0)
+        if not isinstance(incarnation, int) or incarnation < 0:
+            raise ValueError(f"actor_incarnation must be an integer >= 0, got {incarnation!r}")
+        entries = [_from_entry(e, i) for i, e in enumerate(ledger["gone"])]
+        current = [w.worker_id for w, retired in entries if not retired]
+        if len(set(current)) != len(current):
+            raise ValueError("ledger: a rollout is listed twice as its id's current incarnation")
+        for w, retired in entries:
+            if retired:
+                self._retired.append(w)
+            else:
+                self._workers[w.worker_id] = w
+        self.actor_incarnation = incarnation
+        self.took_over = bool(entries) or self.took_over
+        return len(entries)
+
     def standbys(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.membership == Membership.STANDBY]
 
@@ -442,3 +479,36 @@ class Registry:
 def _another_process(known: Worker, worker_key: int) -> bool:
     """Both keys given and different: a new process under a known id (the old one is gone)."""
     return bool(worker_key and known.worker_key and worker_key != known.worker_key)
+
+
+_GONE = (Membership.LEFT, Membership.EVICTED)
+
+
+def _entry(w: Worker, retired: bool) -> dict:
+    stats = {k: v for k, v in w.stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"worker_id": w.worker_id, "role": w.role.value, "membership": w.membership.value,
+            "worker_key": w.worker_key, "retired": retired, "stats": stats}  # fmt: skip
+
+
+def _from_entry(e, i: int) -> tuple[Worker, bool]:
+    """A ledger entry back as a gone incarnation (membership left or evicted), and whether it was replaced."""
+    where = f"ledger entry {i}"
+    if not isinstance(e, dict):
+        raise ValueError(f"{where}: not a mapping")
+    try:
+        role, membership = Role(e["role"]), Membership(e["membership"])
+        worker_id, key, retired, stats = e["worker_id"], e.get("worker_key", 0), e.get("retired", False), e["stats"]
+    except KeyError as missing:
+        raise ValueError(f"{where}: no {missing}") from None
+    except ValueError as bad:
+        raise ValueError(f"{where}: {bad}") from None
+    if not isinstance(worker_id, str) or not worker_id:
+        raise ValueError(f"{where}: worker_id must be a non-empty string")
+    if not isinstance(key, int) or not 0 <= key < 1 << 63:
+        raise ValueError(f"{where} ('{worker_id}'): worker_key must be an integer in [0, 2**63)")
+    if not isinstance(stats, dict) or not all(isinstance(v, (int, float)) for v in stats.values()):
+        raise ValueError(f"{where} ('{worker_id}'): stats must map names to numbers")
+    if membership not in _GONE or (role == Role.ACTOR and not retired):
+        raise ValueError(f"{where} ('{worker_id}'): only gone incarnations are kept, not a live {role} {membership}")
+    w = Worker(worker_id, role, -1, "", 0.0, stats=dict(stats), membership=membership, worker_key=key)
+    return w, bool(retired)

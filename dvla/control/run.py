@@ -17,6 +17,7 @@ from .registry import Registry, Worker
 from .store import VersionStore
 
 MAX_CHECKPOINT_WAIT_S = 86400.0
+LEDGER_FORMAT = 1
 
 # Summed over every worker's last report; the actor reports what it received, trained, dropped,
 # queued and holds in training, the rollouts what they produced and sent.
@@ -198,6 +199,36 @@ class RunControl:
         """Evict the rollouts that stopped heartbeating (Registry.sweep); those evicted now. Not once the
         run has finished: its rollouts exit by themselves then, and what they sent is all in."""
         return [] if self.state == RunState.FINISHED else self.registry.sweep()
+
+    # ------------------------------------------------------------------ the ledger
+    def ledger(self) -> dict:
+        """What the totals need that a weight_control started again would not hear from anyone: the gone
+        incarnations (Registry.ledger) and what the actors saw of each rollout. Plain data, JSON-ready; the
+        service keeps it in a file (control.state_path) and a new weight_control restores it."""
+        return {
+            "format": LEDGER_FORMAT,
+            **self.registry.ledger(),
+            "senders": [
+                [c.worker_key, c.episodes_produced, c.episodes_sent, c.env_steps_produced]
+                for c in self._senders.values()
+            ],  # fmt: skip
+            "sent_before": [[k, n] for k, n in self._sent_before.items()],
+        }
+
+    def restore(self, ledger: dict) -> int:
+        """Take back a ledger written by the weight_control this one replaces; returns the incarnations
+        restored. ValueError naming what is malformed (nothing is restored then)."""
+        if not isinstance(ledger, dict) or ledger.get("format") != LEDGER_FORMAT:
+            found = ledger.get("format") if isinstance(ledger, dict) else type(ledger).__name__
+            raise ValueError(f"not a ledger of format {LEDGER_FORMAT} (found {found!r})")
+        try:
+            senders = {int(k): SenderCounts(int(k), int(p), int(n), int(e)) for k, p, n, e in ledger["senders"]}
+            sent_before = {int(k): int(n) for k, n in ledger["sent_before"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"ledger senders or sent_before: {type(e).__name__}: {e}") from None
+        n = self.registry.restore(ledger)
+        self._senders, self._sent_before = senders, sent_before
+        return n
 
     # ------------------------------------------------------------------ counting
     def totals(self) -> dict[str, int]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import threading
 import time
+from pathlib import Path
 
 from dvla import telemetry
 from dvla.config import ControlConfig, TelemetryConfig
@@ -77,6 +79,8 @@ async def start(
         ),
         clock=time.monotonic,
     )
+    if cfg.state_path:
+        restore_ledger(run, Path(cfg.state_path))
     state = ControlState(run, cfg.chunk_bytes)
     token = resolve_token(cfg)
     if not token:
@@ -93,18 +97,66 @@ async def start(
     )
     await server.start()
     await set_serving(health, SERVICE_NAMES)
-    state.sweeper = asyncio.ensure_future(sweep_forever(state, cfg.heartbeat_s / 2))
+    ledger = LedgerFile(Path(cfg.state_path)) if cfg.state_path else None
+    state.sweeper = asyncio.ensure_future(sweep_forever(state, cfg.heartbeat_s / 2, ledger))
     return server, bound, state
 
 
-async def sweep_forever(state: ControlState, period_s: float) -> None:
-    """Evict the rollouts that stopped heartbeating, and wake everyone waiting on a change when one is."""
-    while True:
-        await asyncio.sleep(period_s)
-        if state.run.sweep():
-            await state.bump()
-        for event in state.run.registry.drain_events():
-            log.warning("%s", event)
+async def sweep_forever(state: ControlState, period_s: float, ledger: LedgerFile | None = None) -> None:
+    """Evict the rollouts that stopped heartbeating, and wake everyone waiting on a change when one is; keep
+    the ledger file up to date."""
+    try:
+        while True:
+            await asyncio.sleep(period_s)
+            if state.run.sweep():
+                await state.bump()
+            for event in state.run.registry.drain_events():
+                log.warning("%s", event)
+            if ledger is not None:
+                ledger.save(state.run.ledger())
+    finally:
+        if ledger is not None:
+            ledger.save(state.run.ledger())  # the last word, on a clean stop
+
+
+def restore_ledger(run: RunControl, path: Path) -> None:
+    """Read the ledger a weight_control before this one left at `path`, if any. A file that cannot be read
+    back is moved aside (nothing is deleted) and the run goes on without it, saying so."""
+    if not path.exists():
+        return
+    try:
+        n = run.restore(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        aside = path.with_name(path.name + ".bad")
+        path.replace(aside)
+        log.error("control.state_path %s cannot be read back (%s): moved to %s; the totals start afresh", path, e,
+                  aside)  # fmt: skip
+        return
+    log.warning("started again: restored the ledger from %s (%d gone incarnation(s), actor incarnation %d)", path, n,
+                run.registry.actor_incarnation)  # fmt: skip
+
+
+class LedgerFile:
+    """The ledger on disk: rewritten whole (a temporary file renamed over it) when it changed."""
+
+    def __init__(self, path: Path):
+        self.path, self._last, self._failing = path, None, False
+
+    def save(self, ledger: dict) -> None:
+        text = json.dumps(ledger, separators=(",", ":"))
+        if text == self._last:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.replace(self.path)
+        except OSError as e:
+            if not self._failing:  # said once; it keeps trying
+                log.error("cannot write the ledger to control.state_path %s: %s", self.path, e)
+            self._failing = True
+            return
+        self._last, self._failing = text, False
 
 
 async def serve_forever(

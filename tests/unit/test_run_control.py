@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -456,3 +457,71 @@ def test_before_the_new_actor_reports_a_sender_all_it_sent_counts_as_sent_to_the
     t = run.totals()
     assert (t["episodes_lost"], t["episodes_on_wire"], t["episodes_queued"]) == (10, 0, 4)
     assert_balanced(t)
+
+
+def test_a_weight_control_started_again_restores_the_ledger_of_gone_incarnations_and_totals_stay_the_same():
+    """The actor was replaced and a rollout evicted; then weight_control dies. A new one that restores the
+    ledger (through JSON, as the service keeps it) and hears the live workers again shows the same totals;
+    one without it would count what went to the dead actor as still on the wire."""
+    run = lost_actor_run()
+    run.on_heartbeat("r0", {"episodes_produced": 20, "episodes_sent": 20})
+    run.on_heartbeat("r1", {"episodes_produced": 14, "episodes_sent": 12})
+    actor_report = {"episodes_received": 12, "episodes_trained": 8, "episodes_queued": 4}
+    senders = [
+        SenderCounts(10, 20, 20, 0, episodes_sent_before=12),
+        SenderCounts(11, 14, 12, 0, episodes_sent_before=8),
+    ]
+    run.on_heartbeat("actor-0", actor_report, senders=senders, worker_key=101)
+    run.registry.evict_broken([(run.registry.epoch, 2)])  # r1 is gone
+    assert run.registry.find("r1").membership == Membership.EVICTED
+    before = run.totals()
+    assert_balanced(before)
+
+    def started_again(ledger: dict | None) -> RunControl:
+        new, _ = make_run(num_rollouts=2)
+        if ledger is not None:
+            assert new.restore(json.loads(json.dumps(ledger))) == 2  # r1, and the dead actor
+        epoch = run.registry.epoch + 1
+        new.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101, next_epoch=epoch)
+        new.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10, next_epoch=epoch)
+        new.on_heartbeat("r0", {"episodes_produced": 20, "episodes_sent": 20}, worker_key=10)
+        new.on_heartbeat("actor-0", actor_report, senders=senders[:1], worker_key=101)
+        return new
+
+    new = started_again(run.ledger())
+    assert new.totals() == before
+    r = new.registry
+    assert (r.actor_incarnation, r.find("r1").membership, len(r.retired_actors())) == (1, Membership.EVICTED, 1)
+    assert [w.worker_id for w in r.workers()] == ["actor-0", "r0", "r1"]  # status lists the evicted one
+    # r1 started again under its id is a new incarnation beside the restored one
+    new.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=12)
+    assert new.totals() == before
+    forgetful = started_again(None).totals()
+    assert forgetful != before and forgetful["episodes_lost"] == 0
+
+
+@pytest.mark.parametrize(
+    ("ledger", "message"),
+    [
+        ([], "not a ledger of format 1"),
+        ({"format": 2}, "not a ledger of format 1"),
+        ({"format": 1, "gone": [], "senders": [[1, 2]], "sent_before": []}, "senders or sent_before"),
+        ({"format": 1, "gone": {}, "senders": [], "sent_before": []}, "a 'gone' list"),
+        ({"format": 1, "gone": [{"role": "actor"}], "senders": [], "sent_before": []}, "entry 0: no 'membership'"),
+        (
+            {"format": 1, "senders": [], "sent_before": [],
+             "gone": [{"worker_id": "r", "role": "rollout", "membership": "member", "stats": {}}]},
+            "only gone incarnations",
+        ),
+        (
+            {"format": 1, "senders": [], "sent_before": [],
+             "gone": [{"worker_id": "r", "role": "rollout", "membership": "left", "stats": {"x": "y"}}]},
+            "stats must map names to numbers",
+        ),
+    ],
+)  # fmt: skip
+def test_a_malformed_ledger_is_refused_naming_what_is_wrong_and_restores_nothing(ledger, message):
+    run, _ = make_run()
+    with pytest.raises(ValueError, match=message):
+        run.restore(ledger)
+    assert (run.registry.incarnations(), run.ledger()["gone"], run.ledger()["senders"]) == ([], [], [])
