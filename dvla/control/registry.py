@@ -85,6 +85,7 @@ class Registry:
             raise ValueError(f"need num_rollouts >= num_actors >= 1, got {num_rollouts} and {num_actors}")
         self.evict_after_s = evict_after_s or 2 * DEAD_AFTER_BEATS * heartbeat_s
         self._retired: list[Worker] = []  # earlier incarnations of workers that registered again
+        self._pending: dict[str, Worker] = {}  # live in a restored ledger, not registered again yet
         self._worlds: dict[int, list[Worker]] = {}  # epoch -> its rollout members, by rank
         self.events: list[str] = []  # what it did on its own, for the service's log (drain_events)
         self.target_rollouts, self.num_actors = num_rollouts, num_actors
@@ -241,6 +242,7 @@ class Registry:
             self._remember()
             self.events.append(f"'{worker_id}' registered again from data-plane epoch {next_epoch - 1}: "
                                f"the world re-forms at epoch {next_epoch}")  # fmt: skip
+        self._take_pending(worker_id, worker_key)
         now = self._clock()
         known = self._workers.get(worker_id)
         if (
@@ -347,6 +349,13 @@ class Registry:
         standby (if any) is admitted, and a new epoch forms without it.
         """
         now, evicted = self._clock(), []
+        for w in [w for w in self._pending.values() if w.role == Role.ROLLOUT]:
+            if now - w.last_seen >= self.evict_after_s:  # in the restored ledger, and never registered again
+                del self._pending[w.worker_id]
+                w.membership = Membership.EVICTED
+                self._workers[w.worker_id] = w
+                self.events.append(f"evicted rollout '{w.worker_id}' (known from the ledger, it did not register "
+                                   f"again within {self.evict_after_s:g} s)")  # fmt: skip
         for w in list(self._workers.values()):
             if w.role == Role.ROLLOUT and w.membership in _LIVE and now - w.last_seen >= self.evict_after_s:
                 self._evict(w, f"no heartbeat for {now - w.last_seen:.1f} s")
@@ -426,44 +435,69 @@ class Registry:
 
     def incarnations(self) -> list[Worker]:
         """Every worker, and the earlier incarnations of those that registered again (for the totals)."""
-        return self.workers() + self._retired
+        return self.workers() + self._retired + list(self._pending.values())
 
     # ------------------------------------------------------------------ the ledger
     def ledger(self) -> dict:
-        """What a weight_control started again could hear from no one: the incarnations that are gone (left,
-        evicted, replaced by a new process) with their last reports, and how often actor rank 0 was
-        replaced. Plain data (JSON-ready); `restore` takes it back."""
+        """What a weight_control started again needs and could not hear from anyone: every incarnation with its
+        last report (the gone ones: left, evicted, replaced; the live ones in case they die before they
+        register again), and how often actor rank 0 was replaced. Plain data (JSON-ready); `restore` takes
+        it back."""
         gone = [w for w in self._workers.values() if w.role == Role.ROLLOUT and w.membership not in _LIVE]
+        live = [w for w in self._workers.values() if w.role == Role.ACTOR or w.membership in _LIVE]
         return {
             "actor_incarnation": self.actor_incarnation,
             "gone": [_entry(w, False) for w in gone] + [_entry(w, True) for w in self._retired],
+            "live": [_entry(w, False) for w in [*live, *self._pending.values()]],
         }
 
     def restore(self, ledger: dict) -> int:
         """Take back a ledger (this weight_control replaces one that died); returns the incarnations restored.
 
         Only into a registry nobody registered with yet. Gone rollouts are listed again as left or evicted
-        (until their id registers anew), replaced incarnations stay apart, and their counters count in the
-        totals as before. ValueError naming the entry when the ledger is malformed."""
-        if self._workers or self._retired:
+        (until their id registers anew); replaced incarnations stay apart. Live ones wait (`pending`): the
+        same process registering again takes its place; another process under its id makes it a gone
+        incarnation (an actor rank's: the next actor incarnation); a rollout that does neither within
+        evict_after_s is evicted. All count in the totals as before. ValueError naming the entry when the
+        ledger is malformed (nothing is restored then)."""
+        if self._workers or self._retired or self._pending:
             raise ValueError("a ledger is restored only before any worker registers")
         if not isinstance(ledger, dict) or not isinstance(ledger.get("gone"), list):
             raise ValueError("a ledger is a mapping with a 'gone' list")
+        if not isinstance(ledger.get("live"), list):
+            raise ValueError("a ledger is a mapping with a 'live' list")
         incarnation = ledger.get("actor_incarnation", 0)
         if not isinstance(incarnation, int) or incarnation < 0:
             raise ValueError(f"actor_incarnation must be an integer >= 0, got {incarnation!r}")
-        entries = [_from_entry(e, i) for i, e in enumerate(ledger["gone"])]
-        current = [w.worker_id for w, retired in entries if not retired]
+        gone = [_from_entry(e, f"gone entry {i}", live=False) for i, e in enumerate(ledger["gone"])]
+        live = [_from_entry(e, f"live entry {i}", live=True) for i, e in enumerate(ledger["live"])]
+        current = [w.worker_id for w, retired in gone if not retired] + [w.worker_id for w, _ in live]
         if len(set(current)) != len(current):
-            raise ValueError("ledger: a rollout is listed twice as its id's current incarnation")
-        for w, retired in entries:
+            raise ValueError("ledger: a worker id is listed twice as its current incarnation")
+        now = self._clock()
+        for w, retired in gone:
             if retired:
                 self._retired.append(w)
             else:
                 self._workers[w.worker_id] = w
+        for w, _ in live:
+            w.last_seen = now  # heard of now: a rollout that does not come back is evicted in evict_after_s
+            self._pending[w.worker_id] = w
         self.actor_incarnation = incarnation
-        self.took_over = bool(entries) or self.took_over
-        return len(entries)
+        self.took_over = bool(gone or live) or self.took_over
+        return len(gone) + len(live)
+
+    def _take_pending(self, worker_id: str, worker_key: int) -> None:
+        """A worker registers under an id the restored ledger knew as live: the same process takes its place
+        (its own reports count from now on); another process means that one is gone."""
+        w = self._pending.pop(worker_id, None)
+        if w is None or not _another_process(w, worker_key):
+            return
+        if w.role == Role.ACTOR and w.rank == 0:
+            self.actor_incarnation += 1  # actor rank 0 came back as a new process (from its checkpoint)
+        w.membership, w.rank = (Membership.LEFT if w.role == Role.ACTOR else Membership.EVICTED), -1
+        self._retired.append(w)
+        self.events.append(f"'{worker_id}' registered as a new process: the one the ledger knew is gone")
 
     def standbys(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.membership == Membership.STANDBY]
@@ -486,29 +520,33 @@ _GONE = (Membership.LEFT, Membership.EVICTED)
 
 def _entry(w: Worker, retired: bool) -> dict:
     stats = {k: v for k, v in w.stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {"worker_id": w.worker_id, "role": w.role.value, "membership": w.membership.value,
+    return {"worker_id": w.worker_id, "role": w.role.value, "membership": w.membership.value, "rank": w.rank,
             "worker_key": w.worker_key, "retired": retired, "stats": stats}  # fmt: skip
 
 
-def _from_entry(e, i: int) -> tuple[Worker, bool]:
-    """A ledger entry back as a gone incarnation (membership left or evicted), and whether it was replaced."""
-    where = f"ledger entry {i}"
+def _from_entry(e, where: str, live: bool) -> tuple[Worker, bool]:
+    """A ledger entry back as an incarnation, and whether it was replaced. Gone entries are left or evicted;
+    live ones are members, standbys or leavers."""
     if not isinstance(e, dict):
         raise ValueError(f"{where}: not a mapping")
     try:
         role, membership = Role(e["role"]), Membership(e["membership"])
         worker_id, key, retired, stats = e["worker_id"], e.get("worker_key", 0), e.get("retired", False), e["stats"]
+        rank = e.get("rank", -1)
     except KeyError as missing:
         raise ValueError(f"{where}: no {missing}") from None
     except ValueError as bad:
         raise ValueError(f"{where}: {bad}") from None
     if not isinstance(worker_id, str) or not worker_id:
         raise ValueError(f"{where}: worker_id must be a non-empty string")
-    if not isinstance(key, int) or not 0 <= key < 1 << 63:
-        raise ValueError(f"{where} ('{worker_id}'): worker_key must be an integer in [0, 2**63)")
+    if not isinstance(key, int) or not 0 <= key < 1 << 63 or not isinstance(rank, int):
+        raise ValueError(f"{where} ('{worker_id}'): worker_key must be an integer in [0, 2**63), rank an integer")
     if not isinstance(stats, dict) or not all(isinstance(v, (int, float)) for v in stats.values()):
         raise ValueError(f"{where} ('{worker_id}'): stats must map names to numbers")
-    if membership not in _GONE or (role == Role.ACTOR and not retired):
-        raise ValueError(f"{where} ('{worker_id}'): only gone incarnations are kept, not a live {role} {membership}")
-    w = Worker(worker_id, role, -1, "", 0.0, stats=dict(stats), membership=membership, worker_key=key)
+    ok = membership in _LIVE and not retired if live else membership in _GONE and (retired or role == Role.ROLLOUT)
+    if not ok:
+        raise ValueError(f"{where} ('{worker_id}'): a {'live' if live else 'gone'} entry cannot be a "
+                         f"{'replaced ' if retired else ''}{role} {membership}")  # fmt: skip
+    w = Worker(worker_id, role, rank if live else -1, "", 0.0, stats=dict(stats), membership=membership,
+               worker_key=key)  # fmt: skip
     return w, bool(retired)

@@ -480,7 +480,7 @@ def test_a_weight_control_started_again_restores_the_ledger_of_gone_incarnations
     def started_again(ledger: dict | None) -> RunControl:
         new, _ = make_run(num_rollouts=2)
         if ledger is not None:
-            assert new.restore(json.loads(json.dumps(ledger))) == 2  # r1, and the dead actor
+            assert new.restore(json.loads(json.dumps(ledger))) == 4  # gone: r1 and the dead actor; live: 2
         epoch = run.registry.epoch + 1
         new.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101, next_epoch=epoch)
         new.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10, next_epoch=epoch)
@@ -500,24 +500,80 @@ def test_a_weight_control_started_again_restores_the_ledger_of_gone_incarnations
     assert forgetful != before and forgetful["episodes_lost"] == 0
 
 
+def test_an_actor_that_died_before_weight_control_did_is_replaced_from_the_ledger_and_its_episodes_count_as_lost():
+    """The actor dies; weight_control dies before the actor's new process registers. The new weight_control
+    knows the dead process from the ledger's live entries: the new actor process replaces it (the next
+    actor incarnation, versions rewound), and what went to the dead one and was not finished is lost."""
+    run, _ = actor_and_rollouts(num_rollouts=2)
+    run.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12}, worker_key=10)
+    run.on_heartbeat("r1", {"episodes_produced": 10, "episodes_sent": 8}, worker_key=11)
+    run.on_heartbeat("actor-0", {"episodes_received": 16, "episodes_trained": 8, "episodes_dropped": 2,
+                                 "episodes_queued": 6}, senders=[SenderCounts(10, 8, 8, 0), SenderCounts(11, 8, 8, 0)],
+                     worker_key=100)  # fmt: skip
+    publish(run, 0)
+    ledger = json.loads(json.dumps(run.ledger()))
+    new, _ = make_run(num_rollouts=2)
+    assert new.restore(ledger) == 3 and new.registry.incarnations() != []
+    assert_balanced(new.totals())  # before anyone registers again: the last reports
+    new.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)  # its new process
+    new.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10, next_epoch=1)
+    new.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=11, next_epoch=1)
+    assert new.registry.actor_incarnation == 1 and len(new.registry.retired_actors()) == 1
+    assert "a new process" in new.registry.drain_events()[0]
+    new.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12}, worker_key=10)
+    new.on_heartbeat("r1", {"episodes_produced": 10, "episodes_sent": 8}, worker_key=11)
+    new.on_heartbeat("actor-0", {}, worker_key=101)
+    t = new.totals()
+    assert (t["episodes_lost"], t["episodes_trained"], t["episodes_dropped"]) == (12 + 8 - 10, 8, 2), t
+    assert (t["episodes_on_wire"], t["episodes_unsent"], t["episodes_in_flight"]) == (0, 2, 2), t
+    assert_balanced(t)
+
+
+def test_a_rollout_known_from_the_ledger_that_never_registers_again_is_evicted_after_the_deadline():
+    run, _ = actor_and_rollouts(num_rollouts=2)
+    run.on_heartbeat("r1", {"episodes_produced": 10, "episodes_sent": 8}, worker_key=11)
+    run.on_heartbeat("actor-0", {"episodes_received": 8, "episodes_trained": 8},
+                     senders=[SenderCounts(11, 8, 8, 0)], worker_key=100)  # fmt: skip
+    new, clock = make_run(num_rollouts=2)
+    new.restore(json.loads(json.dumps(run.ledger())))
+    new.register("actor", "actor-0", rendezvous_address="h:1", worker_key=100)
+    new.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10, next_epoch=1)
+    new.on_heartbeat("actor-0", {"episodes_received": 8, "episodes_trained": 8},
+                     senders=[SenderCounts(11, 8, 8, 0)], worker_key=100)  # fmt: skip
+    assert new.sweep() == [] and new.registry.find("r1") is None
+    clock.t += new.registry.evict_after_s
+    new.on_heartbeat("actor-0", {"episodes_received": 8, "episodes_trained": 8},
+                     senders=[SenderCounts(11, 8, 8, 0)], worker_key=100)  # fmt: skip
+    new.on_heartbeat("r0", {}, worker_key=10)
+    new.sweep()
+    assert new.registry.find("r1").membership == Membership.EVICTED
+    t = new.totals()
+    assert (t["episodes_lost"], t["episodes_in_flight"]) == (2, 0), t
+    assert_balanced(t)
+
+
+def entry(membership: str, role: str = "rollout", **kw) -> dict:
+    return {"worker_id": "r", "role": role, "membership": membership, "stats": {}} | kw
+
+
 @pytest.mark.parametrize(
     ("ledger", "message"),
     [
         ([], "not a ledger of format 1"),
         ({"format": 2}, "not a ledger of format 1"),
-        ({"format": 1, "gone": [], "senders": [[1, 2]], "sent_before": []}, "senders or sent_before"),
-        ({"format": 1, "gone": {}, "senders": [], "sent_before": []}, "a 'gone' list"),
-        ({"format": 1, "gone": [{"role": "actor"}], "senders": [], "sent_before": []}, "entry 0: no 'membership'"),
-        (
-            {"format": 1, "senders": [], "sent_before": [],
-             "gone": [{"worker_id": "r", "role": "rollout", "membership": "member", "stats": {}}]},
-            "only gone incarnations",
-        ),
-        (
-            {"format": 1, "senders": [], "sent_before": [],
-             "gone": [{"worker_id": "r", "role": "rollout", "membership": "left", "stats": {"x": "y"}}]},
-            "stats must map names to numbers",
-        ),
+        ({"format": 1, "gone": [], "live": [], "senders": [[1, 2]], "sent_before": []}, "senders or sent_before"),
+        ({"format": 1, "gone": {}, "live": [], "senders": [], "sent_before": []}, "a 'gone' list"),
+        ({"format": 1, "gone": [], "senders": [], "sent_before": []}, "a 'live' list"),
+        ({"format": 1, "gone": [{"role": "actor"}], "live": [], "senders": [], "sent_before": []},
+         "gone entry 0: no 'membership'"),
+        ({"format": 1, "gone": [entry("member")], "live": [], "senders": [], "sent_before": []},
+         "a gone entry cannot be a rollout member"),
+        ({"format": 1, "gone": [], "live": [entry("evicted")], "senders": [], "sent_before": []},
+         "live entry 0 \\('r'\\): a live entry cannot be a rollout evicted"),
+        ({"format": 1, "gone": [entry("left", stats={"x": "y"})], "live": [], "senders": [], "sent_before": []},
+         "stats must map names to numbers"),
+        ({"format": 1, "gone": [entry("left")], "live": [entry("member")], "senders": [], "sent_before": []},
+         "listed twice"),
     ],
 )  # fmt: skip
 def test_a_malformed_ledger_is_refused_naming_what_is_wrong_and_restores_nothing(ledger, message):
