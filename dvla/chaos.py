@@ -177,7 +177,7 @@ def run_chaos(
                 elif f.detect_s is not None and w is not None and w.membership == pb.MEMBER and w.stats.episodes_sent:
                     f.recover_s = now - t0 - f.t_kill
                     open_faults.remove(f)
-            if actor.due(s, launcher) and not control.waiting(s):  # weight_control's turn first, if it came first
+            if actor.due(s, launcher) and not control.before(actor, s):  # weight_control's turn, if it came first
                 f = actor.kill(launcher, s, now - t0)
                 faults.append(f)
                 open_faults.append(f)
@@ -289,11 +289,18 @@ class _ControlFault:
         """Its version is out but it has not been killed yet (it waits for the faults it would hide)."""
         return self.at_version is not None and s.latest_version >= self.at_version
 
+    def before(self, actor: _ActorFault, s) -> bool:
+        """Its version came before the actor kill's: it goes first. At the same version the actor goes first, and
+        weight_control dies once that is detected, while the actor is down or coming back: the new weight_control
+        knows of the dead actor only from its predecessor's ledger (control.state_path)."""
+        return self.waiting(s) and (actor.at_version is None or self.at_version < actor.at_version)
+
     def due(self, s, actor: _ActorFault, open_faults: list[Fault]) -> bool:
-        # a killed rollout not yet seen evicted would never be (the new weight_control never knew it), and an
-        # actor restart is followed by its incarnation number, which a new weight_control counts from 0 again
-        if not self.waiting(s) or actor.open or any(f.detect_s is None for f in open_faults):
+        # each open fault is detected first, so that its detection is measured by the weight_control that saw it
+        if not self.waiting(s) or any(f.detect_s is None for f in open_faults):
             return False
+        if actor.at_version is not None and actor.at_version <= self.at_version:
+            return False  # the actor's kill is due first, or at the same version (see before())
         down = {f.worker_id for f in open_faults}  # evicted, to be started again: they register with the new one
         return all(w.membership == pb.MEMBER or w.worker_id in down for w in s.workers if w.role == pb.ROLLOUT)
 

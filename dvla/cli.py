@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
         "--control-at",
         type=float,
         help="also kill weight_control once, when this share of the updates is done (e.g. 0.2); it starts again "
-        "on the same port and the workers register with it again",
+        "on the same port and the workers register with it again; equal to --actor-at: right after the actor's "
+        "death is seen, while it is down",
     )
     c.add_argument("overrides", nargs="*", help="section.field=value, e.g. pipeline.num_updates=100")
     a = sub.add_parser("admin", help="inspect and steer a live run through weight_control's Admin API")

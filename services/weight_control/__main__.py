@@ -16,14 +16,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--port", type=int, default=os.environ.get("DVLA_CONTROL_PORT"), help="listen port (env DVLA_CONTROL_PORT)"
     )
+    p.add_argument(
+        "--state-path",
+        default=os.environ.get("DVLA_CONTROL_STATE"),
+        help="keep the ledger here, and read it back when started again (control.state_path; env DVLA_CONTROL_STATE)",
+    )
     args = p.parse_args(argv)
     cfg = service_args.config_from(args)
     control = cfg.control
-    if args.host or args.port is not None:
+    if args.host or args.port is not None or args.state_path:
         from dataclasses import replace
 
         control = replace(
-            control, host=args.host or control.host, port=int(args.port) if args.port is not None else control.port
+            control,
+            host=args.host or control.host,
+            port=int(args.port) if args.port is not None else control.port,
+            state_path=args.state_path or control.state_path,
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .app import serve_forever

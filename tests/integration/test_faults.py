@@ -49,7 +49,8 @@ FAST = [
 def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_control_once(tmp_path: Path):
     overrides = ["pipeline.num_updates=50", "pipeline.slow_actor_s=0.5", "checkpoint.every_updates=5"]
     cfg = load_config(None, [*FAST, *overrides])
-    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.5, control_at=0.2)
+    # weight_control dies right after the actor's death is seen: the new one knows of it from the ledger
+    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.4, control_at=0.4)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
     assert report.rc == 0, logs
     rollouts = [f for f in report.faults if f.kind == "rollout killed"]
@@ -67,7 +68,10 @@ def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_con
     assert all(f.recover_s is not None for f in report.faults), report.table()
     actor_log = (tmp_path / "run" / "logs" / "actor.log").read_text()
     assert "actor started again" in actor_log and "resumed from" in actor_log
-    assert "registered again" in (tmp_path / "run" / "logs" / "weight_control.log").read_text()
+    control_log = (tmp_path / "run" / "logs" / "weight_control.log").read_text()
+    assert "registered again" in control_log and "restored the ledger" in control_log
+    kill_order = [f.kind for f in report.faults if f.kind != "rollout killed"]
+    assert kill_order == ["actor killed", "weight_control killed"], report.table()
     t = report.totals
     assert t["episodes_lost"] >= 0 and t["episodes_produced"] >= 50 * 4
     restarts = (tmp_path / "run" / "logs" / f"{report.faults[0].worker_id}.log").read_text()
