@@ -320,14 +320,11 @@ def test_rollouts_exit_with_a_clear_message_when_the_actor_never_comes_back(tmp_
     assert alive and [a.worker_id for a in status.actors_missing] == ["actor-0"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flaky (issue 12 note, stop 20): passed here alone, but on one fresh-clone CI run the actor did "
-    "not finish within 180 s after the restart; the cause is not found yet",
-)
 def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes(tmp_path: Path):
     n = 30
-    svc = Services(tmp_path, [f"pipeline.num_updates={n}", "pipeline.slow_actor_s=0.4", "control.lost_after_s=60"])
+    ledger = tmp_path / "control-state.json"
+    svc = Services(tmp_path, [f"pipeline.num_updates={n}", "pipeline.slow_actor_s=0.4", "control.lost_after_s=60",
+                              f"control.state_path={ledger}"])  # fmt: skip
     try:
         svc.actor()
         svc.rollout("r0"), svc.rollout("r1")
@@ -335,7 +332,8 @@ def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes
         svc.procs["wc"].send_signal(signal.SIGKILL)
         svc.procs["wc"].wait()
         time.sleep(3)  # the workers find it gone, and retry
-        svc.start("wc", "services.weight_control")  # on the same port, knowing nothing of the run
+        assert ledger.is_file()  # the ledger the old one kept: every worker live
+        svc.start("wc", "services.weight_control", "--state-path", str(ledger))  # on the same port
         svc.client.wait_healthy(60)
         back = svc.wait_for(lambda s: s if s.latest_version > 5 and len(s.workers) == 3 else None, 90)
         assert back.epoch >= 1  # the world re-formed after the epoch the workers were in
@@ -354,6 +352,7 @@ def test_a_restarted_weight_control_takes_the_workers_back_and_the_run_completes
     assert [r["version"] for r in read_metrics(svc.run_dir / "metrics.jsonl")] == list(range(1, n + 1))
     for name in ("actor", "r0", "r1"):
         assert "registered again" in svc.logs[name].read_text(), name
+    assert "restored the ledger" in svc.logs["wc"].read_text()
 
 
 def test_every_process_exits_with_a_clear_message_when_weight_control_never_comes_back(tmp_path: Path):
