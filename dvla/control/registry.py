@@ -43,6 +43,7 @@ DEAD_AFTER_BEATS = 5
 EPOCHS_REMEMBERED = 16  # members of the newest epochs, for the ranks lost in each
 _ORDER = (Membership.MEMBER, Membership.LEAVING, Membership.STANDBY, Membership.LEFT, Membership.EVICTED)  # shown so
 _LIVE = (Membership.MEMBER, Membership.STANDBY, Membership.LEAVING)  # a rollout that may still be running
+REJOIN_WITHIN_S = 30.0  # a rollout live in a restored ledger and not registered again by then is evicted
 MAX_ROLLOUTS = 1024
 MAX_SHARDS = 64
 
@@ -101,6 +102,12 @@ class Registry:
         self.took_over = False  # workers registered again from a run under way (weight_control started again)
 
     # ------------------------------------------------------------------ the world
+    @property
+    def rejoin_within_s(self) -> float:
+        """How long a worker live in a restored ledger has to register again before it counts as gone: its
+        client retries at least every 5 s, so a live one is back well within this."""
+        return max(self.evict_after_s, REJOIN_WITHIN_S)
+
     @property
     def world_size(self) -> int:
         return self.num_actors + (self.target_rollouts if self._initial else len(self._members))
@@ -350,12 +357,12 @@ class Registry:
         """
         now, evicted = self._clock(), []
         for w in [w for w in self._pending.values() if w.role == Role.ROLLOUT]:
-            if now - w.last_seen >= self.evict_after_s:  # in the restored ledger, and never registered again
+            if now - w.last_seen >= self.rejoin_within_s:  # in the restored ledger, and never registered again
                 del self._pending[w.worker_id]
                 w.membership = Membership.EVICTED
                 self._workers[w.worker_id] = w
                 self.events.append(f"evicted rollout '{w.worker_id}' (known from the ledger, it did not register "
-                                   f"again within {self.evict_after_s:g} s)")  # fmt: skip
+                                   f"again within {self.rejoin_within_s:g} s)")  # fmt: skip
         for w in list(self._workers.values()):
             if w.role == Role.ROLLOUT and w.membership in _LIVE and now - w.last_seen >= self.evict_after_s:
                 self._evict(w, f"no heartbeat for {now - w.last_seen:.1f} s")
@@ -458,7 +465,7 @@ class Registry:
         (until their id registers anew); replaced incarnations stay apart. Live ones wait (`pending`): the
         same process registering again takes its place; another process under its id makes it a gone
         incarnation (an actor rank's: the next actor incarnation); a rollout that does neither within
-        evict_after_s is evicted. All count in the totals as before. ValueError naming the entry when the
+        `rejoin_within_s` is evicted. All count in the totals as before. ValueError naming the entry when the
         ledger is malformed (nothing is restored then)."""
         if self._workers or self._retired or self._pending:
             raise ValueError("a ledger is restored only before any worker registers")

@@ -132,7 +132,7 @@ def restore_ledger(run: RunControl, path: Path) -> None:
         log.error("control.state_path %s cannot be read back (%s): moved to %s; the totals start afresh", path, e,
                   aside)  # fmt: skip
         return
-    log.warning("started again: restored the ledger from %s (%d gone incarnation(s), actor incarnation %d)", path, n,
+    log.warning("started again: restored the ledger from %s (%d incarnation(s), actor incarnation %d)", path, n,
                 run.registry.actor_incarnation)  # fmt: skip
 
 

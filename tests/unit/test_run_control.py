@@ -541,7 +541,10 @@ def test_a_rollout_known_from_the_ledger_that_never_registers_again_is_evicted_a
     new.on_heartbeat("actor-0", {"episodes_received": 8, "episodes_trained": 8},
                      senders=[SenderCounts(11, 8, 8, 0)], worker_key=100)  # fmt: skip
     assert new.sweep() == [] and new.registry.find("r1") is None
-    clock.t += new.registry.evict_after_s
+    clock.t += new.registry.rejoin_within_s - 1
+    new.on_heartbeat("r0", {}, worker_key=10)
+    assert new.sweep() == [] and new.registry.find("r1") is None  # a live one retrying: back by now, not yet
+    clock.t += 1
     new.on_heartbeat("actor-0", {"episodes_received": 8, "episodes_trained": 8},
                      senders=[SenderCounts(11, 8, 8, 0)], worker_key=100)  # fmt: skip
     new.on_heartbeat("r0", {}, worker_key=10)
