@@ -249,7 +249,7 @@ class Registry:
             self._remember()
             self.events.append(f"'{worker_id}' registered again from data-plane epoch {next_epoch - 1}: "
                                f"the world re-forms at epoch {next_epoch}")  # fmt: skip
-        self._take_pending(worker_id, worker_key)
+        actor_replaced = self._take_pending(worker_id, worker_key)
         now = self._clock()
         known = self._workers.get(worker_id)
         if (
@@ -283,6 +283,9 @@ class Registry:
             w = Worker(worker_id, role, len(self._actors), address, now, env_spec, worker_key=worker_key)
             self._actors.append(worker_id)
             self._workers[worker_id] = w
+            if actor_replaced:  # rollouts that registered again first wait in the dead one's epoch: move on
+                self._bump()
+                self.events.append(f"data-plane epoch {self.epoch} forms around actor rank {w.rank}'s new process")
             return w
         if env_spec is None:
             raise InvalidArgument("a rollout must give its env_spec")
@@ -494,17 +497,19 @@ class Registry:
         self.took_over = bool(gone or live) or self.took_over
         return len(gone) + len(live)
 
-    def _take_pending(self, worker_id: str, worker_key: int) -> None:
+    def _take_pending(self, worker_id: str, worker_key: int) -> bool:
         """A worker registers under an id the restored ledger knew as live: the same process takes its place
-        (its own reports count from now on); another process means that one is gone."""
+        (its own reports count from now on); another process means that one is gone. True if that was an
+        actor rank's: the world must re-form around the new process (as in _restart_actor)."""
         w = self._pending.pop(worker_id, None)
         if w is None or not _another_process(w, worker_key):
-            return
+            return False
         if w.role == Role.ACTOR and w.rank == 0:
             self.actor_incarnation += 1  # actor rank 0 came back as a new process (from its checkpoint)
         w.membership, w.rank = (Membership.LEFT if w.role == Role.ACTOR else Membership.EVICTED), -1
         self._retired.append(w)
         self.events.append(f"'{worker_id}' registered as a new process: the one the ledger knew is gone")
+        return w.role == Role.ACTOR
 
     def standbys(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.membership == Membership.STANDBY]

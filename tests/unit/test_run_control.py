@@ -515,11 +515,14 @@ def test_an_actor_that_died_before_weight_control_did_is_replaced_from_the_ledge
     new, _ = make_run(num_rollouts=2)
     assert new.restore(ledger) == 3 and new.registry.incarnations() != []
     assert_balanced(new.totals())  # before anyone registers again: the last reports
-    new.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)  # its new process
     new.register("rollout", "r0", env_spec=SPEC, num_envs=4, worker_key=10, next_epoch=1)
     new.register("rollout", "r1", env_spec=SPEC, num_envs=4, worker_key=11, next_epoch=1)
+    assert new.registry.epoch == 1
+    new.register("actor", "actor-0", rendezvous_address="h:2", worker_key=101)  # its new process
     assert new.registry.actor_incarnation == 1 and len(new.registry.retired_actors()) == 1
-    assert "a new process" in new.registry.drain_events()[0]
+    # the rollouts, registered first, wait in epoch 1 for the dead actor's rendezvous: a new epoch forms
+    assert (new.registry.epoch, new.registry.rendezvous_address) == (2, "h:2")
+    assert any("a new process" in e for e in new.registry.drain_events())
     new.on_heartbeat("r0", {"episodes_produced": 12, "episodes_sent": 12}, worker_key=10)
     new.on_heartbeat("r1", {"episodes_produced": 10, "episodes_sent": 8}, worker_key=11)
     new.on_heartbeat("actor-0", {}, worker_key=101)
