@@ -50,7 +50,7 @@ def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_con
     overrides = ["pipeline.num_updates=50", "pipeline.slow_actor_s=0.5", "checkpoint.every_updates=5"]
     cfg = load_config(None, [*FAST, *overrides])
     # weight_control dies right after the actor's death is seen: the new one knows of it from the ledger
-    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.4, control_at=0.4)
+    report = run_chaos(cfg, every_s=8.0, seed=1, out=tmp_path / "run", actor_at=0.5, control_at=0.5)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "run" / "logs").glob("*.log")))
     assert report.rc == 0, logs
     rollouts = [f for f in report.faults if f.kind == "rollout killed"]
