@@ -68,8 +68,9 @@ def test_a_chaos_run_survives_rollouts_killed_at_random_the_actor_and_weight_con
     assert all(f.recover_s is not None for f in report.faults), report.table()
     actor_log = (tmp_path / "run" / "logs" / "actor.log").read_text()
     assert "actor started again" in actor_log and "resumed from" in actor_log
-    control_log = (tmp_path / "run" / "logs" / "weight_control.log").read_text()
-    assert "registered again" in control_log and "restored the ledger" in control_log
+    # the new weight_control read its predecessor's ledger; the workers that came back to it are in recover_s
+    # (live ones "registered again", restarted ones as new processes: which, depends on the timing)
+    assert "restored the ledger" in (tmp_path / "run" / "logs" / "weight_control.log").read_text()
     kill_order = [f.kind for f in report.faults if f.kind != "rollout killed"]
     assert kill_order == ["actor killed", "weight_control killed"], report.table()
     t = report.totals
