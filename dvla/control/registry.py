@@ -491,7 +491,7 @@ class Registry:
             else:
                 self._workers[w.worker_id] = w
         for w, _ in live:
-            w.last_seen = now  # heard of now: a rollout that does not come back is evicted in evict_after_s
+            w.last_seen = now  # heard of now: a rollout that does not come back is evicted in rejoin_within_s
             self._pending[w.worker_id] = w
         self.actor_incarnation = incarnation
         self.took_over = bool(gone or live) or self.took_over
