@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+import xxhash
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -76,6 +77,18 @@ class Manifest:
                 raise ValueError(f"tensors '{a}' and '{b}' overlap in the buffer (bytes [{start}, {min(end, end_b)}))")
         if len(self.sha256) != 64:
             raise ValueError(f"manifest sha256 '{self.sha256}' is not a 64-digit hex digest")
+
+
+def transfer_digest(buf) -> str:
+    """xxh3-128 hex digest of a version's bytes, what a transfer is checked against: ~6x faster than sha256,
+    so checking it costs a small fraction of moving the bytes. It catches corruption and truncation, not a
+    forger: the manifest's sha256 (checked when the actor publishes) is the version's identity."""
+    return xxhash.xxh3_128_hexdigest(buf)
+
+
+def transfer_hasher() -> xxhash.xxh3_128:
+    """The incremental form of transfer_digest."""
+    return xxhash.xxh3_128()
 
 
 def _aligned(n: int) -> int:

@@ -36,7 +36,15 @@ class ControlConfig:
     keep_versions: int = 4
     """Newest policy versions kept in host memory."""
     chunk_bytes: int = 1 << 20
-    """Bytes per weight chunk on the wire."""
+    """Bytes per weight chunk on the wire (gRPC)."""
+    bulk_port: int = 0
+    """weight_control: TCP port of the bulk side channel that carries weight bytes at the wire's speed, on
+    control.host (0 = any free port, told to clients in each fetch; -1 = off: bytes travel over gRPC). Off
+    under TLS. Clients fall back to gRPC when they cannot reach it; a cluster opens it beside control.port."""
+    node_cache: str = "auto"
+    """Rollouts: a folder in shared memory where the first rollout on a node to fetch a version leaves its
+    bytes for the others, which read and check them instead of fetching again ('auto' = /dev/shm/dvla-weights
+    where /dev/shm exists; '' = off)."""
     max_message_bytes: int = 8 << 20
     """gRPC message size limit; larger messages are refused."""
     max_version_bytes: int = 4 << 30
@@ -90,6 +98,7 @@ class ControlConfig:
             "mutual TLS needs control.tls_ca (the CA client certificates are checked against)",
         )
         _check(0 <= self.port < 65536, "control.port", "must be in [0, 65535]")
+        _check(-1 <= self.bulk_port < 65536, "control.bulk_port", "must be -1 (off), 0 (any free port) or a port")
         _check(self.keep_versions >= 2, "control.keep_versions", "must be >= 2 (one serving, one arriving)")
         _check(
             0 < self.chunk_bytes < self.max_message_bytes,

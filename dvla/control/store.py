@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dvla.weights import Manifest
+from dvla.weights import Manifest, transfer_hasher
 
 from .errors import AlreadyExists, DataLoss, InvalidArgument, NotFound, OutOfOrder, TooLarge
 
@@ -28,6 +28,7 @@ class StoredVersion:
     final: bool
     published_unix_ns: int
     publisher_id: str = ""
+    transfer_digest: str = ""  # xxh3-128 of data (dvla.weights.transfer_digest), for side-channel fetches
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Upload:
     buf: bytearray
     received: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _fast: object = field(default_factory=transfer_hasher)
 
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received:
@@ -55,6 +57,7 @@ class Upload:
             )
         self.buf[offset:end] = data
         self._hash.update(data)
+        self._fast.update(data)
         self.received = end
 
 
@@ -131,7 +134,9 @@ class VersionStore:
         except Exception:
             self.publishes_rejected += 1
             raise
-        stored = StoredVersion(up.version, up.manifest, up.buf, up.final, self._clock_ns(), up.publisher_id)
+        stored = StoredVersion(
+            up.version, up.manifest, up.buf, up.final, self._clock_ns(), up.publisher_id, up._fast.hexdigest()
+        )
         self._versions[up.version] = stored
         while len(self._versions) > self.keep:
             self._versions.popitem(last=False)

@@ -15,6 +15,7 @@ from dvla.config import ControlConfig, TelemetryConfig
 from dvla.control.registry import Registry, Role
 from dvla.control.run import RunControl
 from dvla.control.store import VersionStore
+from dvla.rpc.bulk import BulkServer
 from dvla.rpc.security import TokenInterceptor, resolve_token, server_credentials
 from dvla.rpc.server import add_health, bind, make_server, set_serving
 
@@ -58,6 +59,13 @@ def observe_control(state: ControlState) -> None:
         ),
         ("dvla.control.dataplane_epoch", lambda: registry.epoch, "{epoch}", "data-plane epoch", False),
         (
+            "dvla.control.bulk_bytes_sent",
+            lambda: state.bulk.bytes_sent if state.bulk else 0,
+            "By",
+            "weight bytes served on the bulk side channel",
+            True,
+        ),
+        (
             "dvla.control.publishes_rejected",
             lambda: store.publishes_rejected,
             "{publish}",
@@ -95,11 +103,35 @@ async def start(
     bound = bind(
         server, cfg.host if host is None else host, cfg.port if port is None else port, server_credentials(cfg)
     )
+    state.bulk = open_bulk(cfg, host, run.store)  # once the gRPC port is ours
     await server.start()
     await set_serving(health, SERVICE_NAMES)
     ledger = LedgerFile(Path(cfg.state_path)) if cfg.state_path else None
     state.sweeper = asyncio.ensure_future(sweep_forever(state, cfg.heartbeat_s / 2, ledger))
     return server, bound, state
+
+
+def open_bulk(cfg: ControlConfig, host: str | None, store: VersionStore) -> BulkServer | None:
+    """The weight bytes' side channel (dvla/rpc/bulk.py), unless configured off or TLS is on: the channel is
+    plain TCP, so under TLS the bytes keep to the authenticated gRPC stream. Its threads look versions up
+    on the event loop that owns the store."""
+    if cfg.bulk_port < 0:
+        return None
+    if cfg.tls_cert:
+        log.info("control.bulk_port is off under TLS: weight bytes travel over the TLS gRPC stream")
+        return None
+    loop = asyncio.get_running_loop()
+
+    async def find(version: int, sha256: str) -> memoryview | None:
+        v = next((v for v in store.versions() if v.version == version), None)
+        return memoryview(v.data) if v is not None and v.manifest.sha256 == sha256 else None
+
+    def lookup(version: int, sha256: str) -> memoryview | None:
+        return asyncio.run_coroutine_threadsafe(find(version, sha256), loop).result(cfg.rpc_timeout_s)
+
+    bulk = BulkServer(cfg.host if host is None else host, cfg.bulk_port, lookup)
+    log.info("weight bytes also served on the bulk port %d", bulk.port)
+    return bulk
 
 
 async def sweep_forever(state: ControlState, period_s: float, ledger: LedgerFile | None = None) -> None:
@@ -177,7 +209,7 @@ async def serve_forever(
 
 
 async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float, num_actors: int = 1) -> None:
-    server, port, _ = await start(cfg, num_rollouts, num_actors=num_actors)
+    server, port, state = await start(cfg, num_rollouts, num_actors=num_actors)
     log.info("weight_control listening on %s:%d (expecting %d rollout worker(s))", cfg.host, port, num_rollouts)
     print(f"weight_control listening on {cfg.host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -188,6 +220,8 @@ async def _serve(cfg: ControlConfig, num_rollouts: int, grace_s: float, num_acto
     await asyncio.wait([waiter, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping (grace %.1fs)", grace_s)
     await server.stop(grace_s)
+    if state.bulk is not None:
+        state.bulk.close()
 
 
 class BackgroundServer:
@@ -233,6 +267,8 @@ class BackgroundServer:
             self.state.sweeper.cancel()
             await asyncio.gather(self.state.sweeper, return_exceptions=True)
             await self.server.stop(0)
+            if self.state.bulk is not None:
+                self.state.bulk.close()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -17,6 +17,7 @@ from dvla.control.store import StoredVersion
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.rpc import codec
+from dvla.rpc.bulk import BulkServer
 
 CHECKPOINT_WAIT_S = 300.0  # Admin.Checkpoint's wait when the request gives no timeout_s
 
@@ -53,9 +54,10 @@ def _status(fn):
 class ControlState:
     """What the three servicers share: the run's domain, and a condition that wakes waiters on every change."""
 
-    def __init__(self, run: RunControl, chunk_bytes: int):
+    def __init__(self, run: RunControl, chunk_bytes: int, bulk: BulkServer | None = None):
         self.run = run
         self.chunk_bytes = chunk_bytes
+        self.bulk = bulk  # the side channel weight bytes travel on (None: over gRPC only)
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
         self.sweeper: asyncio.Future | None = None  # evicts silent rollouts (app.sweep_forever)
@@ -121,19 +123,30 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
         await self.s.bump()
         return self.s.version_info(stored)
 
-    @_status
-    async def FetchWeights(self, request, context):
+    def _wanted(self, request: weights_pb2.FetchRequest) -> StoredVersion:
         if request.latest:
             v = self.s.run.store.latest
             if v is None:
                 raise NotFound("no version has been published yet")
-        else:
-            v = self.s.run.store.get(request.version)
-        yield weights_pb2.WeightChunk(
-            header=weights_pb2.WeightHeader(
-                version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id
-            )
+            return v
+        return self.s.run.store.get(request.version)
+
+    @staticmethod
+    def _header(v: StoredVersion) -> weights_pb2.WeightHeader:
+        return weights_pb2.WeightHeader(
+            version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id
         )
+
+    @_status
+    async def OpenFetch(self, request, context):
+        v = self._wanted(request)
+        port = self.s.bulk.port if self.s.bulk is not None else 0
+        return weights_pb2.FetchTicket(header=self._header(v), bulk_port=port, xxh3_128=v.transfer_digest)
+
+    @_status
+    async def FetchWeights(self, request, context):
+        v = self._wanted(request)
+        yield weights_pb2.WeightChunk(header=self._header(v))
         view, step = memoryview(v.data), self.s.chunk_bytes
         for off in range(0, len(view), step):
             yield weights_pb2.WeightChunk(data=weights_pb2.DataChunk(offset=off, data=bytes(view[off : off + step])))

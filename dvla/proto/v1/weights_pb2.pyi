@@ -146,6 +146,34 @@ class FetchRequest(_message.Message):
 Global___FetchRequest: _TypeAlias = FetchRequest  # noqa: Y015
 
 @_typing.final
+class FetchTicket(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    BULK_PORT_FIELD_NUMBER: _builtins.int
+    XXH3_128_FIELD_NUMBER: _builtins.int
+    bulk_port: _builtins.int
+    """on the host the client reached weight_control at; 0: none"""
+    xxh3_128: _builtins.str
+    """hex digest of the version's bytes: what a transfer is checked against"""
+    @_builtins.property
+    def header(self) -> Global___WeightHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___WeightHeader | None = ...,
+        bulk_port: _builtins.int = ...,
+        xxh3_128: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_port", b"bulk_port", "header", b"header", "xxh3_128", b"xxh3_128"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchTicket: _TypeAlias = FetchTicket  # noqa: Y015
+
+@_typing.final
 class WatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

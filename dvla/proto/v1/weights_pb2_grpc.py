@@ -45,6 +45,11 @@ class WeightControlStub:
                 request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
                 response_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.WeightChunk.FromString,
                 _registered_method=True)
+        self.OpenFetch = channel.unary_unary(
+                '/dvla.v1.WeightControl/OpenFetch',
+                request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchTicket.FromString,
+                _registered_method=True)
         self.WatchVersions = channel.unary_stream(
                 '/dvla.v1.WeightControl/WatchVersions',
                 request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.WatchRequest.SerializeToString,
@@ -75,6 +80,15 @@ class WeightControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenFetch(self, request, context):
+        """The header of a version, the digest its bytes are checked against, and the bulk port they can be
+        read from (a plain TCP side channel at the wire's speed; dvla/rpc/bulk.py). bulk_port 0: no side
+        channel, read them with FetchWeights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchVersions(self, request, context):
         """Sends the newest version now and whenever a newer one arrives.
         """
@@ -100,6 +114,11 @@ def add_WeightControlServicer_to_server(servicer, server):
                     servicer.FetchWeights,
                     request_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.FromString,
                     response_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.WeightChunk.SerializeToString,
+            ),
+            'OpenFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenFetch,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchTicket.SerializeToString,
             ),
             'WatchVersions': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchVersions,
@@ -166,6 +185,33 @@ class WeightControl:
             '/dvla.v1.WeightControl/FetchWeights',
             dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
             dvla_dot_proto_dot_v1_dot_weights__pb2.WeightChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.WeightControl/OpenFetch',
+            dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_weights__pb2.FetchTicket.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class WeightControlStub:
     """
     FetchWeights: _grpc.UnaryStreamMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.WeightChunk]
     """A header (manifest) first, then the bytes in order."""
+    OpenFetch: _grpc.UnaryUnaryMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.FetchTicket]
+    """The header of a version, the digest its bytes are checked against, and the bulk port they can be
+    read from (a plain TCP side channel at the wire's speed; dvla/rpc/bulk.py). bulk_port 0: no side
+    channel, read them with FetchWeights.
+    """
     WatchVersions: _grpc.UnaryStreamMultiCallable[_weights_pb2.WatchRequest, _weights_pb2.VersionEvent]
     """Sends the newest version now and whenever a newer one arrives."""
     GetLatest: _grpc.UnaryUnaryMultiCallable[_weights_pb2.GetLatestRequest, _weights_pb2.VersionEvent]
@@ -51,6 +56,11 @@ class WeightControlAsyncStub(WeightControlStub):
     """
     FetchWeights: _aio.UnaryStreamMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.WeightChunk]  # type: ignore[assignment]
     """A header (manifest) first, then the bytes in order."""
+    OpenFetch: _aio.UnaryUnaryMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.FetchTicket]  # type: ignore[assignment]
+    """The header of a version, the digest its bytes are checked against, and the bulk port they can be
+    read from (a plain TCP side channel at the wire's speed; dvla/rpc/bulk.py). bulk_port 0: no side
+    channel, read them with FetchWeights.
+    """
     WatchVersions: _aio.UnaryStreamMultiCallable[_weights_pb2.WatchRequest, _weights_pb2.VersionEvent]  # type: ignore[assignment]
     """Sends the newest version now and whenever a newer one arrives."""
     GetLatest: _aio.UnaryUnaryMultiCallable[_weights_pb2.GetLatestRequest, _weights_pb2.VersionEvent]  # type: ignore[assignment]
@@ -73,6 +83,17 @@ class WeightControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_weights_pb2.WeightChunk], _abc.AsyncIterator[_weights_pb2.WeightChunk]]:
         """A header (manifest) first, then the bytes in order."""
+
+    @_abc_1.abstractmethod
+    def OpenFetch(
+        self,
+        request: _weights_pb2.FetchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_weights_pb2.FetchTicket, _abc.Awaitable[_weights_pb2.FetchTicket]]:
+        """The header of a version, the digest its bytes are checked against, and the bulk port they can be
+        read from (a plain TCP side channel at the wire's speed; dvla/rpc/bulk.py). bulk_port 0: no side
+        channel, read them with FetchWeights.
+        """
 
     @_abc_1.abstractmethod
     def WatchVersions(
