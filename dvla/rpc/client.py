@@ -7,7 +7,10 @@ the loops never import grpc.
 from __future__ import annotations
 
 import json
+import logging
+import mmap
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,10 +24,13 @@ from dvla.config import ControlConfig
 from dvla.ports import Directives, VersionEvent
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.proto.v1 import common_pb2 as pb
-from dvla.rpc import codec
+from dvla.rpc import bulk, codec
+from dvla.rpc.nodecache import NodeCache, resolve_root
 from dvla.rpc.security import secure_channel
 from dvla.types import Acks, EnvSpec, Membership, RunState, SenderCounts
-from dvla.weights import Manifest, pack, unpack
+from dvla.weights import Manifest, pack, transfer_hasher, unpack
+
+log = logging.getLogger("dvla.rpc.client")
 
 # gRPC retries calls that failed UNAVAILABLE (weight_control restarting, a connection reset) with
 # exponential backoff, within each call's deadline. Only calls that may run twice: reads, heartbeats,
@@ -32,7 +38,10 @@ from dvla.weights import Manifest, pack, unpack
 # never retried behind the actor's back.
 _RETRIED = (
     [{"service": "dvla.v1.Registry", "method": m} for m in ("Register", "Heartbeat", "GetWorld")]
-    + [{"service": "dvla.v1.WeightControl", "method": m} for m in ("GetLatest", "FetchWeights", "WatchVersions")]
+    + [
+        {"service": "dvla.v1.WeightControl", "method": m}
+        for m in ("GetLatest", "OpenFetch", "FetchWeights", "WatchVersions")
+    ]
     + [{"service": "dvla.v1.Admin", "method": "Status"}, {"service": "grpc.health.v1.Health"}]
 )
 SERVICE_CONFIG = json.dumps(
@@ -77,6 +86,38 @@ class Registration:
     num_actors: int = 1
 
 
+BULK_RETRY_S = 60.0  # after the bulk port failed, how long fetches go over gRPC before trying it again
+
+
+class _Gone(Exception):
+    """The version was dropped between its header and its bytes: fetch the newest again."""
+
+
+def _host_of(address: str) -> str:
+    """The host of 'host:port' or '[v6]:port' ('' for other gRPC targets, e.g. unix:)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host or host.startswith("unix"):
+        return ""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+class _ReceiveBuffer:
+    """An anonymous mapping reused from one fetch to the next while no tensor still views it: a fresh buffer
+    costs a page fault per 4 KiB, about as much as moving the bytes on this kind of machine."""
+
+    def __init__(self):
+        self._m: mmap.mmap | None = None
+
+    def get(self, n: int) -> mmap.mmap | bytearray:
+        if n == 0:
+            return bytearray()
+        m = self._m
+        # references: self._m, m, getrefcount's argument; any more are tensors from the last fetch
+        if m is None or len(m) != n or sys.getrefcount(m) > 3:
+            m = self._m = mmap.mmap(-1, n)
+        return m
+
+
 def _wrap(fn):
     def call(*a, **kw):
         try:
@@ -112,8 +153,17 @@ class ControlClient:
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.actor_id = ""  # set by register('actor', ...): only the actor may publish
         self._registered: dict | None = None  # the last register() call's arguments, for rejoin()
+        self._bulk_host = _host_of(address)  # the bulk port is on the host this client reached
+        self._bulk_down_until = 0.0  # after a failed bulk transfer, gRPC carries the bytes for a while
+        self._open_fetch = True  # False against a weight_control without OpenFetch
+        root = resolve_root(cfg.node_cache, address)
+        self.node_cache = NodeCache(root) if root is not None else None
+        self._recv = _ReceiveBuffer()
+        self.fetched = {"bulk": 0, "grpc": 0, "node": 0}  # versions by where their bytes came from
 
     def close(self) -> None:
+        if self.node_cache is not None:
+            self.node_cache.close()
         self.channel.close()
 
     # ------------------------------------------------------------ health
@@ -298,9 +348,102 @@ class ControlClient:
         again while weight_control is unreachable, for up to control.lost_after_s."""
         return self.patiently(self._fetch, version)
 
-    @_wrap
     def _fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        """The version's header over gRPC, then its bytes: from this node's copy, else over the bulk port, else
+        over gRPC; checked either way (against the transfer digest, or the sha256 on the gRPC-only path)."""
         req = weights_pb2.FetchRequest(latest=True) if version is None else weights_pb2.FetchRequest(version=version)
+        for attempt in range(3):
+            ticket = self._ticket(req)
+            if ticket is None:  # a weight_control without OpenFetch
+                return self._fetch_streamed(req)
+            try:
+                return self._fetch_ticket(ticket)
+            except _Gone:
+                if version is not None or attempt == 2:
+                    raise RpcFailed("NOT_FOUND", f"version {ticket.header.version} was dropped while fetched") from None
+        raise AssertionError("unreachable")
+
+    @_wrap
+    def _ticket(self, req: weights_pb2.FetchRequest) -> weights_pb2.FetchTicket | None:
+        if not self._open_fetch:
+            return None
+        try:
+            return self.weights.OpenFetch(req, timeout=self.cfg.rpc_timeout_s)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._open_fetch = False
+            return None
+
+    def _fetch_ticket(self, t: weights_pb2.FetchTicket) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        h = t.header
+        manifest = codec.manifest_from_pb(h.manifest)
+        n = manifest.total_bytes
+
+        def fill(view: memoryview) -> None:
+            if t.bulk_port and time.monotonic() >= self._bulk_down_until and self._bulk_host:
+                try:
+                    bulk.receive(self._bulk_host, t.bulk_port, h.version, manifest.sha256, view, t.xxh3_128,
+                                 self.cfg.transfer_timeout_s)  # fmt: skip
+                    self.fetched["bulk"] += 1
+                    return
+                except bulk.BulkError as e:
+                    if e.gone:
+                        raise _Gone() from None
+                    self._bulk_down_until = time.monotonic() + BULK_RETRY_S
+                    log.warning("%s; weight bytes go over gRPC for the next %.0f s", e, BULK_RETRY_S)
+            self._stream_into(h.version, view, t.xxh3_128)
+            self.fetched["grpc"] += 1
+
+        def fetch() -> mmap.mmap | bytearray:
+            buf = self._recv.get(n)
+            fill(memoryview(buf))
+            return buf
+
+        if n and self.node_cache is not None:
+            hits = self.node_cache.hits
+            try:
+                buf = self.node_cache.get(h.version, manifest.sha256, n, t.xxh3_128, fetch)
+            except OSError as e:  # no shared memory to use: fetch privately from now on
+                log.warning("node cache %s unusable (%s): fetching privately", self.node_cache.root, e)
+                self.node_cache = None
+                buf = fetch()
+            if self.node_cache is not None and self.node_cache.hits > hits:
+                self.fetched["node"] += 1
+        else:
+            buf = fetch()
+        try:
+            return h.version, h.final, unpack(manifest, buf, verify=False)  # checked on arrival
+        except ValueError as e:
+            raise RpcFailed("DATA_LOSS", str(e)) from None
+
+    @_wrap
+    def _stream_into(self, version: int, view: memoryview, digest: str) -> None:
+        """FetchWeights for one version, into `view`, checked against the transfer digest."""
+        stream = self.weights.FetchWeights(
+            weights_pb2.FetchRequest(version=version), timeout=self.cfg.transfer_timeout_s
+        )
+        received, h = 0, transfer_hasher()
+        try:
+            for msg in stream:
+                if msg.WhichOneof("body") == "header":
+                    continue
+                end = received + len(msg.data.data)
+                if msg.data.offset != received or end > len(view):
+                    raise RpcFailed("DATA_LOSS", f"weight stream of version {version} out of order or overrunning")
+                view[received:end] = msg.data.data
+                h.update(msg.data.data)
+                received = end
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                raise _Gone() from None
+            raise
+        if received != len(view) or h.hexdigest() != digest:
+            raise RpcFailed("DATA_LOSS", f"version {version}: {received} of {len(view)} bytes, or a wrong digest")
+
+    @_wrap
+    def _fetch_streamed(self, req: weights_pb2.FetchRequest) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        """The gRPC-only fetch, checked against the manifest's sha256."""
         stream = self.weights.FetchWeights(req, timeout=self.cfg.transfer_timeout_s)
         header, buf, received = None, None, 0
         for msg in stream:

@@ -13,6 +13,7 @@ from dvla.config import ControlConfig, RunConfig, load_config
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 PORT = ControlConfig().port
+BULK_PORT = 50552  # control.bulk_port in the manifests
 SECRET_FILE = "secret.yaml"
 
 
@@ -113,9 +114,10 @@ def test_services_select_their_pods_and_ports(objects):
 
 def test_weight_control_port_and_probes(objects):
     c = container(objects[("Deployment", "weight-control")])
-    assert [p["containerPort"] for p in c["ports"]] == [PORT]
-    assert [p["port"] for p in objects[("Service", "weight-control")]["spec"]["ports"]] == [PORT]
+    assert [p["containerPort"] for p in c["ports"]] == [PORT, BULK_PORT]
+    assert [p["port"] for p in objects[("Service", "weight-control")]["spec"]["ports"]] == [PORT, BULK_PORT]
     e = env(c)
+    assert f"control.bulk_port={BULK_PORT}" in e["DVLA_OVERRIDES"]["value"].split()
     assert (e["DVLA_CONTROL_HOST"]["value"], e["DVLA_CONTROL_PORT"]["value"]) == ("0.0.0.0", str(PORT))
     assert c["readinessProbe"]["grpc"]["port"] == PORT and c["livenessProbe"]["grpc"]["port"] == PORT
 
@@ -129,8 +131,19 @@ def test_workers_reach_weight_control_through_its_service(objects):
         assert env(c)["DVLA_CONTROL"]["value"] == address
         probe = c["readinessProbe"]["exec"]["command"]
         assert probe[:3] == ["python", "-m", "dvla.rpc.probe"] and probe[3] == address
-        (init,) = w["spec"]["template"]["spec"]["initContainers"]  # waits for a serving weight_control
-        assert f"dvla.rpc.probe {address}" in " ".join(init["command"])
+        inits = {i["name"]: i for i in w["spec"]["template"]["spec"]["initContainers"]}
+        assert f"dvla.rpc.probe {address}" in " ".join(inits["wait-for-control"]["command"])
+
+
+def test_rollouts_on_a_node_share_its_weight_copies(objects):
+    """control.node_cache: every rollout pod on a node mounts the same host folder, made writable first."""
+    spec = workloads(objects)["rollout"]["spec"]["template"]["spec"]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "node-weights"]
+    assert vol["hostPath"]["path"] == "/dev/shm/dvla-weights"
+    mounts = {m["name"]: m["mountPath"] for m in container(workloads(objects)["rollout"])["volumeMounts"]}
+    assert mounts["node-weights"] == "/dev/shm/dvla-weights"  # where control.node_cache=auto looks
+    init = {i["name"]: i for i in spec["initContainers"]}["node-weights"]
+    assert "chmod 1777 /dev/shm/dvla-weights" in " ".join(init["command"])
 
 
 def test_token_comes_from_the_secret(objects):
