@@ -50,7 +50,14 @@ def format_status(r: admin_pb2.StatusReply) -> str:
     ]
     if r.versions:
         kept = ", ".join(str(v.version) for v in r.versions)
-        lines.append(f"versions held: {kept} ({r.versions[-1].total_bytes / 2**20:.1f} MiB each)")
+        newest = r.versions[-1]
+        if newest.partial:  # policy.frozen: only what trains travels
+            whole = next((v for v in r.versions if v.version == newest.base_version), None)
+            size = f"{newest.total_bytes / 2**20:.1f} MiB each, partial on v{newest.base_version}" + (
+                f" of {whole.total_bytes / 2**20:.1f} MiB" if whole else "")  # fmt: skip
+        else:
+            size = f"{newest.total_bytes / 2**20:.1f} MiB each"
+        lines.append(f"versions held: {kept} ({size})")
     header = (
         f"{'WORKER':<14} {'ROLE':<8} {'STATUS':<8} {'RANK':>4} {'ADDRESS':<18} {'ALIVE':<5} {'SEEN':>6} "
         f"{'VERSION':>7} {'SHARDS':>6} {'ENVS':>4} {'STEPS/S':>8} {'BUSY':>5} {'EPISODES':>8} {'QUEUE':>5} {'STALE':>5}"

@@ -176,12 +176,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
+def measure_publish_overhead(cfg: RunConfig, updates: int = 6, sink=None) -> dict:
     """Actor update time with a background publish of every version vs with none, side by side.
 
     Same learner, same synthetic global batch; the publish lane, on its own thread as in
-    swimlane, packs, checksums and stores version k in an in-process weight store while
-    update k+1 runs (dvla/inproc.py: the same lane as over gRPC, without the sockets).
+    swimlane, packs, checksums and stores version k while update k+1 runs: in an in-process
+    weight store (dvla/inproc.py: the same lane as over gRPC, without the sockets), or in
+    `sink` (a ControlClient registered as the actor: a real weight_control).
     """
     import torch
 
@@ -208,10 +209,10 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6) -> dict:
         obs, images, actions, torch.zeros(n), torch.ones(n), torch.randn(n, generator=g), torch.randn(n, generator=g)
     )
     nbytes = sum(t.numel() * t.element_size() for t in policy.export_weights().values())
-    lane = PublishLane(LocalWeights(keep=cfg.control.keep_versions), "bench")
+    lane = PublishLane(sink if sink is not None else LocalWeights(keep=cfg.control.keep_versions), "bench")
     publisher = OffThread(lane.submit)
     times = {"off": [], "on": []}
-    version = 0
+    version = 1_000_000 if sink is not None else 0  # after whatever the sink holds
     for _ in range(updates):  # interleaved, so drift in machine speed hits both alike
         for mode in ("off", "on"):
             t = time.perf_counter()

@@ -60,6 +60,15 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--ratios", default="1:1,2:1,3:1", help="with --actors: rollout:actor ratios, e.g. 1:1,2:1,3:1")
     b.add_argument("--mode", default="swimlane", help="with --actors: the pipeline mode of every layout")
+    b.add_argument(
+        "--weights",
+        action="store_true",
+        help="the weight plane instead of modes: fetches over gRPC and the bulk port beside raw TCP, one and many "
+        "at once, N rollouts on a node through the node cache, and the publish stall (runs/bench-weights-<time>/)",
+    )
+    b.add_argument("--weight-mib", type=int, default=64, help="with --weights: the size of a version, in MiB")
+    b.add_argument("--concurrent", default="1,4,16,50", help="with --weights: numbers of fetchers at once")
+    b.add_argument("--node", default="1,2,4,8,16", help="with --weights: numbers of rollouts on the node")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     c = sub.add_parser(
         "chaos",
@@ -121,6 +130,15 @@ def bench_command(args: argparse.Namespace) -> int:
     from dvla.bench import run_bench
 
     try:
+        if args.weights:
+            from dvla.bench_weights import run_weight_bench
+
+            ints = lambda text: tuple(int(k) for k in text.split(",") if k)  # noqa: E731
+            if args.weight_mib < 1:
+                raise ValueError(f"--weight-mib must be >= 1, got {args.weight_mib}")
+            run_weight_bench(Path(args.out_dir), mib=args.weight_mib, concurrent=ints(args.concurrent),
+                             node=ints(args.node), publish_check=not args.no_publish_check)  # fmt: skip
+            return 0
         if args.actors:
             from dvla.bench_groups import run_group_bench
 

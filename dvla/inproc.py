@@ -25,7 +25,7 @@ from dvla.algo.batching import DynamicBatcher
 from dvla.algo.learner import Learner
 from dvla.config import AlgoConfig, PolicyConfig
 from dvla.control.errors import NotFound
-from dvla.control.store import VersionStore
+from dvla.control.store import Base, VersionStore
 from dvla.counters import EpisodeLedger
 from dvla.lanes.epochs import EpochCycle
 from dvla.lanes.publish import OffThread, PublishLane
@@ -56,11 +56,16 @@ class LocalWeights:
         return VersionEvent(v.version, v.final, RunState.FINISHED if v.final else RunState.RUNNING)
 
     def publish(
-        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+        self,
+        version: int,
+        tensors: dict[str, torch.Tensor],
+        final: bool = False,
+        publisher_id: str = "",
+        base: tuple[int, str] | None = None,
     ) -> int:
         manifest, buf = pack(tensors)
         with self._cond:
-            up = self.store.begin(version, manifest, final, publisher_id)
+            up = self.store.begin(version, manifest, final, publisher_id, Base(*base) if base else None)
             up.write(0, bytes(buf))
             self.store.commit(up)
             self._cond.notify_all()
@@ -75,7 +80,11 @@ class LocalWeights:
             v = self.store.latest if version is None else self.store.get(version)
             if v is None:
                 raise NotFound("no version has been published yet")
-        return v.version, v.final, unpack(v.manifest, bytearray(v.data), verify=True)
+            base = self.store.get(v.base.version) if v.base else None
+        tensors = unpack(v.manifest, bytearray(v.data), verify=True)
+        if base is not None:  # a partial version: the rest from the whole one it names
+            tensors = {**unpack(base.manifest, bytearray(base.data), verify=True), **tensors}
+        return v.version, v.final, tensors
 
     def watch(self, after_version: int, stop: threading.Event | None = None) -> Iterator[VersionEvent]:
         last = None
@@ -263,7 +272,7 @@ def run_local(
         inbox = ReceiveLane(cycle, cycle.enter(World(0, 0, size)), queue_batches, ledger, stop).start()
         trainer = Trainer(learner, inbox, ledger, progress, max_staleness=max_staleness, streamer=streamer,
                           episodes_per_update=lambda: per_update)  # fmt: skip
-        lane = PublishLane(weights, "actor")
+        lane = PublishLane(weights, "actor", trained=policy.trained_names())
         publisher = OffThread(lane.submit) if background_weights else lane
         records = _train(trainer, publisher, policy, num_updates)
         finished.set()

@@ -86,7 +86,8 @@ class WeightSource(Protocol):
         ...
 
     def fetch(self, version: int | None = None) -> tuple[int, bool, dict[str, torch.Tensor]]:
-        """(version, final, tensors) of `version`, or of the newest one (None); checksum verified."""
+        """(version, final, tensors) of `version`, or of the newest one (None); checksum verified. Always
+        whole: a partial version comes completed from the whole one it names."""
         ...
 
 
@@ -94,9 +95,16 @@ class WeightSink(Protocol):
     """Where the actor's policy versions go."""
 
     def publish(
-        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+        self,
+        version: int,
+        tensors: dict[str, torch.Tensor],
+        final: bool = False,
+        publisher_id: str = "",
+        base: tuple[int, str] | None = None,
     ) -> int:
-        """Store one version (the bytes sent); versions only go forward, and none follows a final one."""
+        """Store one version (the bytes sent); versions only go forward, and none follows a final one. With
+        base, (version, sha256) of a whole version held, the version is partial: only what trains; the rest
+        is the base's. NOT_FOUND when the base is not held: publish a whole version."""
         ...
 
 

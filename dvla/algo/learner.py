@@ -59,7 +59,8 @@ class Learner:
         self.group = Solo() if group is None else group
         self.algo = algorithm(cfg.name)
         self.module = self.group.wrap(policy)  # before the optimizer: FSDP replaces the parameters
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        trained = [p for p in policy.parameters() if p.requires_grad]  # policy.frozen ones stay as they are
+        self.optimizer = torch.optim.Adam(trained, lr=cfg.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)  # minibatch shuffling, the same on every rank
         self._accumulated_steps = 0
 

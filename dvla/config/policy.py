@@ -99,6 +99,10 @@ class PolicyConfig:
     """Local directory of a saved VLA (transformers format: config.json + model.safetensors) to start from."""
     dtype: str = "auto"
     """Parameter dtype of a VLA: 'auto' (bfloat16 with CUDA, else float32), 'float32' or 'bfloat16'."""
+    frozen: tuple[str, ...] = ()
+    """Parameters that do not train: names or name prefixes (e.g. [model.vision], a VLA's vision tower). The
+    actor leaves them out of the optimizer and, after a full version at start, publishes only what trains;
+    rollouts keep them from that full version. An entry that names no parameter is refused."""
     mlp: MlpConfig = field(default_factory=MlpConfig)
     vla: VlaConfig = field(default_factory=VlaConfig)
 
@@ -125,6 +129,7 @@ class PolicyConfig:
             self.name in FAMILIES, "policy.name", f"unknown '{self.name}'; choose {' or '.join(map(repr, FAMILIES))}"
         )
         _check(self.chunk_size >= 1, "policy.chunk_size", "must be >= 1")
+        _check(all(isinstance(f, str) and f for f in self.frozen), "policy.frozen", "entries must be non-empty names")
         _check(
             self.dtype in ("auto", "float32", "bfloat16"),
             "policy.dtype",

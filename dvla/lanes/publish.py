@@ -9,6 +9,10 @@ thread    the caller's (lockstep modes), or its own in swimlane mode: `OffThread
 owns      the publish timings, and the last version published: a restarted weight_control
           holds no version, so `republish()` gives it that one again (one host copy of the
           weights kept for it) and a rollout that joins then need not wait for the next update
+partial   with `trained` names (policy.frozen: part of the model does not train), the first version
+          goes out whole and every later one carries only those tensors, naming the whole one
+          as its base; rollouts take the rest from the base. Whenever weight_control does not
+          hold the base (it was restarted) the version goes out whole again and becomes the base.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Callable
 
 from dvla import telemetry
 from dvla.ports import WeightSink
+from dvla.weights import pack
 
 log = logging.getLogger("dvla.lanes.publish")
 
@@ -29,21 +34,46 @@ _ALREADY_THERE = ("ALREADY_EXISTS", "FAILED_PRECONDITION")
 
 
 class PublishLane:
-    def __init__(self, sink: WeightSink, publisher_id: str):
+    def __init__(self, sink: WeightSink, publisher_id: str, trained: frozenset[str] | None = None):
         self.sink, self.publisher_id = sink, publisher_id
+        self.trained = trained  # names a partial version carries (None: every version whole)
         self.published: list[int] = []
         self.publish_s: list[float] = []
+        self.bytes_sent: list[int] = []
         self._last: tuple[int, dict, bool] | None = None
+        self._base: tuple[int, str] | None = None  # (version, sha256) of the whole version partial ones name
         self._lock = threading.Lock()  # a publish and a republish (from the heartbeat's thread) take turns
 
     def submit(self, version: int, weights: dict, final: bool = False) -> None:
         with self._lock:
             t = time.monotonic()
-            with telemetry.span("publish.version", version=version, tensors=len(weights)):
-                self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
+            with telemetry.span("publish.version", version=version, tensors=len(weights)) as sp:
+                if self.trained is not None and self._base is not None:
+                    sent = self._partial(version, weights, final)
+                else:
+                    sent = self._whole(version, weights, final)
+                sp.set_attribute("bytes", sent)
             self.publish_s.append(time.monotonic() - t)
+            self.bytes_sent.append(sent)
             self.published.append(version)
             self._last = (version, weights, final)
+
+    def _whole(self, version: int, weights: dict, final: bool) -> int:
+        sent = self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
+        if self.trained is not None:
+            self._base = (version, pack(weights)[0].sha256)  # what partial versions will name
+        return sent
+
+    def _partial(self, version: int, weights: dict, final: bool) -> int:
+        part = {k: v for k, v in weights.items() if k in self.trained}
+        try:
+            return self.sink.publish(version, part, final=final, publisher_id=self.publisher_id, base=self._base)
+        except Exception as e:
+            if getattr(e, "code", "") != "NOT_FOUND":
+                raise
+            log.warning("weight_control does not hold base v%d (restarted?): v%d goes out whole", self._base[0],
+                        version)  # fmt: skip
+            return self._whole(version, weights, final)
 
     def republish(self) -> int | None:
         """Publish the last version again (weight_control was restarted and holds none); the version
@@ -54,7 +84,7 @@ class PublishLane:
                 return None
             version, weights, final = self._last
             try:
-                self.sink.publish(version, weights, final=final, publisher_id=self.publisher_id)
+                self._whole(version, weights, final)  # whole: a restarted weight_control holds no base
             except Exception as e:
                 if getattr(e, "code", "") not in _ALREADY_THERE:
                     log.warning("could not publish v%d again: %s", version, e)

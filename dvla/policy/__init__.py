@@ -33,7 +33,27 @@ REGISTRY: dict[str, Callable[[PolicyConfig, EnvSpec], Policy]] = {
 def build_policy(cfg: PolicyConfig, spec: EnvSpec) -> Policy:
     if cfg.name not in REGISTRY:
         raise ValueError(f"unknown policy '{cfg.name}'; known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[cfg.name](cfg, spec)
+    policy = REGISTRY[cfg.name](cfg, spec)
+    if cfg.frozen:
+        freeze(policy, cfg.frozen)
+    return policy
+
+
+def freeze(policy: Policy, prefixes: tuple[str, ...]) -> None:
+    """Stop the parameters named by `prefixes` (a name, or a prefix ending at a '.') from training; a
+    ValueError naming any entry that matches nothing, with the top-level parts there are."""
+    names = [n for n, _ in policy.named_parameters()]
+
+    def hit(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix.rstrip(".") + ".")
+
+    unmatched = [f for f in prefixes if not any(hit(n, f) for n in names)]
+    if unmatched:
+        parts = sorted({".".join(n.split(".")[:2]) for n in names})
+        raise ValueError(f"policy.frozen: {unmatched} name no parameter of this policy; its parts: {parts}")
+    for n, p in policy.named_parameters():
+        if any(hit(n, f) for f in prefixes):
+            p.requires_grad_(False)
 
 
 def __getattr__(name: str):

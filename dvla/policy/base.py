@@ -83,6 +83,12 @@ class Policy(torch.nn.Module, abc.ABC):
         """
         return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in self.state_dict().items()}
 
+    def trained_names(self) -> frozenset[str] | None:
+        """The state-dict names a new version changes: parameters that train and every buffer; None when
+        everything trains (a version is then always whole)."""
+        frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+        return frozenset(self.state_dict().keys() - frozen) if frozen else None
+
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         """Copy `weights` into this policy in place, strictly.
 

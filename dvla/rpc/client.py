@@ -159,7 +159,8 @@ class ControlClient:
         root = resolve_root(cfg.node_cache, address)
         self.node_cache = NodeCache(root) if root is not None else None
         self._recv = _ReceiveBuffer()
-        self.fetched = {"bulk": 0, "grpc": 0, "node": 0}  # versions by where their bytes came from
+        self.fetched = {"bulk": 0, "grpc": 0, "node": 0, "base": 0}  # versions by where their bytes came from
+        self._base: tuple[tuple[int, str], dict[str, torch.Tensor]] | None = None  # for partial versions
 
     def close(self) -> None:
         if self.node_cache is not None:
@@ -296,9 +297,15 @@ class ControlClient:
 
     # ------------------------------------------------------------ weights
     def publish(
-        self, version: int, tensors: dict[str, torch.Tensor], final: bool = False, publisher_id: str = ""
+        self,
+        version: int,
+        tensors: dict[str, torch.Tensor],
+        final: bool = False,
+        publisher_id: str = "",
+        base: tuple[int, str] | None = None,
     ) -> int:
-        """Pack and stream one version; returns the bytes sent.
+        """Pack and stream one version; returns the bytes sent. With base (version, sha256 of a whole version
+        weight_control holds) the version is partial: the tensors it lacks are the base's.
 
         publisher_id defaults to the actor this client registered as: only the actor may publish. While
         weight_control is unreachable (or, restarted, does not know the actor yet: its heartbeat registers
@@ -312,7 +319,7 @@ class ControlClient:
             nonlocal tries
             tries += 1
             try:
-                return self.publish_packed(version, manifest, buf, final, publisher_id)
+                return self.publish_packed(version, manifest, buf, final, publisher_id, base)
             except RpcFailed as e:
                 if e.code == "ALREADY_EXISTS" and tries > 1:
                     return len(buf)
@@ -323,13 +330,21 @@ class ControlClient:
 
     @_wrap
     def publish_packed(
-        self, version: int, manifest: Manifest, buf: bytes | bytearray, final: bool = False, publisher_id: str = ""
+        self,
+        version: int,
+        manifest: Manifest,
+        buf: bytes | bytearray,
+        final: bool = False,
+        publisher_id: str = "",
+        base: tuple[int, str] | None = None,
     ) -> int:
         header = weights_pb2.WeightHeader(
             version=version,
             manifest=codec.manifest_to_pb(manifest),
             final=final,
             publisher_id=publisher_id or self.actor_id,
+            base_version=base[0] if base else 0,
+            base_sha256=base[1] if base else "",
         )
 
         def chunks() -> Iterator[weights_pb2.PublishChunk]:
@@ -375,10 +390,15 @@ class ControlClient:
             self._open_fetch = False
             return None
 
-    def _fetch_ticket(self, t: weights_pb2.FetchTicket) -> tuple[int, bool, dict[str, torch.Tensor]]:
+    def _fetch_ticket(
+        self, t: weights_pb2.FetchTicket, keep: bool = False
+    ) -> tuple[int, bool, dict[str, torch.Tensor]]:
+        """The bytes of the version `t` announces, as tensors; a partial version completed from its base.
+        keep: into a buffer of their own, never reused (a base, kept for the partial versions after it)."""
         h = t.header
         manifest = codec.manifest_from_pb(h.manifest)
         n = manifest.total_bytes
+        base = self._base_for(h) if h.base_sha256 else None  # first: the receive buffer is this version's
 
         def fill(view: memoryview) -> None:
             if t.bulk_port and time.monotonic() >= self._bulk_down_until and self._bulk_host:
@@ -396,7 +416,7 @@ class ControlClient:
             self.fetched["grpc"] += 1
 
         def fetch() -> mmap.mmap | bytearray:
-            buf = self._recv.get(n)
+            buf = (mmap.mmap(-1, n) if n else bytearray()) if keep else self._recv.get(n)
             fill(memoryview(buf))
             return buf
 
@@ -413,9 +433,24 @@ class ControlClient:
         else:
             buf = fetch()
         try:
-            return h.version, h.final, unpack(manifest, buf, verify=False)  # checked on arrival
+            tensors = unpack(manifest, buf, verify=False)  # checked on arrival
         except ValueError as e:
             raise RpcFailed("DATA_LOSS", str(e)) from None
+        if base is not None:
+            tensors = {**base, **tensors}  # the base's names, in its order, with what trains replaced
+        return h.version, h.final, tensors
+
+    def _base_for(self, h: weights_pb2.WeightHeader) -> dict[str, torch.Tensor]:
+        """The whole version a partial one names: fetched once, kept while versions keep naming it."""
+        key = (h.base_version, h.base_sha256)
+        if self._base is None or self._base[0] != key:
+            t = self._ticket(weights_pb2.FetchRequest(version=h.base_version))
+            if t is None or t.header.manifest.sha256 != h.base_sha256 or t.header.base_sha256:
+                raise RpcFailed("DATA_LOSS", f"v{h.version} builds on v{h.base_version}, which weight_control "
+                                             "does not serve whole")  # fmt: skip
+            self._base = (key, self._fetch_ticket(t, keep=True)[2])
+            self.fetched["base"] += 1
+        return self._base[1]
 
     @_wrap
     def _stream_into(self, version: int, view: memoryview, digest: str) -> None:

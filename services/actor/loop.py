@@ -111,7 +111,8 @@ def run_actor(
             # between two steps a checkpoint may be written while waiting; a group writes them together only
             idle=lambda: group.size == 1 and checkpoints.if_requested(heartbeat.checkpoint_request),
         )  # fmt: skip
-        lane = PublishLane(client, worker_id)  # used on actor rank 0 only: one version, one whole policy
+        # used on actor rank 0 only: one version, one whole policy; with policy.frozen, partial after the first
+        lane = PublishLane(client, worker_id, trained=policy.trained_names())
         if reg.rank == 0:
             heartbeat.on_rejoin = lane.republish_in_background  # a restarted weight_control holds no version
         publisher = OffThread(lane.submit) if p.background_weights and reg.rank == 0 else lane

@@ -41,10 +41,10 @@ def observe_control(state: ControlState) -> None:
 
     # name, callback, unit, description, counter
     for name, callback, unit, description, counter in (
-        ("dvla.control.versions_held", lambda: len(store.versions()), "{version}", "policy versions held", False),
+        ("dvla.control.versions_held", lambda: len(store.held()), "{version}", "policy versions held", False),
         (
             "dvla.control.bytes_held",
-            lambda: sum(len(v.data) for v in store.versions()),
+            lambda: sum(len(v.data) for v in store.held()),
             "By",
             "weight bytes held in host memory",
             False,
@@ -123,7 +123,7 @@ def open_bulk(cfg: ControlConfig, host: str | None, store: VersionStore) -> Bulk
     loop = asyncio.get_running_loop()
 
     async def find(version: int, sha256: str) -> memoryview | None:
-        v = next((v for v in store.versions() if v.version == version), None)
+        v = next((v for v in store.held() if v.version == version), None)
         return memoryview(v.data) if v is not None and v.manifest.sha256 == sha256 else None
 
     def lookup(version: int, sha256: str) -> memoryview | None:

@@ -13,7 +13,7 @@ import grpc
 from dvla.control.errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied
 from dvla.control.registry import Registry, Role
 from dvla.control.run import RunControl
-from dvla.control.store import StoredVersion
+from dvla.control.store import Base, StoredVersion
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.rpc import codec
@@ -74,6 +74,8 @@ class ControlState:
             published_unix_ns=v.published_unix_ns,
             final=v.final,
             num_tensors=len(v.manifest.tensors),
+            partial=v.partial,
+            base_version=v.base.version if v.base else 0,
         )
 
     def event(self) -> weights_pb2.VersionEvent:
@@ -110,7 +112,8 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
         except ValueError as e:
             store.reject()
             raise InvalidArgument(f"version {h.version}: bad manifest: {e}") from None
-        upload = store.begin(h.version, manifest, h.final, h.publisher_id)
+        base = Base(h.base_version, h.base_sha256) if h.base_sha256 else None
+        upload = store.begin(h.version, manifest, h.final, h.publisher_id, base)
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("body") != "data":
@@ -134,7 +137,12 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
     @staticmethod
     def _header(v: StoredVersion) -> weights_pb2.WeightHeader:
         return weights_pb2.WeightHeader(
-            version=v.version, manifest=codec.manifest_to_pb(v.manifest), final=v.final, publisher_id=v.publisher_id
+            version=v.version,
+            manifest=codec.manifest_to_pb(v.manifest),
+            final=v.final,
+            publisher_id=v.publisher_id,
+            base_version=v.base.version if v.base else 0,
+            base_sha256=v.base.sha256 if v.base else "",
         )
 
     @_status
@@ -273,7 +281,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             state=self.s.state,
             has_version=latest is not None,
             latest_version=latest.version if latest else -1,
-            versions=[self.s.version_info(v) for v in run.store.versions()],
+            versions=[self.s.version_info(v) for v in run.store.held()],
             workers=worker_infos(r),
             totals=admin_pb2.Totals(**run.totals()),
             uptime_s=run.uptime_s,

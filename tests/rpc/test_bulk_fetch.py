@@ -42,7 +42,7 @@ def test_bytes_travel_on_the_bulk_port_and_arrive_exactly(cfg):
         actor.publish(0, tensors(0))
         v, final, got = rollout.fetch(None)
         assert (v, final) == (0, False) and same(got, tensors(0))
-        assert rollout.fetched == {"bulk": 1, "grpc": 0, "node": 0}
+        assert rollout.fetched == {"bulk": 1, "grpc": 0, "node": 0, "base": 0}
         nbytes = srv.state.run.store.latest.manifest.total_bytes
         assert srv.state.bulk.bytes_sent == nbytes
         actor.close(), rollout.close()
@@ -54,7 +54,7 @@ def test_without_the_bulk_port_bytes_travel_over_grpc(cfg):
         actor, rollout = actor_and_rollout(srv, cfg)
         actor.publish(0, tensors(0))
         assert same(rollout.fetch(0)[2], tensors(0))
-        assert rollout.fetched == {"bulk": 0, "grpc": 1, "node": 0}
+        assert rollout.fetched == {"bulk": 0, "grpc": 1, "node": 0, "base": 0}
         actor.close(), rollout.close()
 
 
@@ -66,7 +66,7 @@ def test_an_unreachable_bulk_port_falls_back_to_grpc_and_says_so(cfg, caplog):
         actor.publish(1, tensors(1))
         assert same(rollout.fetch(0)[2], tensors(0))
         assert same(rollout.fetch(1)[2], tensors(1))
-        assert rollout.fetched == {"bulk": 0, "grpc": 2, "node": 0}
+        assert rollout.fetched == {"bulk": 0, "grpc": 2, "node": 0, "base": 0}
         assert caplog.text.count("weight bytes go over gRPC") == 1  # said once, not per fetch
         actor.close(), rollout.close()
 
@@ -117,9 +117,33 @@ def test_rollouts_sharing_a_node_cache_fetch_each_version_once(cfg, tmp_path):
         assert same(first.fetch(None)[2], tensors(0))
         first.node_cache.flush()
         assert same(second.fetch(None)[2], tensors(0))
-        assert first.fetched == {"bulk": 1, "grpc": 0, "node": 0}
-        assert second.fetched == {"bulk": 0, "grpc": 0, "node": 1}
+        assert first.fetched == {"bulk": 1, "grpc": 0, "node": 0, "base": 0}
+        assert second.fetched == {"bulk": 0, "grpc": 0, "node": 1, "base": 0}
         assert srv.state.bulk.bytes_sent == srv.state.run.store.latest.manifest.total_bytes  # once
         first.close(), second.close()
         assert not any(tmp_path.iterdir()), "the node's copies outlived its rollouts"
         actor.close()
+
+
+def test_partial_versions_travel_small_and_rollouts_complete_them_from_the_base(cfg):
+    from dvla.lanes.publish import PublishLane
+
+    names = {"w": torch.Size([300_000]), "b": torch.Size([7])}
+    weights = {k: torch.zeros(s) for k, s in names.items()}
+    with serve(cfg, keep_versions=2) as srv:
+        actor, rollout = actor_and_rollout(srv, cfg)
+        lane = PublishLane(actor, "actor-0", trained=frozenset({"b"}))  # "w" is frozen
+        weights["w"] = torch.randn(300_000)
+        for v in range(5):
+            weights["b"] = torch.full((7,), float(v))
+            lane.submit(v, dict(weights))
+            got_v, _, got = rollout.fetch(None)
+            assert got_v == v and same(got, weights)
+        assert lane.bytes_sent[1] < lane.bytes_sent[0] / 1000  # 7 floats, not 300k
+        assert rollout.fetched["base"] == 1  # the whole version once, kept for the partial ones
+        status = {x.version: x for x in rollout.status().versions}
+        assert list(status) == [0, 3, 4] and not status[0].partial
+        assert status[4].partial and status[4].base_version == 0
+        late = ControlClient(srv.address, cfg)  # joins after the base left the newest `keep`
+        assert same(late.fetch(None)[2], weights) and late.fetched["base"] == 1
+        actor.close(), rollout.close(), late.close()

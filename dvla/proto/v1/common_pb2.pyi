@@ -256,6 +256,8 @@ class VersionInfo(_message.Message):
     PUBLISHED_UNIX_NS_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     NUM_TENSORS_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     total_bytes: _builtins.int
     sha256: _builtins.str
@@ -263,6 +265,9 @@ class VersionInfo(_message.Message):
     final: _builtins.bool
     """the actor will publish nothing after this one"""
     num_tensors: _builtins.int
+    partial: _builtins.bool
+    """only the tensors that train; the rest are full version base_version's"""
+    base_version: _builtins.int
     def __init__(
         self,
         *,
@@ -272,10 +277,12 @@ class VersionInfo(_message.Message):
         published_unix_ns: _builtins.int = ...,
         final: _builtins.bool = ...,
         num_tensors: _builtins.int = ...,
+        partial: _builtins.bool = ...,
+        base_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "num_tensors", b"num_tensors", "published_unix_ns", b"published_unix_ns", "sha256", b"sha256", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "final", b"final", "num_tensors", b"num_tensors", "partial", b"partial", "published_unix_ns", b"published_unix_ns", "sha256", b"sha256", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

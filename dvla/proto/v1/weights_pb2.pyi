@@ -25,10 +25,18 @@ class WeightHeader(_message.Message):
     MANIFEST_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     PUBLISHER_ID_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    BASE_SHA256_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     final: _builtins.bool
     publisher_id: _builtins.str
     """worker_id of the actor"""
+    base_version: _builtins.int
+    """A partial version (base_sha256 set) carries only the tensors that train (a frozen backbone stays
+    out): the rest are those of full version base_version, whose manifest has base_sha256. weight_control
+    holds that base for as long as partial versions name it.
+    """
+    base_sha256: _builtins.str
     @_builtins.property
     def manifest(self) -> _common_pb2.WeightManifest: ...
     def __init__(
@@ -38,10 +46,12 @@ class WeightHeader(_message.Message):
         manifest: _common_pb2.WeightManifest | None = ...,
         final: _builtins.bool = ...,
         publisher_id: _builtins.str = ...,
+        base_version: _builtins.int = ...,
+        base_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "manifest", b"manifest", "publisher_id", b"publisher_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_sha256", b"base_sha256", "base_version", b"base_version", "final", b"final", "manifest", b"manifest", "publisher_id", b"publisher_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
