@@ -76,6 +76,16 @@ class Upload:
         self._fast.update(data)
         self.received = end
 
+    def accept(self, end: int) -> None:
+        """Bytes [received, end) were written into buf in place (by a socket, with no copy): check them in."""
+        if not self.received <= end <= len(self.buf):
+            raise InvalidArgument(f"version {self.version}: bytes up to {end} of {len(self.buf)} cannot follow "
+                                  f"{self.received}")  # fmt: skip
+        view = memoryview(self.buf)[self.received : end]
+        self._hash.update(view)
+        self._fast.update(view)
+        self.received = end
+
 
 class VersionStore:
     def __init__(self, keep: int, max_version_bytes: int, clock_ns: Callable[[], int]):

@@ -42,6 +42,7 @@ class PublishLane:
         self.bytes_sent: list[int] = []
         self._last: tuple[int, dict, bool] | None = None
         self._base: tuple[int, str] | None = None  # (version, sha256) of the whole version partial ones name
+        self._said_partial = False
         self._lock = threading.Lock()  # a publish and a republish (from the heartbeat's thread) take turns
 
     def submit(self, version: int, weights: dict, final: bool = False) -> None:
@@ -67,7 +68,12 @@ class PublishLane:
     def _partial(self, version: int, weights: dict, final: bool) -> int:
         part = {k: v for k, v in weights.items() if k in self.trained}
         try:
-            return self.sink.publish(version, part, final=final, publisher_id=self.publisher_id, base=self._base)
+            sent = self.sink.publish(version, part, final=final, publisher_id=self.publisher_id, base=self._base)
+            if not self._said_partial:
+                self._said_partial = True
+                log.info("v%d goes out partial, as every version after it (policy.frozen): %.2f MiB of %.2f, "
+                         "on whole v%d", version, sent / 2**20, self.bytes_sent[0] / 2**20, self._base[0])  # fmt: skip
+            return sent
         except Exception as e:
             if getattr(e, "code", "") != "NOT_FOUND":
                 raise

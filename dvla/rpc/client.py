@@ -328,7 +328,6 @@ class ControlClient:
         codes = ("UNAVAILABLE", "PERMISSION_DENIED") if self.actor_id else ("UNAVAILABLE",)
         return self.patiently(once, retry_on=codes)
 
-    @_wrap
     def publish_packed(
         self,
         version: int,
@@ -338,6 +337,8 @@ class ControlClient:
         publisher_id: str = "",
         base: tuple[int, str] | None = None,
     ) -> int:
+        """One publish of packed bytes: the header over gRPC and the bytes on the bulk port when weight_control
+        has one and this client can reach it, else all of it over gRPC (PublishWeights)."""
         header = weights_pb2.WeightHeader(
             version=version,
             manifest=codec.manifest_to_pb(manifest),
@@ -346,7 +347,32 @@ class ControlClient:
             base_version=base[0] if base else 0,
             base_sha256=base[1] if base else "",
         )
+        if self._open_fetch and self._bulk_host and time.monotonic() >= self._bulk_down_until:
+            ticket = self._open_publish(header)
+            if ticket is not None and ticket.bulk_port:
+                try:
+                    bulk.send(self._bulk_host, ticket.bulk_port, ticket.ticket, buf, self.cfg.transfer_timeout_s)
+                    return len(buf)
+                except bulk.BulkError as e:
+                    if e.refused:  # weight_control's word on this version: as PublishWeights would say it
+                        code, _, why = e.refused.partition(": ")
+                        raise RpcFailed(code, why) from None
+                    self._bulk_down_until = time.monotonic() + BULK_RETRY_S
+                    log.warning("%s; weight bytes go over gRPC for the next %.0f s", e, BULK_RETRY_S)
+        return self._publish_streamed(header, buf)
 
+    @_wrap
+    def _open_publish(self, header: weights_pb2.WeightHeader) -> weights_pb2.PublishTicket | None:
+        try:
+            return self.weights.OpenPublish(header, timeout=self.cfg.rpc_timeout_s)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._open_fetch = False  # a weight_control from before the bulk port
+            return None
+
+    @_wrap
+    def _publish_streamed(self, header: weights_pb2.WeightHeader, buf: bytes | bytearray) -> int:
         def chunks() -> Iterator[weights_pb2.PublishChunk]:
             yield weights_pb2.PublishChunk(header=header)
             view, step = memoryview(buf), self.cfg.chunk_bytes

@@ -1,6 +1,6 @@
 """Who may call what on weight_control: a bearer token and TLS, both set by configuration.
 
-- Token: the Admin RPCs and PublishWeights need `authorization: Bearer <token>`
+- Token: the Admin RPCs and PublishWeights (and OpenPublish, its bulk-port form) need `authorization: Bearer <token>`
   metadata when a token is configured (DVLA_TOKEN, or control.token). A call
   without it, or with a wrong one, gets UNAUTHENTICATED before any handler runs,
   so it changes nothing. Registration, heartbeats, fetches and health stay open:
@@ -23,7 +23,7 @@ from dvla.config import ControlConfig
 
 TOKEN_ENV = "DVLA_TOKEN"
 # Full method names (/package.Service/Method) that need the token; a trailing '/' covers a whole service.
-PROTECTED = ("/dvla.v1.Admin/", "/dvla.v1.WeightControl/PublishWeights")
+PROTECTED = ("/dvla.v1.Admin/", "/dvla.v1.WeightControl/PublishWeights", "/dvla.v1.WeightControl/OpenPublish")
 
 
 def resolve_token(cfg: ControlConfig) -> str:

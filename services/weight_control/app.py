@@ -12,10 +12,11 @@ from pathlib import Path
 
 from dvla import telemetry
 from dvla.config import ControlConfig, TelemetryConfig
+from dvla.control.errors import ControlError
 from dvla.control.registry import Registry, Role
 from dvla.control.run import RunControl
 from dvla.control.store import VersionStore
-from dvla.rpc.bulk import BulkServer
+from dvla.rpc.bulk import BulkServer, Incoming
 from dvla.rpc.security import TokenInterceptor, resolve_token, server_credentials
 from dvla.rpc.server import add_health, bind, make_server, set_serving
 
@@ -103,7 +104,7 @@ async def start(
     bound = bind(
         server, cfg.host if host is None else host, cfg.port if port is None else port, server_credentials(cfg)
     )
-    state.bulk = open_bulk(cfg, host, run.store)  # once the gRPC port is ours
+    state.bulk = open_bulk(cfg, host, state)  # once the gRPC port is ours
     await server.start()
     await set_serving(health, SERVICE_NAMES)
     ledger = LedgerFile(Path(cfg.state_path)) if cfg.state_path else None
@@ -111,7 +112,7 @@ async def start(
     return server, bound, state
 
 
-def open_bulk(cfg: ControlConfig, host: str | None, store: VersionStore) -> BulkServer | None:
+def open_bulk(cfg: ControlConfig, host: str | None, state: ControlState) -> BulkServer | None:
     """The weight bytes' side channel (dvla/rpc/bulk.py), unless configured off or TLS is on: the channel is
     plain TCP, so under TLS the bytes keep to the authenticated gRPC stream. Its threads look versions up
     on the event loop that owns the store."""
@@ -120,16 +121,36 @@ def open_bulk(cfg: ControlConfig, host: str | None, store: VersionStore) -> Bulk
     if cfg.tls_cert:
         log.info("control.bulk_port is off under TLS: weight bytes travel over the TLS gRPC stream")
         return None
-    loop = asyncio.get_running_loop()
+    loop, store = asyncio.get_running_loop(), state.run.store
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(cfg.rpc_timeout_s)
 
     async def find(version: int, sha256: str) -> memoryview | None:
         v = next((v for v in store.held() if v.version == version), None)
         return memoryview(v.data) if v is not None and v.manifest.sha256 == sha256 else None
 
-    def lookup(version: int, sha256: str) -> memoryview | None:
-        return asyncio.run_coroutine_threadsafe(find(version, sha256), loop).result(cfg.rpc_timeout_s)
+    async def take(ticket: bytes) -> Incoming | str:
+        expiry, upload = state.uploads.pop(ticket, (0.0, None))
+        if upload is None or expiry < time.monotonic():
+            return "PERMISSION_DENIED: unknown or expired publish ticket (OpenPublish)"
 
-    bulk = BulkServer(cfg.host if host is None else host, cfg.bulk_port, lookup)
+        async def commit() -> str:
+            try:
+                store.commit(upload)
+            except ControlError as e:
+                return f"{e.code}: {e.message}"
+            await state.bump()
+            return ""
+
+        return Incoming(upload.buf, upload.accept, lambda: on_loop(commit()))
+
+    bulk = BulkServer(
+        cfg.host if host is None else host,
+        cfg.bulk_port,
+        lookup=lambda version, sha256: on_loop(find(version, sha256)),
+        redeem=lambda ticket: on_loop(take(ticket)),
+    )
     log.info("weight bytes also served on the bulk port %d", bulk.port)
     return bulk
 

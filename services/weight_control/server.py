@@ -7,19 +7,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import secrets
+import time
 
 import grpc
 
 from dvla.control.errors import ControlError, DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied
 from dvla.control.registry import Registry, Role
 from dvla.control.run import RunControl
-from dvla.control.store import Base, StoredVersion
+from dvla.control.store import Base, StoredVersion, Upload
 from dvla.proto.v1 import admin_pb2, admin_pb2_grpc, registry_pb2, registry_pb2_grpc, weights_pb2, weights_pb2_grpc
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.rpc import codec
 from dvla.rpc.bulk import BulkServer
 
 CHECKPOINT_WAIT_S = 300.0  # Admin.Checkpoint's wait when the request gives no timeout_s
+PUBLISH_TICKET_S = 60.0  # an OpenPublish ticket not redeemed on the bulk port by then is dropped
 
 
 def _status(fn):
@@ -58,6 +61,7 @@ class ControlState:
         self.run = run
         self.chunk_bytes = chunk_bytes
         self.bulk = bulk  # the side channel weight bytes travel on (None: over gRPC only)
+        self.uploads: dict[bytes, tuple[float, Upload]] = {}  # publish tickets (OpenPublish) -> their upload
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
         self.sweeper: asyncio.Future | None = None  # evicts silent rollouts (app.sweep_forever)
@@ -101,19 +105,8 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
         if first is None or first.WhichOneof("body") != "header":
             store.reject()
             raise InvalidArgument("a publish must start with a header message")
+        upload = self._begin(first.header)
         h = first.header
-        try:
-            self.s.run.registry.check_publisher(h.publisher_id)
-        except PermissionDenied:
-            store.reject()
-            raise
-        try:
-            manifest = codec.manifest_from_pb(h.manifest)
-        except ValueError as e:
-            store.reject()
-            raise InvalidArgument(f"version {h.version}: bad manifest: {e}") from None
-        base = Base(h.base_version, h.base_sha256) if h.base_sha256 else None
-        upload = store.begin(h.version, manifest, h.final, h.publisher_id, base)
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("body") != "data":
@@ -125,6 +118,34 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
         stored = store.commit(upload)
         await self.s.bump()
         return self.s.version_info(stored)
+
+    @_status
+    async def OpenPublish(self, request, context):
+        if self.s.bulk is None:
+            return weights_pb2.PublishTicket()
+        upload = self._begin(request)
+        now = time.monotonic()
+        for t in [t for t, (expiry, _) in self.s.uploads.items() if expiry < now]:
+            del self.s.uploads[t]  # tickets never redeemed (the actor fell back to gRPC, or died)
+        ticket = secrets.token_bytes(16)
+        self.s.uploads[ticket] = (now + PUBLISH_TICKET_S, upload)
+        return weights_pb2.PublishTicket(bulk_port=self.s.bulk.port, ticket=ticket)
+
+    def _begin(self, h: weights_pb2.WeightHeader) -> Upload:
+        """Check a publish's header (the publisher, the manifest, order and base) and open its upload."""
+        store = self.s.run.store
+        try:
+            self.s.run.registry.check_publisher(h.publisher_id)
+        except PermissionDenied:
+            store.reject()
+            raise
+        try:
+            manifest = codec.manifest_from_pb(h.manifest)
+        except ValueError as e:
+            store.reject()
+            raise InvalidArgument(f"version {h.version}: bad manifest: {e}") from None
+        base = Base(h.base_version, h.base_sha256) if h.base_sha256 else None
+        return store.begin(h.version, manifest, h.final, h.publisher_id, base)
 
     def _wanted(self, request: weights_pb2.FetchRequest) -> StoredVersion:
         if request.latest:

@@ -16,8 +16,9 @@ from dvla.types import EnvSpec
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")]
 
 
-@pytest.mark.parametrize("head,mode", [("discrete", "swimlane"), ("flow", "sync")])
-def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
+# the swimlane run keeps its vision tower frozen: after a whole v0, versions carry only what trains
+@pytest.mark.parametrize("head,mode,frozen", [("discrete", "swimlane", "[model.vision]"), ("flow", "sync", "[]")])
+def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode, frozen):
     n = 3
     cfg = load_config(
         None,
@@ -29,6 +30,7 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
             "env.image_size=64",
             f"pipeline.num_updates={n}",
             "control.heartbeat_s=0.2",
+            f"policy.frozen={frozen}",
         ],
         preset="pickcube-vla-tiny",
     )
@@ -36,6 +38,10 @@ def test_tiny_vla_trains_on_rgb_pickcube(tmp_path, head, mode):
     assert rc == 0, "\n".join(c.tail() for c in launcher.children)
     # more than one version was published, and the run ended on the final one
     assert status.latest_version == n and status.versions[-1].final
+    if cfg.policy.frozen:  # partial versions on v0; rollouts complete them (the log-prob check below)
+        held = {v.version: v for v in status.versions}
+        assert not held[0].partial and held[n].partial and held[n].base_version == 0
+        assert held[n].total_bytes < 0.9 * held[0].total_bytes
     assert [r["version"] for r in rows] == list(range(1, n + 1))
     for r in rows:
         # every trained chunk was stamped with a version the actor had published before the update

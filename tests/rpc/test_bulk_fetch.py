@@ -67,7 +67,8 @@ def test_an_unreachable_bulk_port_falls_back_to_grpc_and_says_so(cfg, caplog):
         assert same(rollout.fetch(0)[2], tensors(0))
         assert same(rollout.fetch(1)[2], tensors(1))
         assert rollout.fetched == {"bulk": 0, "grpc": 2, "node": 0, "base": 0}
-        assert caplog.text.count("weight bytes go over gRPC") == 1  # said once, not per fetch
+        # said once per client (the actor publishing, the rollout fetching), not per transfer
+        assert caplog.text.count("weight bytes go over gRPC") == 2
         actor.close(), rollout.close()
 
 
@@ -147,3 +148,31 @@ def test_partial_versions_travel_small_and_rollouts_complete_them_from_the_base(
         late = ControlClient(srv.address, cfg)  # joins after the base left the newest `keep`
         assert same(late.fetch(None)[2], weights) and late.fetched["base"] == 1
         actor.close(), rollout.close(), late.close()
+
+
+def test_the_actor_publishes_over_the_bulk_port_and_weight_control_still_judges_every_version(cfg):
+    from dvla.rpc import bulk
+    from dvla.weights import pack
+
+    with serve(cfg) as srv:
+        actor, rollout = actor_and_rollout(srv, cfg)
+        actor.publish(0, tensors(0))
+        nbytes = srv.state.run.store.latest.manifest.total_bytes
+        assert srv.state.bulk.bytes_received == nbytes  # the bytes came on the side channel
+        assert same(rollout.fetch(0)[2], tensors(0))
+        with pytest.raises(RpcFailed) as e:  # judged at OpenPublish, before any byte moves
+            actor.publish(0, tensors(1))
+        assert e.value.code == "ALREADY_EXISTS"
+        manifest, buf = pack(tensors(1))
+        bad = replace(manifest, sha256="0" * 64)  # bytes that are not what the manifest promises
+        with pytest.raises(RpcFailed) as e:
+            actor.publish_packed(1, bad, buf)
+        assert e.value.code == "DATA_LOSS" and "does not match" in e.value.message
+        assert srv.state.run.store.latest.version == 0  # nothing stored
+        with pytest.raises(bulk.BulkError, match="unknown or expired publish ticket") as e:
+            bulk.send("127.0.0.1", srv.state.bulk.port, b"x" * 16, buf)
+        assert e.value.refused.startswith("PERMISSION_DENIED")
+        actor.publish(1, tensors(1))
+        assert same(rollout.fetch(None)[2], tensors(1))
+        assert srv.state.bulk.bytes_received == 2 * nbytes
+        actor.close(), rollout.close()

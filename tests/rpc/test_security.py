@@ -138,6 +138,7 @@ def pki(tmp_path_factory):
 def test_tls_connects_and_plaintext_clients_are_refused(pki):
     server_cfg = replace(BASE, tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"))
     with BackgroundServer(server_cfg) as srv:
+        assert srv.state.bulk is None  # the bulk port is plain TCP: under TLS the bytes keep to gRPC
         tls = client(srv.address, replace(BASE, tls_ca=str(pki / "ca.pem")))
         try:
             tls.register("actor", "actor-0", rendezvous_address="127.0.0.1:1")

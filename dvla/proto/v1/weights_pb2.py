@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dvla.proto.v1 import common_pb2 as dvla_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64vla/proto/v1/weights.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\x9a\x01\n\x0cWeightHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.dvla.v1.WeightManifest\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x14\n\x0cpublisher_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x62\x61se_sha256\x18\x06 \x01(\t\")\n\tDataChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"c\n\x0cPublishChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeaderH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.dvla.v1.DataChunkH\x00\x42\x06\n\x04\x62ody\"b\n\x0bWeightChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeaderH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.dvla.v1.DataChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0c\x46\x65tchRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06latest\x18\x02 \x01(\x08\"Y\n\x0b\x46\x65tchTicket\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeader\x12\x11\n\tbulk_port\x18\x02 \x01(\r\x12\x10\n\x08xxh3_128\x18\x03 \x01(\t\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"\x12\n\x10GetLatestRequest\"k\n\x0cVersionEvent\x12\x13\n\x0bhas_version\x18\x01 \x01(\x08\x12$\n\x06latest\x18\x02 \x01(\x0b\x32\x14.dvla.v1.VersionInfo\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dvla.v1.RunState2\xc9\x02\n\rWeightControl\x12?\n\x0ePublishWeights\x12\x15.dvla.v1.PublishChunk\x1a\x14.dvla.v1.VersionInfo(\x01\x12=\n\x0c\x46\x65tchWeights\x12\x15.dvla.v1.FetchRequest\x1a\x14.dvla.v1.WeightChunk0\x01\x12\x38\n\tOpenFetch\x12\x15.dvla.v1.FetchRequest\x1a\x14.dvla.v1.FetchTicket\x12?\n\rWatchVersions\x12\x15.dvla.v1.WatchRequest\x1a\x15.dvla.v1.VersionEvent0\x01\x12=\n\tGetLatest\x12\x19.dvla.v1.GetLatestRequest\x1a\x15.dvla.v1.VersionEventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64vla/proto/v1/weights.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"\x9a\x01\n\x0cWeightHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12)\n\x08manifest\x18\x02 \x01(\x0b\x32\x17.dvla.v1.WeightManifest\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x14\n\x0cpublisher_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x62\x61se_sha256\x18\x06 \x01(\t\")\n\tDataChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"c\n\x0cPublishChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeaderH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.dvla.v1.DataChunkH\x00\x42\x06\n\x04\x62ody\"b\n\x0bWeightChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeaderH\x00\x12\"\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.dvla.v1.DataChunkH\x00\x42\x06\n\x04\x62ody\"/\n\x0c\x46\x65tchRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0e\n\x06latest\x18\x02 \x01(\x08\"Y\n\x0b\x46\x65tchTicket\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.dvla.v1.WeightHeader\x12\x11\n\tbulk_port\x18\x02 \x01(\r\x12\x10\n\x08xxh3_128\x18\x03 \x01(\t\"2\n\rPublishTicket\x12\x11\n\tbulk_port\x18\x01 \x01(\r\x12\x0e\n\x06ticket\x18\x02 \x01(\x0c\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"\x12\n\x10GetLatestRequest\"k\n\x0cVersionEvent\x12\x13\n\x0bhas_version\x18\x01 \x01(\x08\x12$\n\x06latest\x18\x02 \x01(\x0b\x32\x14.dvla.v1.VersionInfo\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dvla.v1.RunState2\x87\x03\n\rWeightControl\x12?\n\x0ePublishWeights\x12\x15.dvla.v1.PublishChunk\x1a\x14.dvla.v1.VersionInfo(\x01\x12<\n\x0bOpenPublish\x12\x15.dvla.v1.WeightHeader\x1a\x16.dvla.v1.PublishTicket\x12=\n\x0c\x46\x65tchWeights\x12\x15.dvla.v1.FetchRequest\x1a\x14.dvla.v1.WeightChunk0\x01\x12\x38\n\tOpenFetch\x12\x15.dvla.v1.FetchRequest\x1a\x14.dvla.v1.FetchTicket\x12?\n\rWatchVersions\x12\x15.dvla.v1.WatchRequest\x1a\x15.dvla.v1.VersionEvent0\x01\x12=\n\tGetLatest\x12\x19.dvla.v1.GetLatestRequest\x1a\x15.dvla.v1.VersionEventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,12 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FETCHREQUEST']._serialized_end=516
   _globals['_FETCHTICKET']._serialized_start=518
   _globals['_FETCHTICKET']._serialized_end=607
-  _globals['_WATCHREQUEST']._serialized_start=609
-  _globals['_WATCHREQUEST']._serialized_end=646
-  _globals['_GETLATESTREQUEST']._serialized_start=648
-  _globals['_GETLATESTREQUEST']._serialized_end=666
-  _globals['_VERSIONEVENT']._serialized_start=668
-  _globals['_VERSIONEVENT']._serialized_end=775
-  _globals['_WEIGHTCONTROL']._serialized_start=778
-  _globals['_WEIGHTCONTROL']._serialized_end=1107
+  _globals['_PUBLISHTICKET']._serialized_start=609
+  _globals['_PUBLISHTICKET']._serialized_end=659
+  _globals['_WATCHREQUEST']._serialized_start=661
+  _globals['_WATCHREQUEST']._serialized_end=698
+  _globals['_GETLATESTREQUEST']._serialized_start=700
+  _globals['_GETLATESTREQUEST']._serialized_end=718
+  _globals['_VERSIONEVENT']._serialized_start=720
+  _globals['_VERSIONEVENT']._serialized_end=827
+  _globals['_WEIGHTCONTROL']._serialized_start=830
+  _globals['_WEIGHTCONTROL']._serialized_end=1221
 # @@protoc_insertion_point(module_scope)

@@ -184,6 +184,30 @@ class FetchTicket(_message.Message):
 Global___FetchTicket: _TypeAlias = FetchTicket  # noqa: Y015
 
 @_typing.final
+class PublishTicket(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULK_PORT_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    bulk_port: _builtins.int
+    """0: no side channel"""
+    ticket: _builtins.bytes
+    """redeemable once, within a minute"""
+    def __init__(
+        self,
+        *,
+        bulk_port: _builtins.int = ...,
+        ticket: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_port", b"bulk_port", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishTicket: _TypeAlias = PublishTicket  # noqa: Y015
+
+@_typing.final
 class WatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

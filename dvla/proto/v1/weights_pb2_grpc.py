@@ -40,6 +40,11 @@ class WeightControlStub:
                 request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.PublishChunk.SerializeToString,
                 response_deserializer=dvla_dot_proto_dot_v1_dot_common__pb2.VersionInfo.FromString,
                 _registered_method=True)
+        self.OpenPublish = channel.unary_unary(
+                '/dvla.v1.WeightControl/OpenPublish',
+                request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.WeightHeader.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.PublishTicket.FromString,
+                _registered_method=True)
         self.FetchWeights = channel.unary_stream(
                 '/dvla.v1.WeightControl/FetchWeights',
                 request_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.FetchRequest.SerializeToString,
@@ -68,6 +73,15 @@ class WeightControlServicer:
     def PublishWeights(self, request_iterator, context):
         """The actor streams one version: a header first, then its bytes in order.
         Versions only go forward; a bad publish leaves stored versions untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenPublish(self, request, context):
+        """The same publish with the bytes on the bulk port: the header is checked here (publisher, manifest,
+        order, base) and a one-time ticket returned; the actor then sends the ticket and the bytes to the
+        bulk port, which answers once the version is stored. bulk_port 0: use PublishWeights.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +123,11 @@ def add_WeightControlServicer_to_server(servicer, server):
                     servicer.PublishWeights,
                     request_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.PublishChunk.FromString,
                     response_serializer=dvla_dot_proto_dot_v1_dot_common__pb2.VersionInfo.SerializeToString,
+            ),
+            'OpenPublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenPublish,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_weights__pb2.WeightHeader.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_weights__pb2.PublishTicket.SerializeToString,
             ),
             'FetchWeights': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchWeights,
@@ -158,6 +177,33 @@ class WeightControl:
             '/dvla.v1.WeightControl/PublishWeights',
             dvla_dot_proto_dot_v1_dot_weights__pb2.PublishChunk.SerializeToString,
             dvla_dot_proto_dot_v1_dot_common__pb2.VersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenPublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.WeightControl/OpenPublish',
+            dvla_dot_proto_dot_v1_dot_weights__pb2.WeightHeader.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_weights__pb2.PublishTicket.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,11 @@ class WeightControlStub:
     """The actor streams one version: a header first, then its bytes in order.
     Versions only go forward; a bad publish leaves stored versions untouched.
     """
+    OpenPublish: _grpc.UnaryUnaryMultiCallable[_weights_pb2.WeightHeader, _weights_pb2.PublishTicket]
+    """The same publish with the bytes on the bulk port: the header is checked here (publisher, manifest,
+    order, base) and a one-time ticket returned; the actor then sends the ticket and the bytes to the
+    bulk port, which answers once the version is stored. bulk_port 0: use PublishWeights.
+    """
     FetchWeights: _grpc.UnaryStreamMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.WeightChunk]
     """A header (manifest) first, then the bytes in order."""
     OpenFetch: _grpc.UnaryUnaryMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.FetchTicket]
@@ -53,6 +58,11 @@ class WeightControlAsyncStub(WeightControlStub):
     PublishWeights: _aio.StreamUnaryMultiCallable[_weights_pb2.PublishChunk, _common_pb2.VersionInfo]  # type: ignore[assignment]
     """The actor streams one version: a header first, then its bytes in order.
     Versions only go forward; a bad publish leaves stored versions untouched.
+    """
+    OpenPublish: _aio.UnaryUnaryMultiCallable[_weights_pb2.WeightHeader, _weights_pb2.PublishTicket]  # type: ignore[assignment]
+    """The same publish with the bytes on the bulk port: the header is checked here (publisher, manifest,
+    order, base) and a one-time ticket returned; the actor then sends the ticket and the bytes to the
+    bulk port, which answers once the version is stored. bulk_port 0: use PublishWeights.
     """
     FetchWeights: _aio.UnaryStreamMultiCallable[_weights_pb2.FetchRequest, _weights_pb2.WeightChunk]  # type: ignore[assignment]
     """A header (manifest) first, then the bytes in order."""
@@ -74,6 +84,17 @@ class WeightControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_common_pb2.VersionInfo, _abc.Awaitable[_common_pb2.VersionInfo]]:
         """The actor streams one version: a header first, then its bytes in order.
         Versions only go forward; a bad publish leaves stored versions untouched.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenPublish(
+        self,
+        request: _weights_pb2.WeightHeader,
+        context: _ServicerContext,
+    ) -> _typing.Union[_weights_pb2.PublishTicket, _abc.Awaitable[_weights_pb2.PublishTicket]]:
+        """The same publish with the bytes on the bulk port: the header is checked here (publisher, manifest,
+        order, base) and a one-time ticket returned; the actor then sends the ticket and the bytes to the
+        bulk port, which answers once the version is stored. bulk_port 0: use PublishWeights.
         """
 
     @_abc_1.abstractmethod
