@@ -48,6 +48,9 @@ def format_status(r: admin_pb2.StatusReply) -> str:
         f"queued {t.episodes_queued}  in training {t.episodes_in_training}",
         f"env steps produced: {t.env_steps_produced}",
     ]
+    if r.placement.placement:  # the launcher's measured placement (pipeline.placement=auto)
+        p = r.placement
+        lines.append(f"placement: {p.placement} ({p.detail}) since update {p.update}: {p.reason}")
     if r.versions:
         kept = ", ".join(str(v.version) for v in r.versions)
         newest = r.versions[-1]

@@ -4,6 +4,7 @@ Ctrl-C or SIGTERM (no orphans, no ports left bound)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dvla.autoplace import AutoPlacer, Decision, cpu_candidates, describe
 from dvla.checkpoint import CHECKPOINTS, config_text, list_checkpoints
 from dvla.config import RunConfig
 from dvla.metrics import read_metrics
@@ -21,6 +23,7 @@ from dvla.placement import Placement, Slot, plan
 from dvla.proto.v1 import common_pb2 as pb
 from dvla.types import RunState
 
+PLACEMENT_LOG = "placement.jsonl"  # the measured placement's decisions (pipeline.placement=auto)
 CONTROL_STATE = "control-state.json"  # weight_control's ledger in the run folder (control.state_path)
 # A process that ran this long had started fine: its death is a new failure (restarted after 1 s), not a
 # crash loop (restarted after 1, 2, 4 ... 30 s while it keeps dying sooner)
@@ -65,6 +68,7 @@ class Launcher:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.resume = Path(resume).resolve() if resume is not None else None
         self.children: list[Child] = []
+        self.auto: MeasuredPlacement | None = None  # pipeline.placement=auto, measured (async modes on CPU)
         self._due: dict[str, float] = {}  # processes that died -> when to start them again
         self._finished = False  # the final version is out (as of the last look)
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -135,6 +139,7 @@ class Launcher:
         finally:
             client.close()
         self.placement = placement(cfg)
+        self.auto = MeasuredPlacement.for_run(self, address)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
         for k, slot in enumerate(self.placement.actors):  # ranks go by registration; rank 0 writes the metrics
             self.spawn(
@@ -154,6 +159,14 @@ class Launcher:
         for _ in range(cfg.pipeline.num_rollout_workers):
             self.spawn_rollout()
         return address
+
+    def slot_of(self, name: str) -> Slot | None:
+        """The placement slot of the child called `name` (None for weight_control)."""
+        if _is_actor(name):
+            return self.placement.actors[0 if name == "actor" else int(name.split("-")[1])]
+        if name.startswith("rollout-"):
+            return self.placement.rollout(int(name.split("-")[1]))
+        return None
 
     def spawn_rollout(self) -> Child:
         i, self._next_rollout = self._next_rollout, self._next_rollout + 1
@@ -281,7 +294,9 @@ class Launcher:
         next_look = 0.0
         try:
             while True:
-                bar.update()
+                rows = bar.update()
+                if self.auto is not None and rows:
+                    self.auto.observe(rows, client, bar.say)
                 for c in list(self.children):
                     rc = c.proc.poll()
                     if rc in (None, 0) or c.name in self._due:
@@ -326,6 +341,115 @@ class Launcher:
             client.close()
 
 
+class MeasuredPlacement:
+    """pipeline.placement=auto in an asynchronous mode on CPU: the AutoPlacer's decisions (dvla/autoplace.py)
+    carried out on the running processes (their CPU affinity, every thread, child processes included),
+    written to <run>/placement.jsonl and told to weight_control for `dvla admin status`."""
+
+    def __init__(self, launcher: Launcher, cores: list[int]):
+        p = launcher.cfg.pipeline
+        self.launcher, self.cores = launcher, cores
+        self.placer = AutoPlacer(cpu_candidates(len(cores), p.num_actors), window_updates=p.auto_window_updates,
+                                 recheck_windows=p.auto_recheck_windows)  # fmt: skip
+        self.path = launcher.run_dir / PLACEMENT_LOG
+        self._last_update = 0
+        self._first = Decision(0, self.placer.current, "planned; measuring each of: " + ", ".join(
+            f"{c} ({describe(c, len(cores), p.num_actors)})" for c in self.placer.candidates))  # fmt: skip
+        self.path.write_text("")
+        self._record(self._first, None)
+
+    @staticmethod
+    def for_run(launcher: Launcher, address: str) -> MeasuredPlacement | None:
+        p, cores = launcher.cfg.pipeline, sorted(os.sched_getaffinity(0))
+        if not p.measured_placement or _gpus(launcher.cfg) or len(cores) < 2:
+            return None
+        auto = MeasuredPlacement(launcher, cores)
+        auto._tell(address)
+        return auto
+
+    def _tell(self, address: str) -> None:
+        from dvla.rpc.client import ControlClient
+
+        client = ControlClient(address, self.launcher.cfg.control)
+        try:
+            self._note(self._first, client)
+        finally:
+            client.close()
+
+    def observe(self, rows: list[dict], client, say) -> None:
+        for row in rows:
+            if row["update"] <= self._last_update:  # an actor started again repeats updates: measure afresh
+                self.placer.restart_window()
+            self._last_update = row["update"]
+            d = self.placer.observe(row["update"], row["wall_s"], row["env_steps"])
+            if d is None:
+                continue
+            if d.switch:
+                self.apply(d.placement)
+            self._record(d, say)
+            self._note(d, client)
+
+    def apply(self, placement_mode: str) -> None:
+        p = self.launcher.cfg.pipeline
+        self.launcher.placement = plan(placement_mode, p.num_actors, p.num_rollout_workers, self.cores, 0)
+        for c in self.launcher.children:
+            slot = self.launcher.slot_of(c.name)
+            if slot is None:
+                continue
+            c.cores = set(slot.cores) if slot.cores else None
+            if c.proc.poll() is None:
+                set_tree_affinity(c.proc.pid, c.cores or set(self.cores))
+
+    def _record(self, d: Decision, say) -> None:
+        n = self.launcher.cfg.pipeline.num_actors
+        line = {"update": d.update, "placement": d.placement, "detail": describe(d.placement, len(self.cores), n),
+                "reason": d.reason, "switch": d.switch, "rates": d.rates, "unix_s": time.time()}  # fmt: skip
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        if say is not None:
+            say(f"placement after update {d.update}: {d.placement} ({line['detail']}): {d.reason}")
+
+    def _note(self, d: Decision, client) -> None:
+        from dvla.rpc.client import RpcFailed
+
+        try:
+            detail = describe(d.placement, len(self.cores), self.launcher.cfg.pipeline.num_actors)
+            client.set_placement(d.placement, detail, d.reason, d.update)
+        except RpcFailed:
+            pass  # weight_control restarting: the next decision tells it again
+
+
+def set_tree_affinity(pid: int, cores: set[int]) -> int:
+    """Move process `pid`, every thread of it, and every process below it onto `cores`; how many threads
+    moved. Processes and threads that ended meanwhile are skipped."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [c for c, parent in parents.items() if parent in frontier and c not in tree]
+        tree.update(kids)
+        frontier = kids
+    moved = 0
+    for p in tree:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cores)
+                moved += 1
+            except OSError:  # ended meanwhile
+                pass
+    return moved
+
+
 def _is_actor(name: str) -> bool:
     return name == "actor" or name.startswith("actor-")
 
@@ -347,13 +471,17 @@ def _actors(cfg: RunConfig) -> str:
 def placement(cfg: RunConfig) -> Placement:
     """Each process's device and cores on this node by pipeline.placement (dvla/placement.py): GPUs when
     the run's device is CUDA and no single device was named, otherwise this process's CPU cores."""
-    gpus = 0
-    if cfg.device in ("auto", "cuda"):
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     p = cfg.pipeline
-    return plan(p.placement_in_force, p.num_actors, p.num_rollout_workers, sorted(os.sched_getaffinity(0)), gpus)
+    return plan(p.placement_in_force, p.num_actors, p.num_rollout_workers, sorted(os.sched_getaffinity(0)), _gpus(cfg))
+
+
+def _gpus(cfg: RunConfig) -> int:
+    """CUDA devices the run places processes on (0: a CPU run)."""
+    if cfg.device not in ("auto", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _device(slot: Slot) -> tuple[str, ...]:
@@ -395,10 +523,11 @@ class _Progress:
 
             self.bar = tqdm(total=cfg.pipeline.num_updates, unit="update", desc=f"{cfg.name}")
 
-    def update(self) -> None:
+    def update(self) -> list[dict]:
+        """Show what the actor's metrics file gained since the last look; the new rows."""
         rows = read_metrics(self.metrics_path)
         if len(rows) <= self.seen:
-            return
+            return []
         new, self.seen = rows[self.seen :], len(rows)
         last = new[-1]
         if self.bar is not None:
@@ -415,6 +544,14 @@ class _Progress:
                 f"return={last['return_mean']:.2f}",
                 flush=True,
             )
+        return new
+
+    def say(self, text: str) -> None:
+        """A line for the user that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(text)
+        elif self.mode != "off":
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -458,6 +595,10 @@ def run(cfg: RunConfig, progress: str = "bar", resume: Path | None = None) -> in
         from dvla.tracechart import plot_trace
 
         plot_trace(run_dir / "traces", run_dir / "trace.png")
+        if launcher.auto is not None:
+            from dvla.metrics import plot_placement
+
+            plot_placement(run_dir)
         summarize(run_dir, time.monotonic() - t0)
     return rc
 

@@ -138,3 +138,48 @@ def plot_metrics(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+def plot_placement(run_dir: Path, png_path: Path | None = None) -> Path | None:
+    """The measured placement's timeline (pipeline.placement=auto): env steps/s per update, each stretch
+    shaded by the placement in force, each decision marked with its placement. None without decisions."""
+    decisions = read_metrics(run_dir / "placement.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not decisions or not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png_path = png_path or run_dir / "placement.png"
+    updates = [r["update"] for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 4), layout="constrained")
+    ax.plot(updates, [r["env_steps_per_s"] for r in rows], color="black", lw=1, label="env steps/s (run so far)")
+    rate = [rows[0]["env_steps_per_s"]] + [
+        (b["env_steps"] - a["env_steps"]) / max(b["wall_s"] - a["wall_s"], 1e-9) for a, b in zip(rows, rows[1:])
+    ]
+    ax.plot(updates, rate, color="gray", lw=0.8, alpha=0.7, label="env steps/s (this update)")
+    switches = [d for d in decisions if d.get("switch", True)]
+    names = list(dict.fromkeys(d["placement"] for d in switches))
+    colors = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    last = updates[-1]
+    for d, nxt in zip(switches, switches[1:] + [None]):
+        end = nxt["update"] if nxt else last
+        ax.axvspan(d["update"], end, color=colors[d["placement"]], alpha=0.18, lw=0)
+    for n in names:
+        ax.axvspan(
+            0, 0, color=colors[n], alpha=0.3, label=f"{n}: {next(d['detail'] for d in switches if d['placement'] == n)}"
+        )
+    for d in decisions:
+        if d["reason"].startswith("chose"):
+            ax.axvline(d["update"], color=colors.get(d["placement"], "black"), ls="--", lw=1)
+            ax.annotate(f"chose {d['placement']}", (d["update"], ax.get_ylim()[1] * 0.95), fontsize=7, rotation=90,
+                        va="top", ha="right")  # fmt: skip
+    ax.set_xlabel("update")
+    ax.set_ylabel("env steps / s")
+    ax.set_title("placement=auto: each placement measured, the fastest kept (placement.jsonl)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path

@@ -131,8 +131,16 @@ class PipelineConfig:
     """How `dvla run` shares the node's devices (GPUs, or CPU cores without one) between rollouts and actor
     ranks: 'colocated' (every process may use every device; on GPUs actor rank k on GPU k), 'disaggregated'
     (each actor rank a device of its own, rollouts the rest), a rollout:actor ratio such as '3:1' or '1:1',
-    or 'auto' (colocated for sync, disaggregated for the other modes). On GPUs every process gets one device,
+    or 'auto': colocated for sync, disaggregated for the disaggregated mode; in the asynchronous modes on CPU,
+    measured: each split of the cores runs a window of updates, the fastest is kept, and the others are tried
+    again as the run goes, moving processes between cores while they run (dvla/autoplace.py; decisions in
+    placement.jsonl and placement.png, and in `dvla admin status`). On GPUs every process gets one device,
     never two actor ranks the same one (dvla/placement.py)."""
+    auto_window_updates: int = 4
+    """placement=auto: updates each measurement window of a placement lasts (after one update to settle)."""
+    auto_recheck_windows: int = 8
+    """placement=auto: windows on the chosen placement before the best other one is tried again (doubling
+    after each check the chosen one survives, up to 8x)."""
     rollout_restarts: int = 5
     """`dvla run`: times each rollout worker is started again after it dies (after 1 s; 2, 4 ... 30 s while it
     keeps dying within 30 s of starting); it rejoins at the next data-plane epoch. 0: a rollout that dies
@@ -187,6 +195,11 @@ class PipelineConfig:
         return self.placement
 
     @property
+    def measured_placement(self) -> bool:
+        """placement=auto in an asynchronous mode: `dvla run` measures the core splits on CPU (dvla/autoplace.py)."""
+        return self.placement == "auto" and not self.lockstep
+
+    @property
     def pinned(self) -> bool:
         """Rollouts and the actors on devices (cores) of their own."""
         return self.placement_in_force != "colocated"
@@ -211,6 +224,11 @@ class PipelineConfig:
         _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
         bad = check_placement(self.placement)
         _check(bad is None, "pipeline.placement", f"{bad}; choose auto, colocated, disaggregated or R:A (e.g. 3:1)")
+        _check(
+            self.auto_window_updates >= 1 and self.auto_recheck_windows >= 1,
+            "pipeline.auto_window_updates",
+            "placement=auto windows must be >= 1 (auto_window_updates, auto_recheck_windows)",
+        )
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")

@@ -154,10 +154,10 @@ class BulkServer:
                 checked = received
         got.accept(received)
         why = got.finish()
-        _answer(conn, REFUSED if why else OK, why)
         if not why:
             with self._lock:
-                self.bytes_received += n
+                self.bytes_received += n  # before the answer: whoever hears it sees the count
+        _answer(conn, REFUSED if why else OK, why)
 
     def close(self) -> None:
         self._closed.set()

@@ -596,6 +596,14 @@ class ControlClient:
         )
 
     @_wrap
+    def set_placement(self, placement: str, detail: str, reason: str, update: int) -> None:
+        """Tell weight_control where the run's processes are placed now and why (Status shows it)."""
+        self.admin.SetPlacement(
+            admin_pb2.PlacementNote(placement=placement, detail=detail, reason=reason, update=update),
+            timeout=self.cfg.rpc_timeout_s,
+        )
+
+    @_wrap
     def checkpoint(self, wait: bool = True, timeout_s: float = 300.0) -> admin_pb2.CheckpointReply:
         """Ask the actor for a checkpoint after its current update; with wait, return once it is written."""
         return self.admin.Checkpoint(

@@ -135,6 +135,15 @@ def run_actor(
         actorgroup.leave()
 
 
+def follow_cores() -> None:
+    """As many intra-op threads as this process has cores now: placement=auto moves running processes
+    between cores (dvla/autoplace.py), and a thread pool sized for other cores would idle or oversubscribe."""
+    n = len(os.sched_getaffinity(0))
+    if n != torch.get_num_threads():
+        log.info("now on %d core(s): %d intra-op threads", n, n)
+        torch.set_num_threads(n)
+
+
 class Actor:
     """The training lane's loop, in named steps: next global batch, update, publish, checkpoint if due, log."""
 
@@ -154,6 +163,7 @@ class Actor:
             batch = self.trainer.next_global_batch()
             if batch is None:
                 raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
+            follow_cores()
             record = self.trainer.update(batch)
             if p.slow_actor_s:
                 time.sleep(p.slow_actor_s)

@@ -62,6 +62,7 @@ class ControlState:
         self.chunk_bytes = chunk_bytes
         self.bulk = bulk  # the side channel weight bytes travel on (None: over gRPC only)
         self.uploads: dict[bytes, tuple[float, Upload]] = {}  # publish tickets (OpenPublish) -> their upload
+        self.placement = admin_pb2.PlacementNote()  # the launcher's last word on where processes run
         self.generation = 0  # bumped on every version or state change, for watchers
         self.changed = asyncio.Condition()
         self.sweeper: asyncio.Future | None = None  # evicts silent rollouts (app.sweep_forever)
@@ -312,7 +313,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             num_actors=r.num_actors,
             actors_missing=[admin_pb2.MissingActor(worker_id=w, silent_s=t) for w, t in run.actors_missing()],
             actor_incarnation=r.actor_incarnation,
+            placement=self.s.placement,
         )
+
+    @_status
+    async def SetPlacement(self, request, context):
+        if not request.placement:
+            raise InvalidArgument("SetPlacement needs a placement")
+        self.s.placement = request
+        return request
 
     @_status
     async def Pause(self, request, context):

@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_a_version_arrives_whole_and_checked(served):
     bulk.receive("127.0.0.1", srv.port, 7, sha, memoryview(out), transfer_digest(data))
     assert out == data
     assert lookups == [(7, sha)]
+    deadline = time.monotonic() + 5
+    while srv.transfers == 0 and time.monotonic() < deadline:  # counted once the server's sendall returns
+        time.sleep(0.01)
     assert (srv.bytes_sent, srv.transfers) == (len(data), 1)
 
 
@@ -101,4 +105,7 @@ def test_many_fetchers_at_once_each_get_their_copy(served):
         th.join()
     assert not errors
     assert all(o == data for o in outs)
+    deadline = time.monotonic() + 5
+    while srv.transfers < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert srv.transfers == 8

@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from dvla.proto.v1 import common_pb2 as dvla_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64vla/proto/v1/admin.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"M\n\x0eRescaleRequest\x12\x14\n\x0cnum_rollouts\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\"~\n\x0cRescaleReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x17\n\x0ftarget_rollouts\x18\x02 \x01(\x05\x12\x0f\n\x07leaving\x18\x03 \x03(\t\x12\x18\n\x10standby_admitted\x18\x04 \x01(\x05\x12\x1b\n\x13\x65pisodes_per_update\x18\x05 \x01(\x05\"4\n\x11\x43heckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"O\n\x0f\x43heckpointReply\x12\x0f\n\x07request\x18\x01 \x01(\x04\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04path\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\x0e\n\x0cPauseRequest\"\x0f\n\rResumeRequest\"1\n\rRunStateReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\"\xc2\x02\n\x06Totals\x12\x1a\n\x12\x65nv_steps_produced\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x19\n\x11\x65pisodes_received\x18\x03 \x01(\x04\x12\x18\n\x10\x65pisodes_trained\x18\x04 \x01(\x04\x12\x18\n\x10\x65pisodes_dropped\x18\x05 \x01(\x04\x12\x1a\n\x12\x65pisodes_in_flight\x18\x06 \x01(\x03\x12\x15\n\repisodes_sent\x18\x07 \x01(\x04\x12\x17\n\x0f\x65pisodes_unsent\x18\x08 \x01(\x03\x12\x18\n\x10\x65pisodes_on_wire\x18\t \x01(\x03\x12\x17\n\x0f\x65pisodes_queued\x18\n \x01(\x04\x12\x1c\n\x14\x65pisodes_in_training\x18\x0b \x01(\x04\x12\x15\n\repisodes_lost\x18\x0c \x01(\x04\"3\n\x0cMissingActor\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08silent_s\x18\x02 \x01(\x01\"\x80\x03\n\x0bStatusReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x13\n\x0bhas_version\x18\x02 \x01(\x08\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12&\n\x08versions\x18\x04 \x03(\x0b\x32\x14.dvla.v1.VersionInfo\x12$\n\x07workers\x18\x05 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\x1f\n\x06totals\x18\x06 \x01(\x0b\x32\x0f.dvla.v1.Totals\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\r\n\x05\x65poch\x18\x08 \x01(\x03\x12\x17\n\x0ftarget_rollouts\x18\t \x01(\x05\x12\x1b\n\x13\x65pisodes_per_update\x18\n \x01(\x05\x12\x12\n\nnum_actors\x18\x0b \x01(\x05\x12-\n\x0e\x61\x63tors_missing\x18\x0c \x03(\x0b\x32\x15.dvla.v1.MissingActor\x12\x19\n\x11\x61\x63tor_incarnation\x18\r \x01(\r2\xb0\x02\n\x05\x41\x64min\x12\x36\n\x06Status\x12\x16.dvla.v1.StatusRequest\x1a\x14.dvla.v1.StatusReply\x12\x36\n\x05Pause\x12\x15.dvla.v1.PauseRequest\x1a\x16.dvla.v1.RunStateReply\x12\x38\n\x06Resume\x12\x16.dvla.v1.ResumeRequest\x1a\x16.dvla.v1.RunStateReply\x12\x39\n\x07Rescale\x12\x17.dvla.v1.RescaleRequest\x1a\x15.dvla.v1.RescaleReply\x12\x42\n\nCheckpoint\x12\x1a.dvla.v1.CheckpointRequest\x1a\x18.dvla.v1.CheckpointReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64vla/proto/v1/admin.proto\x12\x07\x64vla.v1\x1a\x1a\x64vla/proto/v1/common.proto\"R\n\rPlacementNote\x12\x11\n\tplacement\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06update\x18\x04 \x01(\x03\"M\n\x0eRescaleRequest\x12\x14\n\x0cnum_rollouts\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\"~\n\x0cRescaleReply\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x17\n\x0ftarget_rollouts\x18\x02 \x01(\x05\x12\x0f\n\x07leaving\x18\x03 \x03(\t\x12\x18\n\x10standby_admitted\x18\x04 \x01(\x05\x12\x1b\n\x13\x65pisodes_per_update\x18\x05 \x01(\x05\"4\n\x11\x43heckpointRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"O\n\x0f\x43heckpointReply\x12\x0f\n\x07request\x18\x01 \x01(\x04\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0c\n\x04path\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\x0e\n\x0cPauseRequest\"\x0f\n\rResumeRequest\"1\n\rRunStateReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\"\xc2\x02\n\x06Totals\x12\x1a\n\x12\x65nv_steps_produced\x18\x01 \x01(\x04\x12\x19\n\x11\x65pisodes_produced\x18\x02 \x01(\x04\x12\x19\n\x11\x65pisodes_received\x18\x03 \x01(\x04\x12\x18\n\x10\x65pisodes_trained\x18\x04 \x01(\x04\x12\x18\n\x10\x65pisodes_dropped\x18\x05 \x01(\x04\x12\x1a\n\x12\x65pisodes_in_flight\x18\x06 \x01(\x03\x12\x15\n\repisodes_sent\x18\x07 \x01(\x04\x12\x17\n\x0f\x65pisodes_unsent\x18\x08 \x01(\x03\x12\x18\n\x10\x65pisodes_on_wire\x18\t \x01(\x03\x12\x17\n\x0f\x65pisodes_queued\x18\n \x01(\x04\x12\x1c\n\x14\x65pisodes_in_training\x18\x0b \x01(\x04\x12\x15\n\repisodes_lost\x18\x0c \x01(\x04\"3\n\x0cMissingActor\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08silent_s\x18\x02 \x01(\x01\"\xab\x03\n\x0bStatusReply\x12 \n\x05state\x18\x01 \x01(\x0e\x32\x11.dvla.v1.RunState\x12\x13\n\x0bhas_version\x18\x02 \x01(\x08\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12&\n\x08versions\x18\x04 \x03(\x0b\x32\x14.dvla.v1.VersionInfo\x12$\n\x07workers\x18\x05 \x03(\x0b\x32\x13.dvla.v1.WorkerInfo\x12\x1f\n\x06totals\x18\x06 \x01(\x0b\x32\x0f.dvla.v1.Totals\x12\x10\n\x08uptime_s\x18\x07 \x01(\x01\x12\r\n\x05\x65poch\x18\x08 \x01(\x03\x12\x17\n\x0ftarget_rollouts\x18\t \x01(\x05\x12\x1b\n\x13\x65pisodes_per_update\x18\n \x01(\x05\x12\x12\n\nnum_actors\x18\x0b \x01(\x05\x12-\n\x0e\x61\x63tors_missing\x18\x0c \x03(\x0b\x32\x15.dvla.v1.MissingActor\x12\x19\n\x11\x61\x63tor_incarnation\x18\r \x01(\r\x12)\n\tplacement\x18\x0e \x01(\x0b\x32\x16.dvla.v1.PlacementNote2\xf0\x02\n\x05\x41\x64min\x12\x36\n\x06Status\x12\x16.dvla.v1.StatusRequest\x1a\x14.dvla.v1.StatusReply\x12\x36\n\x05Pause\x12\x15.dvla.v1.PauseRequest\x1a\x16.dvla.v1.RunStateReply\x12\x38\n\x06Resume\x12\x16.dvla.v1.ResumeRequest\x1a\x16.dvla.v1.RunStateReply\x12\x39\n\x07Rescale\x12\x17.dvla.v1.RescaleRequest\x1a\x15.dvla.v1.RescaleReply\x12\x42\n\nCheckpoint\x12\x1a.dvla.v1.CheckpointRequest\x1a\x18.dvla.v1.CheckpointReply\x12>\n\x0cSetPlacement\x12\x16.dvla.v1.PlacementNote\x1a\x16.dvla.v1.PlacementNoteb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dvla.proto.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESCALEREQUEST']._serialized_start=66
-  _globals['_RESCALEREQUEST']._serialized_end=143
-  _globals['_RESCALEREPLY']._serialized_start=145
-  _globals['_RESCALEREPLY']._serialized_end=271
-  _globals['_CHECKPOINTREQUEST']._serialized_start=273
-  _globals['_CHECKPOINTREQUEST']._serialized_end=325
-  _globals['_CHECKPOINTREPLY']._serialized_start=327
-  _globals['_CHECKPOINTREPLY']._serialized_end=406
-  _globals['_STATUSREQUEST']._serialized_start=408
-  _globals['_STATUSREQUEST']._serialized_end=423
-  _globals['_PAUSEREQUEST']._serialized_start=425
-  _globals['_PAUSEREQUEST']._serialized_end=439
-  _globals['_RESUMEREQUEST']._serialized_start=441
-  _globals['_RESUMEREQUEST']._serialized_end=456
-  _globals['_RUNSTATEREPLY']._serialized_start=458
-  _globals['_RUNSTATEREPLY']._serialized_end=507
-  _globals['_TOTALS']._serialized_start=510
-  _globals['_TOTALS']._serialized_end=832
-  _globals['_MISSINGACTOR']._serialized_start=834
-  _globals['_MISSINGACTOR']._serialized_end=885
-  _globals['_STATUSREPLY']._serialized_start=888
-  _globals['_STATUSREPLY']._serialized_end=1272
-  _globals['_ADMIN']._serialized_start=1275
-  _globals['_ADMIN']._serialized_end=1579
+  _globals['_PLACEMENTNOTE']._serialized_start=66
+  _globals['_PLACEMENTNOTE']._serialized_end=148
+  _globals['_RESCALEREQUEST']._serialized_start=150
+  _globals['_RESCALEREQUEST']._serialized_end=227
+  _globals['_RESCALEREPLY']._serialized_start=229
+  _globals['_RESCALEREPLY']._serialized_end=355
+  _globals['_CHECKPOINTREQUEST']._serialized_start=357
+  _globals['_CHECKPOINTREQUEST']._serialized_end=409
+  _globals['_CHECKPOINTREPLY']._serialized_start=411
+  _globals['_CHECKPOINTREPLY']._serialized_end=490
+  _globals['_STATUSREQUEST']._serialized_start=492
+  _globals['_STATUSREQUEST']._serialized_end=507
+  _globals['_PAUSEREQUEST']._serialized_start=509
+  _globals['_PAUSEREQUEST']._serialized_end=523
+  _globals['_RESUMEREQUEST']._serialized_start=525
+  _globals['_RESUMEREQUEST']._serialized_end=540
+  _globals['_RUNSTATEREPLY']._serialized_start=542
+  _globals['_RUNSTATEREPLY']._serialized_end=591
+  _globals['_TOTALS']._serialized_start=594
+  _globals['_TOTALS']._serialized_end=916
+  _globals['_MISSINGACTOR']._serialized_start=918
+  _globals['_MISSINGACTOR']._serialized_end=969
+  _globals['_STATUSREPLY']._serialized_start=972
+  _globals['_STATUSREPLY']._serialized_end=1399
+  _globals['_ADMIN']._serialized_start=1402
+  _globals['_ADMIN']._serialized_end=1770
 # @@protoc_insertion_point(module_scope)

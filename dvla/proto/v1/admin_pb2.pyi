@@ -20,6 +20,38 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class PlacementNote(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    placement: _builtins.str
+    """a pipeline.placement value, e.g. colocated"""
+    detail: _builtins.str
+    """what it means on this node, e.g. "actor 1 core, rollouts 1" """
+    reason: _builtins.str
+    """why it was chosen, with the rates measured"""
+    update: _builtins.int
+    """the update after which it took effect"""
+    def __init__(
+        self,
+        *,
+        placement: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        update: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "placement", b"placement", "reason", b"reason", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementNote: _TypeAlias = PlacementNote  # noqa: Y015
+
+@_typing.final
 class RescaleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -295,6 +327,7 @@ class StatusReply(_message.Message):
     NUM_ACTORS_FIELD_NUMBER: _builtins.int
     ACTORS_MISSING_FIELD_NUMBER: _builtins.int
     ACTOR_INCARNATION_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     state: _common_pb2.RunState.ValueType
     has_version: _builtins.bool
     latest_version: _builtins.int
@@ -316,6 +349,10 @@ class StatusReply(_message.Message):
     def actors_missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___MissingActor]:
         """actor ranks silent past the dead threshold while the run goes on: (worker id, seconds silent)"""
 
+    @_builtins.property
+    def placement(self) -> Global___PlacementNote:
+        """the launcher's last word on placement (empty: none given)"""
+
     def __init__(
         self,
         *,
@@ -332,10 +369,11 @@ class StatusReply(_message.Message):
         num_actors: _builtins.int = ...,
         actors_missing: _abc.Iterable[Global___MissingActor] | None = ...,
         actor_incarnation: _builtins.int = ...,
+        placement: Global___PlacementNote | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "actors_missing", b"actors_missing", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_incarnation", b"actor_incarnation", "actors_missing", b"actors_missing", "episodes_per_update", b"episodes_per_update", "epoch", b"epoch", "has_version", b"has_version", "latest_version", b"latest_version", "num_actors", b"num_actors", "placement", b"placement", "state", b"state", "target_rollouts", b"target_rollouts", "totals", b"totals", "uptime_s", b"uptime_s", "versions", b"versions", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,11 @@ class AdminStub:
                 request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.FromString,
                 _registered_method=True)
+        self.SetPlacement = channel.unary_unary(
+                '/dvla.v1.Admin/SetPlacement',
+                request_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.SerializeToString,
+                response_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -102,6 +107,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPlacement(self, request, context):
+        """Record where the run's processes are placed now, and why (the launcher's measured placement,
+        pipeline.placement=auto): Status shows it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +142,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Checkpoint,
                     request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.FromString,
                     response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.SerializeToString,
+            ),
+            'SetPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPlacement,
+                    request_deserializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.FromString,
+                    response_serializer=dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class Admin:
             '/dvla.v1.Admin/Checkpoint',
             dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointRequest.SerializeToString,
             dvla_dot_proto_dot_v1_dot_admin__pb2.CheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dvla.v1.Admin/SetPlacement',
+            dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.SerializeToString,
+            dvla_dot_proto_dot_v1_dot_admin__pb2.PlacementNote.FromString,
             options,
             channel_credentials,
             insecure,

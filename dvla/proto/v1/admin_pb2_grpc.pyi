@@ -47,6 +47,10 @@ class AdminStub:
     """Ask the actor to write a checkpoint after its current update; with wait,
     answer once it is written (DEADLINE_EXCEEDED after timeout_s).
     """
+    SetPlacement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PlacementNote, _admin_pb2.PlacementNote]
+    """Record where the run's processes are placed now, and why (the launcher's measured placement,
+    pipeline.placement=auto): Status shows it.
+    """
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -66,6 +70,10 @@ class AdminAsyncStub(AdminStub):
     Checkpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.CheckpointRequest, _admin_pb2.CheckpointReply]  # type: ignore[assignment]
     """Ask the actor to write a checkpoint after its current update; with wait,
     answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+    """
+    SetPlacement: _aio.UnaryUnaryMultiCallable[_admin_pb2.PlacementNote, _admin_pb2.PlacementNote]  # type: ignore[assignment]
+    """Record where the run's processes are placed now, and why (the launcher's measured placement,
+    pipeline.placement=auto): Status shows it.
     """
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +121,16 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.CheckpointReply, _abc.Awaitable[_admin_pb2.CheckpointReply]]:
         """Ask the actor to write a checkpoint after its current update; with wait,
         answer once it is written (DEADLINE_EXCEEDED after timeout_s).
+        """
+
+    @_abc_1.abstractmethod
+    def SetPlacement(
+        self,
+        request: _admin_pb2.PlacementNote,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PlacementNote, _abc.Awaitable[_admin_pb2.PlacementNote]]:
+        """Record where the run's processes are placed now, and why (the launcher's measured placement,
+        pipeline.placement=auto): Status shows it.
         """
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,110 @@
+"""The auto placer against runs whose speed under each placement is known (and changes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dvla.autoplace import AutoPlacer, cpu_candidates, describe
+
+
+def drive(placer: AutoPlacer, speed, updates: int, steps_per_update: int = 1000):
+    """Feed `updates` updates to `placer`; speed(placement, update) is env steps/s under the placement in
+    force. Returns the placement in force at each update."""
+    wall, steps, seen = 0.0, 0, []
+    for u in range(1, updates + 1):
+        steps += steps_per_update
+        wall += steps_per_update / speed(placer.current, u)
+        seen.append(placer.current)
+        placer.observe(u, wall, steps)
+    return seen
+
+
+def test_it_measures_every_candidate_then_keeps_the_fastest():
+    p = AutoPlacer(["disaggregated", "colocated"], window_updates=3, settle_updates=1, warmup_updates=2)
+    seen = drive(p, lambda c, u: {"disaggregated": 500.0, "colocated": 1000.0}[c], 30)
+    assert seen[:6] == ["disaggregated"] * 5 + ["colocated"]  # 2 warm-up updates, then a window of 3
+    assert p.current == "colocated"
+    assert p.rates == pytest.approx({"disaggregated": 500.0, "colocated": 1000.0})
+    chose = [d for d in p.decisions if d.reason.startswith("chose")]
+    assert chose and chose[0].placement == "colocated" and "disaggregated 500" in chose[0].reason
+    assert chose[0].reason.endswith("env steps/s")
+
+
+def test_a_planned_placement_that_is_fastest_stays_without_a_move():
+    p = AutoPlacer(["disaggregated", "colocated"], window_updates=2)
+    drive(p, lambda c, u: {"disaggregated": 900.0, "colocated": 600.0}[c], 12)
+    assert p.current == "disaggregated"
+    verdict = next(d for d in p.decisions if d.reason.startswith("chose"))
+    assert verdict.placement == "disaggregated"
+
+
+def test_it_rechecks_and_follows_a_run_whose_stage_times_drift():
+    # the actor's share grows (e.g. contacts make rollouts cheaper per update than training): after update 40
+    # the split with an actor core of its own becomes the faster one
+    def speed(c, u):
+        if u <= 40:
+            return {"disaggregated": 500.0, "colocated": 1000.0}[c]
+        return {"disaggregated": 1200.0, "colocated": 700.0}[c]
+
+    p = AutoPlacer(["disaggregated", "colocated"], window_updates=2, recheck_windows=3)
+    seen = drive(p, speed, 80)
+    assert seen[10:40].count("colocated") > 20 and seen[60:].count("disaggregated") > 15
+    assert p.current == "disaggregated"
+    assert any(d.reason.startswith("checking disaggregated again") for d in p.decisions)
+    assert any(d.reason.startswith("chose disaggregated: now faster") for d in p.decisions)
+
+
+def test_a_recheck_that_loses_goes_back():
+    p = AutoPlacer(["disaggregated", "colocated"], window_updates=2, recheck_windows=2)
+    drive(p, lambda c, u: {"disaggregated": 500.0, "colocated": 1000.0}[c], 60)
+    assert p.current == "colocated"
+    backs = [d.update for d in p.decisions if d.reason.startswith("back to colocated")]
+    assert len(backs) >= 2 and backs[1] - backs[0] > 2 * 2 * 2  # checks grow rarer while nothing changes
+
+
+def test_candidates_and_their_descriptions():
+    assert cpu_candidates(1, 1) == ["colocated"]
+    assert cpu_candidates(2, 1) == ["disaggregated", "colocated"]
+    assert cpu_candidates(8, 1) == ["disaggregated", "6:2", "4:4", "colocated"]
+    assert cpu_candidates(8, 2) == ["disaggregated", "4:4", "colocated"]
+    assert cpu_candidates(2, 2) == ["disaggregated", "colocated"]  # two actor ranks share their one core
+    assert describe("disaggregated", 2, 1) == "actor 1 core, rollouts 1"
+    assert describe("4:4", 8, 1) == "actor 4 cores, rollouts 4"
+    assert describe("colocated", 2, 1) == "every process on any of 2 cores"
+    with pytest.raises(ValueError):
+        AutoPlacer([])
+
+
+def test_a_running_process_tree_moves_to_other_cores_every_thread_and_child():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from dvla.launch import set_tree_affinity
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    code = (
+        "import subprocess, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent, child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True), None
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(0.2)
+        moved = set_tree_affinity(parent.pid, {cores[-1]})
+        tids = [int(t) for p in (parent.pid, child) for t in os.listdir(f"/proc/{p}/task")]
+        assert moved >= 3 and len(tids) >= 3  # main thread, its sleeper thread, the child
+        assert all(os.sched_getaffinity(t) == {cores[-1]} for t in tids)
+        set_tree_affinity(parent.pid, set(cores))
+        assert all(os.sched_getaffinity(t) == set(cores) for t in tids)
+    finally:
+        parent.kill()
+        if child is not None:
+            os.kill(child, 9)
+        parent.wait()
