@@ -359,6 +359,12 @@ class ControlClient:
                         raise RpcFailed(code, why) from None
                     self._bulk_down_until = time.monotonic() + BULK_RETRY_S
                     log.warning("%s; weight bytes go over gRPC for the next %.0f s", e, BULK_RETRY_S)
+                    try:
+                        return self._publish_streamed(header, buf)
+                    except RpcFailed as again:  # the bytes were stored, and only the answer was lost
+                        if again.code == "ALREADY_EXISTS":
+                            return len(buf)
+                        raise
         return self._publish_streamed(header, buf)
 
     @_wrap

@@ -23,6 +23,7 @@ from dvla.rpc.bulk import BulkServer
 
 CHECKPOINT_WAIT_S = 300.0  # Admin.Checkpoint's wait when the request gives no timeout_s
 PUBLISH_TICKET_S = 60.0  # an OpenPublish ticket not redeemed on the bulk port by then is dropped
+PENDING_UPLOADS = 2  # OpenPublish tickets outstanding at once (versions go forward: a newer one supersedes)
 
 
 def _status(fn):
@@ -128,6 +129,8 @@ class WeightControlServicer(weights_pb2_grpc.WeightControlServicer):
         now = time.monotonic()
         for t in [t for t, (expiry, _) in self.s.uploads.items() if expiry < now]:
             del self.s.uploads[t]  # tickets never redeemed (the actor fell back to gRPC, or died)
+        while len(self.s.uploads) >= PENDING_UPLOADS:  # each holds a version's buffer: the oldest goes
+            del self.s.uploads[next(iter(self.s.uploads))]
         ticket = secrets.token_bytes(16)
         self.s.uploads[ticket] = (now + PUBLISH_TICKET_S, upload)
         return weights_pb2.PublishTicket(bulk_port=self.s.bulk.port, ticket=ticket)

@@ -148,3 +148,14 @@ def test_checkpoint_waits_until_the_actor_reports_it_written(live, capsys):
     assert main(["admin", "checkpoint", "--control", live.address, "--timeout", "0.5"]) == 2  # nobody writes it
     assert "DEADLINE_EXCEEDED" in capsys.readouterr().err
     c.close()
+
+
+def test_status_shows_the_placement_the_launcher_chose_and_why(live, capsys):
+    assert main(["admin", "status", "--control", live.address]) == 0
+    assert "placement:" not in capsys.readouterr().out  # none given yet
+    c = ControlClient(live.address, replace(ControlConfig(), rpc_timeout_s=5.0))
+    c.set_placement("colocated", "every process on any of 2 cores", "chose colocated: the fastest of ...", 11)
+    c.close()
+    assert main(["admin", "status", "--control", live.address]) == 0
+    out = capsys.readouterr().out
+    assert "placement: colocated (every process on any of 2 cores) since update 11: chose colocated" in out
