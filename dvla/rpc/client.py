@@ -369,12 +369,17 @@ class ControlClient:
 
     @_wrap
     def _open_publish(self, header: weights_pb2.WeightHeader) -> weights_pb2.PublishTicket | None:
+        return self._if_bulk_known(self.weights.OpenPublish, header)
+
+    def _if_bulk_known(self, rpc, request):
+        """rpc(request), or None from a weight_control from before the bulk port (UNIMPLEMENTED): this client
+        then moves every byte over gRPC."""
         try:
-            return self.weights.OpenPublish(header, timeout=self.cfg.rpc_timeout_s)
+            return rpc(request, timeout=self.cfg.rpc_timeout_s)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
-            self._open_fetch = False  # a weight_control from before the bulk port
+            self._open_fetch = False
             return None
 
     @_wrap
@@ -412,15 +417,7 @@ class ControlClient:
 
     @_wrap
     def _ticket(self, req: weights_pb2.FetchRequest) -> weights_pb2.FetchTicket | None:
-        if not self._open_fetch:
-            return None
-        try:
-            return self.weights.OpenFetch(req, timeout=self.cfg.rpc_timeout_s)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            self._open_fetch = False
-            return None
+        return self._if_bulk_known(self.weights.OpenFetch, req) if self._open_fetch else None
 
     def _fetch_ticket(
         self, t: weights_pb2.FetchTicket, keep: bool = False

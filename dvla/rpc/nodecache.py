@@ -35,14 +35,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dvla.weights import transfer_hasher
+from dvla.weights import transfer_digest
 
 Buffer = mmap.mmap | bytearray
 
 log = logging.getLogger("dvla.rpc.nodecache")
 
 DEFAULT_ROOT = Path("/dev/shm/dvla-weights")
-HASH_STEP = 8 << 20
 
 
 def resolve_root(setting: str, address: str) -> Path | None:
@@ -138,7 +137,7 @@ class NodeCache:
             m = _private_map(fd, size) if size == nbytes else None
         finally:
             os.close(fd)
-        if m is None or _digest(m) != digest:
+        if m is None or transfer_digest(m) != digest:
             self.bad += 1
             log.warning("node copy %s is corrupt (%d bytes, expected %d, or a wrong digest): fetching again",
                         path, size, nbytes)  # fmt: skip
@@ -208,10 +207,3 @@ class NodeCache:
 def _private_map(fd: int, nbytes: int) -> mmap.mmap:
     """Copy-on-write: reading costs no copy, writing (which nobody should) stays in this process."""
     return mmap.mmap(fd, nbytes, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-
-
-def _digest(buf) -> str:
-    h, view = transfer_hasher(), memoryview(buf)
-    for off in range(0, len(view), HASH_STEP):
-        h.update(view[off : off + HASH_STEP])
-    return h.hexdigest()
