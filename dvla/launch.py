@@ -65,6 +65,8 @@ class Launcher:
         actor continues from (see dvla.checkpoint.find_checkpoint)."""
         if cfg.telemetry.exporter == "json" and not cfg.telemetry.json_dir:
             cfg = replace(cfg, telemetry=replace(cfg.telemetry, json_dir=str(run_dir / "traces")))
+        # env shards per rollout (pipeline.num_shards=0): for the cores the rollouts of this node share
+        cfg = cfg.with_shards_for(len(os.sched_getaffinity(0)), cfg.pipeline.num_rollout_workers)
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.resume = Path(resume).resolve() if resume is not None else None
         self.children: list[Child] = []
@@ -138,8 +140,8 @@ class Launcher:
             client.wait_healthy(60)
         finally:
             client.close()
-        self.placement = placement(cfg)
         self.auto = MeasuredPlacement.for_run(self, address)
+        self.placement = placement(cfg) if self.auto is None else self.auto.plan(self.auto.placer.current)
         resume = ("--resume", str(self.resume)) if self.resume is not None else ()
         for k, slot in enumerate(self.placement.actors):  # ranks go by registration; rank 0 writes the metrics
             self.spawn(
@@ -389,9 +391,12 @@ class MeasuredPlacement:
             self._record(d, say)
             self._note(d, client)
 
-    def apply(self, placement_mode: str) -> None:
+    def plan(self, placement_mode: str) -> Placement:
         p = self.launcher.cfg.pipeline
-        self.launcher.placement = plan(placement_mode, p.num_actors, p.num_rollout_workers, self.cores, 0)
+        return plan(placement_mode, p.num_actors, p.num_rollout_workers, self.cores, 0)
+
+    def apply(self, placement_mode: str) -> None:
+        self.launcher.placement = self.plan(placement_mode)
         for c in self.launcher.children:
             slot = self.launcher.slot_of(c.name)
             if slot is None:

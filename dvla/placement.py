@@ -78,6 +78,21 @@ def ratio(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def shards_per_worker(cores: int, workers: int, num_envs: int, group_size: int = 1) -> int:
+    """pipeline.num_shards=0 (auto): env shard processes per rollout worker when `workers` rollouts share
+    `cores` cores. Shards pay off by stepping one shard's physics while another's observations go through
+    inference, which needs a core for each; on fewer, extra shards only add IPC (measured on 2 cores, 2
+    workers x 16 envs, swimlane colocated: 498 env steps/s with 1 shard each, 370 with 2). So a shard per
+    core of the worker's share, at least one, and a count that splits num_envs into whole GRPO groups."""
+    if cores < 1 or workers < 1 or num_envs < 1 or group_size < 1:
+        raise ValueError(f"shards_per_worker: cores={cores}, workers={workers}, num_envs={num_envs} and "
+                         f"group_size={group_size} must all be >= 1")  # fmt: skip
+    k = max(1, min(cores // workers, num_envs))
+    while k > 1 and (num_envs % k or (num_envs // k) % group_size):
+        k -= 1
+    return k
+
+
 def _split(n: int, mode: str, num_actors: int) -> int | None:
     """How many of n devices go to the actors (the rest to the rollouts); None: shared (colocated)."""
     if mode == "colocated" or n < 2:

@@ -8,12 +8,13 @@ it. Each section's `validate()` checks its own fields and raises ValueError nami
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 from dvla.config.check import check as _check
 from dvla.config.policy import PolicyConfig
 from dvla.config.runtime import ActorConfig, CheckpointConfig, ControlConfig, DataPlaneConfig, TelemetryConfig
 from dvla.placement import check_mode as check_placement
+from dvla.placement import shards_per_worker
 
 _READS = {"state": "the state vector", "rgb": "camera images"}
 
@@ -152,8 +153,10 @@ class PipelineConfig:
     control_restarts: int = 3
     """`dvla run`: times weight_control is started again (on the same port) after it dies; the workers register
     with it again and the run goes on. 0: a weight_control that dies ends the run."""
-    num_shards: int = 2
-    """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly)."""
+    num_shards: int = 0
+    """rollout_async and later: env shard processes per rollout worker (env.num_envs split evenly); 0 (auto):
+    one per core of the worker's share of the node, at least one (dvla/placement.py: shards_per_worker).
+    `dvla run` resolves it for the cores its rollouts share; a rollout started on its own, for its own."""
     max_batch: int = 0
     """rollout_async and later: B_max, observations per inference batch (0 = every env of the worker)."""
     batch_timeout_s: float = 0.002
@@ -221,7 +224,7 @@ class PipelineConfig:
         )
         _check(self.num_updates > 0, "pipeline.num_updates", "must be > 0")
         _check(self.queue_batches > 0, "pipeline.queue_batches", "must be > 0")
-        _check(self.num_shards > 0, "pipeline.num_shards", "must be > 0")
+        _check(self.num_shards >= 0, "pipeline.num_shards", "must be >= 0 (0: one per core of the worker's share)")
         bad = check_placement(self.placement)
         _check(bad is None, "pipeline.placement", f"{bad}; choose auto, colocated, disaggregated or R:A (e.g. 3:1)")
         _check(
@@ -258,6 +261,14 @@ class RunConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
+    def with_shards_for(self, cores: int, workers: int) -> RunConfig:
+        """pipeline.num_shards=0 (auto) resolved for `workers` rollouts sharing `cores` cores; as is otherwise."""
+        if not self.pipeline.sharded or self.pipeline.num_shards:
+            return self
+        group = self.algo.group_size if self.algo.name == "grpo" else 1
+        k = shards_per_worker(cores, workers, self.env.num_envs, group)
+        return replace(self, pipeline=replace(self.pipeline, num_shards=k))
+
     def validate(self) -> RunConfig:
         _check(
             self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
@@ -276,7 +287,7 @@ class RunConfig:
             f"the {self.policy.name} policy reads {_READS[family.obs_mode]}; use env.obs_mode={family.obs_mode}"
             " (or choose the policy family that reads what the env gives: policy.name)",
         )
-        shards = self.pipeline.num_shards if self.pipeline.sharded else 1
+        shards = self.pipeline.num_shards if self.pipeline.sharded and self.pipeline.num_shards else 1
         _check(
             self.env.num_envs % shards == 0,
             "env.num_envs",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -70,6 +71,7 @@ def episode_seeds(cfg: RunConfig, worker_id: str, round_: int, shard: int, k: in
 def run_rollout(cfg: RunConfig, control: str, worker_id: str, stop: threading.Event) -> dict:
     device = resolve_device(cfg.device)
     torch.set_num_threads(1)  # one process per env shard: intra-op threads would only fight over cores
+    cfg = cfg.with_shards_for(len(os.sched_getaffinity(0)), 1)  # started on its own: its cores are its own
     p = cfg.pipeline
     pool = (ShardPool.processes(cfg.env, p.num_shards, cfg.policy.chunk_size, cfg.telemetry) if p.sharded
             else ShardPool.local(make_env_batch(cfg.env, device)))  # fmt: skip

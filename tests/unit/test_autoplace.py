@@ -64,10 +64,10 @@ def test_a_recheck_that_loses_goes_back():
 
 def test_candidates_and_their_descriptions():
     assert cpu_candidates(1, 1) == ["colocated"]
-    assert cpu_candidates(2, 1) == ["disaggregated", "colocated"]
-    assert cpu_candidates(8, 1) == ["disaggregated", "6:2", "4:4", "colocated"]
-    assert cpu_candidates(8, 2) == ["disaggregated", "4:4", "colocated"]
-    assert cpu_candidates(2, 2) == ["disaggregated", "colocated"]  # two actor ranks share their one core
+    assert cpu_candidates(2, 1) == ["colocated", "disaggregated"]
+    assert cpu_candidates(8, 1) == ["colocated", "disaggregated", "6:2", "4:4"]
+    assert cpu_candidates(8, 2) == ["colocated", "disaggregated", "4:4"]
+    assert cpu_candidates(2, 2) == ["colocated", "disaggregated"]  # two actor ranks share their one core
     assert describe("disaggregated", 2, 1) == "actor 1 core, rollouts 1"
     assert describe("4:4", 8, 1) == "actor 4 cores, rollouts 4"
     assert describe("colocated", 2, 1) == "every process on any of 2 cores"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvla.placement import check_mode, plan
+from dvla.placement import check_mode, plan, shards_per_worker
 
 
 def test_colocated_on_cpu_pins_nothing():
@@ -70,3 +70,34 @@ def test_bench_layouts_keep_the_global_batch_and_name_what_they_skip(capsys):
     assert "skipping K=2 at 3:1" in capsys.readouterr().out
     with pytest.raises(ValueError, match="rollout:actor ratio"):
         layouts([1], ["colocated"], 24)
+
+
+@pytest.mark.parametrize(
+    "cores,workers,envs,group,want",
+    [
+        (2, 2, 16, 1, 1),  # a core per worker: one shard, no IPC to overlap with
+        (2, 1, 16, 1, 2),
+        (16, 2, 16, 1, 8),
+        (16, 1, 16, 1, 16),
+        (6, 1, 16, 1, 4),  # 6 shards do not split 16 envs: the next count that does
+        (16, 1, 16, 4, 4),  # whole GRPO groups per shard
+        (1, 4, 8, 1, 1),  # fewer cores than workers: still one
+    ],
+)
+def test_auto_shards_take_a_core_each_of_the_workers_share(cores, workers, envs, group, want):
+    assert shards_per_worker(cores, workers, envs, group) == want
+
+
+def test_auto_shards_are_resolved_only_where_shards_run():
+    from dvla.config import load_config
+
+    swim = load_config(None, ["pipeline.mode=swimlane"])
+    assert swim.pipeline.num_shards == 0  # auto
+    assert swim.with_shards_for(2, 2).pipeline.num_shards == 1
+    assert swim.with_shards_for(8, 2).pipeline.num_shards == 4
+    pinned = load_config(None, ["pipeline.mode=swimlane", "pipeline.num_shards=2"])
+    assert pinned.with_shards_for(16, 1).pipeline.num_shards == 2  # a count the user gave stays
+    sync = load_config(None, [])
+    assert sync.with_shards_for(16, 1) is sync  # envs in-process: nothing to resolve
+    with pytest.raises(ValueError, match="workers=0"):
+        shards_per_worker(2, 0, 16)
