@@ -69,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--weight-mib", type=int, default=64, help="with --weights: the size of a version, in MiB")
     b.add_argument("--concurrent", default="1,4,16,50", help="with --weights: numbers of fetchers at once")
     b.add_argument("--node", default="1,2,4,8,16", help="with --weights: numbers of rollouts on the node")
+    b.add_argument(
+        "--scaling",
+        action="store_true",
+        help="the scaling model instead of modes: swimlane measured with --workers rollouts here, the model "
+        "calibrated and checked on them, then predicted for 8-256 rollouts x 1-8 actors (runs/bench-scaling-<time>/)",
+    )
+    b.add_argument("--workers", default="1,2,3,4", help="with --scaling: numbers of rollouts to measure here")
     b.add_argument("overrides", nargs="*", help="section.field=value on top of the balanced default")
     c = sub.add_parser(
         "chaos",
@@ -138,6 +145,12 @@ def bench_command(args: argparse.Namespace) -> int:
                 raise ValueError(f"--weight-mib must be >= 1, got {args.weight_mib}")
             run_weight_bench(Path(args.out_dir), mib=args.weight_mib, concurrent=ints(args.concurrent),
                              node=ints(args.node), publish_check=not args.no_publish_check)  # fmt: skip
+            return 0
+        if args.scaling:
+            from dvla.bench_scaling import run_scaling_bench
+
+            workers = [int(k) for k in args.workers.split(",") if k]
+            run_scaling_bench(workers, args.overrides, Path(args.out_dir), preset=args.preset)
             return 0
         if args.actors:
             from dvla.bench_groups import run_group_bench

@@ -30,6 +30,9 @@ MUST_BE_PURE = {
     "dvla.control.errors",
     "dvla.lanes.recorder",
     "dvla.weights",
+    "dvla.autoplace",
+    "dvla.scaling",
+    "dvla.placement",
     "dvla.types",
 }
 
