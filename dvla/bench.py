@@ -16,6 +16,7 @@ used.) Writes runs/bench-<time>/ with bench.md, bench.csv and bench.png.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,11 +40,13 @@ BALANCED = [
     "pipeline.max_staleness=1",
 ]
 
-# With --preset: the preset's own model and envs, over fewer updates.
-PRESET_BENCH = ["pipeline.num_updates=6", "pipeline.max_staleness=1"]
+# With --preset: the preset's own model and envs, over fewer updates (enough for placement=auto to
+# measure both core splits of a 2-core node and run on the faster: 2 warm-up + 2 windows of 4 + a settle).
+PRESET_BENCH = ["pipeline.num_updates=16", "pipeline.max_staleness=1"]
 
 COLUMNS = [
     ("mode", "mode", "{}"),
+    ("placement", "placement", "{}"),
     ("throughput", "env steps/s", "{:.0f}"),
     ("step_time_s", "step time (s)", "{:.2f}"),
     ("rollout_time_s", "rollout time (s)", "{:.2f}"),
@@ -88,6 +91,7 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
     throughput = steps / wall
     return {
         "mode": cfg.pipeline.mode,
+        "placement": placement_used(cfg, run_dir),
         "throughput": throughput,
         "step_time_s": wall / updates,
         "rollout_time_s": rollout_alone / updates,
@@ -104,6 +108,17 @@ def measure(cfg: RunConfig, run_dir: Path) -> dict:
         "updates": updates,
         "wall_s": wall,
     }
+
+
+def placement_used(cfg: RunConfig, run_dir: Path) -> str:
+    """The placement a run ended on: 'auto: X' where it was measured (X the last decision), else the static one."""
+    from dvla.launch import PLACEMENT_LOG
+
+    log = run_dir / PLACEMENT_LOG
+    if not log.exists():
+        return cfg.pipeline.placement_in_force
+    last = json.loads(log.read_text().splitlines()[-1])
+    return f"auto: {last['placement']}"
 
 
 def add_bound(rows: list[dict]) -> None:

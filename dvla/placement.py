@@ -82,7 +82,7 @@ def shards_per_worker(cores: int, workers: int, num_envs: int, group_size: int =
     """pipeline.num_shards=0 (auto): env shard processes per rollout worker when `workers` rollouts share
     `cores` cores. Shards pay off by stepping one shard's physics while another's observations go through
     inference, which needs a core for each; on fewer, extra shards only add IPC (measured on 2 cores, 2
-    workers x 16 envs, swimlane colocated: 498 env steps/s with 1 shard each, 370 with 2). So a shard per
+    workers x 16 envs, swimlane colocated: ~500 env steps/s with 1 shard each, 370-449 with 2). So a shard per
     core of the worker's share, at least one, and a count that splits num_envs into whole GRPO groups."""
     if cores < 1 or workers < 1 or num_envs < 1 or group_size < 1:
         raise ValueError(f"shards_per_worker: cores={cores}, workers={workers}, num_envs={num_envs} and "

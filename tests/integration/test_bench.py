@@ -30,7 +30,8 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
         assert float(r["staleness_max"]) <= 1
     assert float(rows[0]["speedup"]) == 1.0
     md = (out / "bench.md").read_text()
-    assert "| swimlane |" in md and "Publish stall" in md
+    assert "| swimlane | auto: colocated |" in md and "Publish stall" in md  # 3 updates: still on the first split
+    assert [r["placement"] for r in rows] == ["colocated", "auto: colocated"]
     assert (out / "bench.png").stat().st_size > 10_000
 
 
