@@ -133,9 +133,10 @@ class PipelineConfig:
     ranks: 'colocated' (every process may use every device; on GPUs actor rank k on GPU k), 'disaggregated'
     (each actor rank a device of its own, rollouts the rest), a rollout:actor ratio such as '3:1' or '1:1',
     or 'auto': colocated for sync, disaggregated for the disaggregated mode; in the asynchronous modes on CPU,
-    measured: each split of the cores runs a window of updates, the fastest is kept, and the others are tried
-    again as the run goes, moving processes between cores while they run (dvla/autoplace.py; decisions in
-    placement.jsonl and placement.png, and in `dvla admin status`). On GPUs every process gets one device,
+    measured: each split of the cores runs a window of updates (colocated first; a window under 70% of the
+    best after one update is cut there), the fastest is kept, and the others are tried again as the run
+    goes, moving processes between cores while they run (dvla/autoplace.py; decisions in placement.jsonl
+    and placement.png, and in `dvla admin status`). On GPUs every process gets one device,
     never two actor ranks the same one (dvla/placement.py)."""
     auto_window_updates: int = 4
     """placement=auto: updates each measurement window of a placement lasts (after one update to settle)."""
