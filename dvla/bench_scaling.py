@@ -84,16 +84,19 @@ def run_scaling_bench(
     fixed_s, per_step_s = fit_actor(runs)
     fitted = replace(cal, share_efficiency=share_efficiency(cal, rollout_cores, runs), actor_fixed_s=fixed_s,
                      actor_s_per_env_step=per_step_s).validate()  # fmt: skip
-    line = [predict_local(cal, rollout_cores, m, eta, runs[0]["updates"]) for m in range(1, workers[-1] + 1)]
+    counts = range(1, workers[-1] + 1)
+    line = [predict_local(cal, rollout_cores, m, eta, runs[0]["updates"]) for m in counts]
+    line_fitted = [predict_local(fitted, rollout_cores, m, eta, runs[0]["updates"]) for m in counts]
+    local_fitted = [predict_local(fitted, rollout_cores, r["workers"], eta, r["updates"]) for r in runs]
     cluster = Cluster()
     t = time.perf_counter()
     cached = grid(fitted, cluster, max_staleness=eta, num_updates=GRID_UPDATES)
     direct = grid(fitted, replace(cluster, node_cache=False), max_staleness=eta, num_updates=GRID_UPDATES)
     print(f"  the grid: {len(cached) + len(direct)} configurations in {time.perf_counter() - t:.2f} s", flush=True)
-    text = report(note, cal, fitted, cluster, runs, local, rollout_cores, cached, direct)
+    text = report(note, cal, fitted, cluster, runs, local, rollout_cores, cached, direct, local_fitted)
     (out / "scaling.md").write_text(text)
     write_csv(out / "scaling.csv", runs, local, cached + direct)
-    plot(out / "scaling.png", runs, line, cached, direct)
+    plot(out / "scaling.png", runs, line, cached, direct, line_fitted)
     print(f"\n{text}\nwritten: {out}/scaling.md, scaling.csv, scaling.png")
     return out
 
@@ -238,6 +241,7 @@ def report(
     rollout_cores: int,
     cached: list[Prediction],
     direct: list[Prediction],
+    local_fitted: list[Prediction],
 ) -> str:
     lines = [f"# dvla bench --scaling\n\n{note}\n", f"## Calibration (the {runs[0]['workers']}-rollout run)\n"]
     lines += [f"- {f.name}: {getattr(cal, f.name):.6g}" for f in fields(cal)]
@@ -262,6 +266,17 @@ def report(
         f"actor time per update {fitted.actor_fixed_s:.3f} s + {fitted.actor_s_per_env_step * 1e3:.3f} ms per env "
         f"step of the batch (least squares over the runs' batches).\n"
     )
+    lines += [
+        "With the fitted numbers (fitted on these runs, so this checks the model's form, not its prediction):\n",
+        "| rollouts | env steps/s measured | predicted | error | round s measured | predicted |",
+        "|" + "---|" * 6,
+    ]
+    lines += [
+        f"| {r['workers']} | {r['throughput']:.0f} | {p.throughput:.0f} | {_err(p.throughput, r['throughput'])} | "
+        f"{r['round_s']:.2f} | {p.round_s:.2f} |"
+        for r, p in zip(runs, local_fitted)
+    ]
+    lines.append("")
     lines += ["## Predicted at scale\n", "Assumptions:\n"] + [f"- {a}" for a in assumptions(fitted, cluster)]
     lines += [
         f"- swimlane, eta={cached[0].max_staleness}, {GRID_UPDATES} updates simulated; env steps/s over the second "
@@ -293,7 +308,14 @@ def write_csv(path: Path, runs: list[dict], local: list[Prediction], predicted: 
         w.writerows(rows)
 
 
-def plot(path: Path, runs: list[dict], line: list[Prediction], cached: list[Prediction], direct: list[Prediction]):
+def plot(
+    path: Path,
+    runs: list[dict],
+    line: list[Prediction],
+    cached: list[Prediction],
+    direct: list[Prediction],
+    line_fitted: list[Prediction],
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,6 +325,7 @@ def plot(path: Path, runs: list[dict], line: list[Prediction], cached: list[Pred
     xs = [p.workers for p in line]
     a.plot(xs, [p.throughput for p in line], color="tab:blue", label="model: whole run")
     a.plot(xs, [p.steady_throughput for p in line], color="tab:orange", label="model: second half")
+    a.plot(xs, [p.throughput for p in line_fitted], "--", color="tab:blue", label="model, share fitted: whole run")
     a.scatter([r["workers"] for r in runs], [r["throughput"] for r in runs], color="tab:blue", zorder=3,
               label="measured: whole run")  # fmt: skip
     a.scatter([r["workers"] for r in runs], [r["steady_throughput"] for r in runs], color="tab:orange",
