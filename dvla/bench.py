@@ -247,6 +247,14 @@ def measure_publish_overhead(cfg: RunConfig, updates: int = 6, sink=None) -> dic
     }
 
 
+def bench_config(overrides: list[str], preset: str | None) -> tuple[RunConfig, str]:
+    """The config every bench starts from, and why: the balanced MLP default, or a preset over fewer updates."""
+    if preset is None:
+        why = "chosen so rollout and actor times per update are about equal on a 2-core CPU machine"
+        return load_config(None, [*BALANCED, *overrides]), why
+    return load_config(None, [*PRESET_BENCH, *overrides], preset), f"the preset '{preset}' with a shorter run"
+
+
 def run_bench(
     modes: list[str],
     overrides: list[str],
@@ -257,12 +265,7 @@ def run_bench(
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if preset is None:
-        base = load_config(None, BALANCED + list(overrides))
-        why = "chosen so rollout and actor times per update are about equal on a 2-core CPU machine"
-    else:
-        base = load_config(None, PRESET_BENCH + list(overrides), preset)
-        why = f"the preset '{preset}' with a shorter run"
+    base, why = bench_config(overrides, preset)
     model = base.policy.summary()
     if base.env.obs_mode == "rgb":
         model += f", {base.env.image_size}x{base.env.image_size} RGB"

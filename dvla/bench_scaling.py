@@ -33,8 +33,8 @@ from collections import defaultdict
 from dataclasses import fields, replace
 from pathlib import Path
 
-from dvla.bench import BALANCED, PRESET_BENCH, measure
-from dvla.config import RunConfig, load_config
+from dvla.bench import bench_config, measure
+from dvla.config import RunConfig
 from dvla.metrics import read_metrics
 from dvla.placement import plan
 from dvla.scaling import Calibration, Cluster, Prediction, assumptions, grid, simulate
@@ -50,10 +50,7 @@ def run_scaling_bench(
     workers = sorted(set(workers))
     if not workers or workers[0] < 1:
         raise ValueError(f"bench workers must be numbers of rollouts >= 1, got {workers}")
-    if preset is None:
-        base = load_config(None, [*BALANCED, *overrides, *SPANS])
-    else:
-        base = load_config(None, [*PRESET_BENCH, *overrides, *SPANS], preset)
+    base, _ = bench_config([*overrides, *SPANS], preset)
     base = replace(base, pipeline=replace(base.pipeline, mode="swimlane", placement="disaggregated", num_actors=1))
     cores = sorted(os.sched_getaffinity(0))
     rollout_cores = len(plan("disaggregated", 1, 1, cores, 0).rollouts[0].cores or cores)
@@ -339,20 +336,20 @@ def plot(
     for k in sorted({p.actors for p in cached}):
         ps = [p for p in cached if p.actors == k]
         b.plot([p.workers for p in ps], [p.steady_throughput for p in ps], marker="o", label=f"{k} actor rank(s)")
-    b.set_xscale("log", base=2)
-    b.set_yscale("log")
-    b.set_xlabel("rollouts")
-    b.set_ylabel("env steps / s (predicted)")
-    b.set_title("throughput at scale (node cache on)")
-    b.legend(fontsize=8)
+    _loglog(b, "env steps / s (predicted)", "throughput at scale (node cache on)")
     for ps, label, style in ((cached, "node cache", "-"), (direct, "no node cache", "--")):
         ones = [p for p in ps if p.actors == 1]
         c.plot([p.workers for p in ones], [p.delivery_mean_s for p in ones], style, marker="o", label=label)
-    c.set_xscale("log", base=2)
-    c.set_yscale("log")
-    c.set_xlabel("rollouts")
-    c.set_ylabel("seconds, handed to publish -> last rollout holds it")
-    c.set_title("weight delivery (1 actor rank, mean over versions)")
-    c.legend(fontsize=8)
+    _loglog(c, "seconds, publish -> last rollout holds it", "weight delivery (1 actor rank, mean over versions)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _loglog(ax, ylabel: str, title: str) -> None:
+    """An axis of predictions over rollouts 8..256: both scales logarithmic."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("rollouts")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
