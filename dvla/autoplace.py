@@ -14,6 +14,13 @@ runs under `cut_below` (70%) of the best rate measured ends there: a split that 
 update, and a whole window of it costs more than the certainty is worth. Each decision carries
 its reason and the rates it rests on.
 
+It does bound, though, where the caller reports the CPU time each stage used (`cpu`): a window
+measured at X env steps/s in which the rollouts kept U_r cores busy and the actor U_a tells
+what one env step costs each, so a split giving them r and a cores runs at most
+X * min(r / U_r, a / U_a). A candidate whose most is under `cut_below` of the best measured is
+not run at all (on 2 cores with the default preset the rollouts use ~1.8 cores: a split that
+leaves them one cannot reach 0.6x, and measuring it cost a short run 3% of its pace).
+
 `dvla run` with pipeline.placement=auto uses it on CPU in the asynchronous modes; it moves
 processes between cores (affinity) while they run, so nothing restarts. On GPUs a process
 cannot change its device while it runs: the placement there stays as planned.
@@ -31,6 +38,7 @@ class Decision:
     reason: str
     rates: dict[str, float] = field(default_factory=dict)  # env steps/s last measured per placement
     switch: bool = True  # False: a verdict that keeps the placement in force
+    busy: dict[str, float] = field(default_factory=dict)  # cores each stage kept busy in the last window
 
 
 def cpu_candidates(cores: int, num_actors: int) -> list[str]:
@@ -49,14 +57,33 @@ def cpu_candidates(cores: int, num_actors: int) -> list[str]:
 
 def describe(placement: str, cores: int, num_actors: int) -> str:
     """'colocated' -> 'every process on any of 2 cores'; a split -> 'actor 1 core, rollouts 1'."""
-    if placement == "colocated":
+    a = actor_cores(placement, cores, num_actors)
+    if a is None:
         return f"every process on any of {cores} cores"
-    if placement == "disaggregated":
-        a = min(num_actors, cores - 1)
-    else:
-        r, x = (int(p) for p in placement.split(":"))
-        a = min(max(1, round(cores * x / (r + x))), cores - 1)
     return f"actor{'s' * (num_actors > 1)} {a} core{'s' * (a > 1)}, rollouts {cores - a}"
+
+
+def actor_cores(placement: str, cores: int, num_actors: int) -> int | None:
+    """The cores a split gives the actor ranks (the rollouts get the rest); None for colocated."""
+    if placement == "colocated":
+        return None
+    if placement == "disaggregated":
+        return min(num_actors, cores - 1)
+    r, x = (int(p) for p in placement.split(":"))
+    return min(max(1, round(cores * x / (r + x))), cores - 1)
+
+
+def most_rate(placement: str, rate: float, busy: dict[str, float], cores: int, num_actors: int) -> float | None:
+    """The fastest `placement` can run, from a window measured at `rate` env steps/s in which the stages kept
+    busy['rollout'] and busy['actor'] cores busy (CPU seconds per second): each stage's CPU per env step
+    stays what it was, and no stage gets more than its cores. None: nothing to bound it with."""
+    u_r, u_a = busy.get("rollout", 0.0), busy.get("actor", 0.0)
+    if rate <= 0 or u_r <= 0 or u_a <= 0:
+        return None
+    a = actor_cores(placement, cores, num_actors)
+    if a is None:
+        return rate * cores / (u_r + u_a)
+    return rate * min((cores - a) / u_r, a / u_a)
 
 
 class AutoPlacer:
@@ -72,11 +99,15 @@ class AutoPlacer:
         recheck_windows: int = 8,
         margin: float = 0.05,
         cut_below: float = 0.7,
+        cores: int = 0,
+        num_actors: int = 1,
     ):
         """cut_below: a window ends after its first update when that update ran below this fraction of the
         best rate measured (a split twice as slow shows in one update; a window of them costs the run more
         than the certainty is worth: measured on 2 cores, 5 slow updates of 30 took swimlane from 1.05x to
-        0.86x sync). 0: every window runs whole."""
+        0.86x sync), and a candidate whose most (most_rate) is below it is not run. 0: every window runs
+        whole and every candidate is run.
+        cores, num_actors: the node's cores and actor ranks, to bound splits with (0: no bounds)."""
         if not candidates:
             raise ValueError("AutoPlacer needs at least one candidate placement")
         if window_updates < 1 or settle_updates < 0 or warmup_updates < 0 or recheck_windows < 1:
@@ -95,15 +126,22 @@ class AutoPlacer:
         self._hold = recheck_windows  # windows until the next check: doubles after each check it survives
         self._challenger: str | None = None
         self._measured = self.current  # the placement the last window measured
+        self.cores, self.num_actors = cores, num_actors
+        self.busy: dict[str, float] = {}  # cores each stage kept busy in the last window measured
+        self.most: dict[str, float] = {}  # the candidates not run: the most they could reach, env steps/s
+        self._cpu_mark: dict[str, float] | None = None  # CPU seconds per stage where the window began
 
-    def observe(self, update: int, wall_s: float, env_steps: int) -> Decision | None:
+    def observe(
+        self, update: int, wall_s: float, env_steps: int, cpu: dict[str, float] | None = None
+    ) -> Decision | None:
+        """cpu: CPU seconds each stage ('rollout', 'actor') has used so far, if the caller measures them."""
         if self._skip > 0:
             self._skip -= 1
             if self._skip == 0:
-                self._mark = (update, wall_s, env_steps)
+                self._mark, self._cpu_mark = (update, wall_s, env_steps), cpu
             return None
         if self._mark is None:
-            self._mark = (update, wall_s, env_steps)
+            self._mark, self._cpu_mark = (update, wall_s, env_steps), cpu
             return None
         u0, t0, s0 = self._mark
         rate = (env_steps - s0) / max(wall_s - t0, 1e-9)
@@ -111,7 +149,12 @@ class AutoPlacer:
             return None
         self.rates[self.current] = rate
         self._measured = self.current
-        self._mark = (update, wall_s, env_steps)
+        self.busy = {}
+        if cpu is not None and self._cpu_mark is not None:
+            used = {k: cpu[k] - self._cpu_mark.get(k, 0.0) for k in cpu}
+            if all(v >= 0 for v in used.values()):  # (a process that restarted counts from 0 again)
+                self.busy = {k: v / max(wall_s - t0, 1e-9) for k, v in used.items()}
+        self._mark, self._cpu_mark = (update, wall_s, env_steps), cpu
         cut = update - u0 < self.window
         d = self._after_window(update)
         if d is not None and cut:  # say so: the rate rests on fewer updates than a window
@@ -132,17 +175,21 @@ class AutoPlacer:
     def _after_window(self, update: int) -> Decision | None:
         if self._best is None:  # exploring: the next candidate, or the verdict
             self._todo.remove(self.current)
+            self._todo = [c for c in self._todo if not self._out_of_reach(c)]
             if self._todo:
                 return self._switch(update, self._todo[0], f"measuring {self._todo[0]} next ({self._tried()})")
             best = max(self.rates, key=self.rates.get)
             self._best, self._held = best, 0
-            why = f"chose {best}: the fastest of {self._tried()}"
+            why = f"chose {best}: the fastest of {self._tried()}{self._unrun()}"
             return self._switch(update, best, why) if best != self.current else self._verdict(update, why)
         if self._challenger is None:  # holding the best: time for a check?
             self._held += 1
             if self._held < self._hold or len(self.candidates) < 2:
                 return None
-            others = [c for c in self.candidates if c != self._best]
+            others = [c for c in self.candidates if c != self._best and not self._out_of_reach(c)]
+            if not others:  # none could win: the check is passed without a move
+                self._held, self._hold = 0, min(2 * self._hold, 8 * self.recheck)
+                return self._verdict(update, f"kept {self._best}: no other split can come near it{self._unrun()}")
             self._challenger = max(others, key=lambda c: self.rates.get(c, float("inf")))
             return self._switch(
                 update, self._challenger, f"checking {self._challenger} again: stage times drift as a run goes"
@@ -158,6 +205,26 @@ class AutoPlacer:
         why = f"back to {best}: {challenger} is not faster by {self.margin:.0%} ({self._tried()})"
         return self._switch(update, best, why)
 
+    def _out_of_reach(self, candidate: str) -> bool:
+        """The most `candidate` could run at, from the window just measured, is under cut_below of the best
+        measured: not worth running (and remembered in self.most)."""
+        self.most.pop(candidate, None)
+        if not (self.cores and self.busy and self.rates and self.cut_below):
+            return False
+        most = most_rate(candidate, self.rates[self._measured], self.busy, self.cores, self.num_actors)
+        if most is None or most >= self.cut_below * max(self.rates.values()):
+            return False
+        self.most[candidate] = most
+        return True
+
+    def _unrun(self) -> str:
+        """'; not run: disaggregated (at most 290 env steps/s: rollouts kept 1.8 cores busy, the actor 0.2)'."""
+        if not self.most:
+            return ""
+        busy = f"rollouts kept {self.busy.get('rollout', 0):.1f} cores busy, the actor {self.busy.get('actor', 0):.1f}"
+        most = ", ".join(f"{c} (at most {m:.0f} env steps/s)" for c, m in self.most.items())
+        return f"; not run: {most}, as in {self._measured} the {busy}"
+
     def _tried(self) -> str:
         return ", ".join(f"{c} {self.rates[c]:.0f}" for c in self.candidates if c in self.rates) + " env steps/s"
 
@@ -166,11 +233,11 @@ class AutoPlacer:
         self._skip = self.settle  # the window starts once the processes have moved
         if self.settle == 0:
             self._mark = None
-        d = Decision(update, placement, reason, dict(self.rates))
+        d = Decision(update, placement, reason, dict(self.rates), busy=dict(self.busy))
         self.decisions.append(d)
         return d
 
     def _verdict(self, update: int, reason: str) -> Decision:
-        d = Decision(update, self.current, reason, dict(self.rates), switch=False)
+        d = Decision(update, self.current, reason, dict(self.rates), switch=False, busy=dict(self.busy))
         self.decisions.append(d)
         return d

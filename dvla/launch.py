@@ -352,7 +352,8 @@ class MeasuredPlacement:
         p = launcher.cfg.pipeline
         self.launcher, self.cores = launcher, cores
         self.placer = AutoPlacer(cpu_candidates(len(cores), p.num_actors), window_updates=p.auto_window_updates,
-                                 recheck_windows=p.auto_recheck_windows)  # fmt: skip
+                                 recheck_windows=p.auto_recheck_windows, cut_below=p.auto_cut_below, cores=len(cores),
+                                 num_actors=p.num_actors)  # fmt: skip
         self.path = launcher.run_dir / PLACEMENT_LOG
         self._last_update = 0
         self._first = Decision(0, self.placer.current, "planned; measuring each of: " + ", ".join(
@@ -378,12 +379,20 @@ class MeasuredPlacement:
         finally:
             client.close()
 
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds the rollouts (env shards included) and the actor ranks have used so far."""
+        running = [c for c in self.launcher.children if c.proc.poll() is None]
+        actors = [c.proc.pid for c in running if _is_actor(c.name)]
+        rollouts = [c.proc.pid for c in running if c.name.startswith("rollout")]
+        return {"rollout": tree_cpu_s(rollouts), "actor": tree_cpu_s(actors)}
+
     def observe(self, rows: list[dict], client, say) -> None:
-        for row in rows:
+        cpu = self.cpu_used() if rows else None  # now: what the newest row reports
+        for i, row in enumerate(rows):
             if row["update"] <= self._last_update:  # an actor started again repeats updates: measure afresh
                 self.placer.restart_window()
             self._last_update = row["update"]
-            d = self.placer.observe(row["update"], row["wall_s"], row["env_steps"])
+            d = self.placer.observe(row["update"], row["wall_s"], row["env_steps"], cpu if i == len(rows) - 1 else None)
             if d is None:
                 continue
             if d.switch:
@@ -408,7 +417,8 @@ class MeasuredPlacement:
     def _record(self, d: Decision, say) -> None:
         n = self.launcher.cfg.pipeline.num_actors
         line = {"update": d.update, "placement": d.placement, "detail": describe(d.placement, len(self.cores), n),
-                "reason": d.reason, "switch": d.switch, "rates": d.rates, "unix_s": time.time()}  # fmt: skip
+                "reason": d.reason, "switch": d.switch, "rates": d.rates, "busy": d.busy,
+                "unix_s": time.time()}  # fmt: skip
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
         if say is not None:
@@ -424,24 +434,44 @@ class MeasuredPlacement:
             pass  # weight_control restarting: the next decision tells it again
 
 
-def set_tree_affinity(pid: int, cores: set[int]) -> int:
-    """Move process `pid`, every thread of it, and every process below it onto `cores`; how many threads
-    moved. Processes and threads that ended meanwhile are skipped."""
-    parents: dict[int, int] = {}
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process on the machine: pid -> (parent pid, CPU seconds used, user + system)."""
+    stats: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
             except (OSError, IndexError, ValueError):
                 continue
+    return stats
+
+
+def process_tree(pid: int, stats: dict[int, tuple[int, float]] | None = None) -> set[int]:
+    """`pid` and every process below it (children, their children: env shards under a forkserver)."""
+    stats = _proc_stats() if stats is None else stats
     tree, frontier = {pid}, [pid]
     while frontier:
-        kids = [c for c, parent in parents.items() if parent in frontier and c not in tree]
+        kids = [c for c, (parent, _) in stats.items() if parent in frontier and c not in tree]
         tree.update(kids)
         frontier = kids
+    return tree
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes `pids` and every process below them (those still running)."""
+    stats = _proc_stats()
+    tree = set().union(*(process_tree(p, stats) for p in pids)) if pids else set()
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def set_tree_affinity(pid: int, cores: set[int]) -> int:
+    """Move process `pid`, every thread of it, and every process below it onto `cores`; how many threads
+    moved. Processes and threads that ended meanwhile are skipped."""
     moved = 0
-    for p in tree:
+    for p in process_tree(pid):
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
         except OSError:

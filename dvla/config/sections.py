@@ -134,7 +134,8 @@ class PipelineConfig:
     (each actor rank a device of its own, rollouts the rest), a rollout:actor ratio such as '3:1' or '1:1',
     or 'auto': colocated for sync, disaggregated for the disaggregated mode; in the asynchronous modes on CPU,
     measured: each split of the cores runs a window of updates (colocated first; a window under 70% of the
-    best after one update is cut there), the fastest is kept, and the others are tried again as the run
+    best after one update is cut there, and a split whose CPU bound is under it is not run), the fastest is
+    kept, and the others are tried again as the run
     goes, moving processes between cores while they run (dvla/autoplace.py; decisions in placement.jsonl
     and placement.png, and in `dvla admin status`). On GPUs every process gets one device,
     never two actor ranks the same one (dvla/placement.py)."""
@@ -143,6 +144,10 @@ class PipelineConfig:
     auto_recheck_windows: int = 8
     """placement=auto: windows on the chosen placement before the best other one is tried again (doubling
     after each check the chosen one survives, up to 8x)."""
+    auto_cut_below: float = 0.7
+    """placement=auto: a window under this fraction of the best rate is cut after one update, and a split
+    whose most (from the CPU time each stage used: dvla/autoplace.py) is under it is not run. 0: every
+    window runs whole and every split is measured."""
     rollout_restarts: int = 5
     """`dvla run`: times each rollout worker is started again after it dies (after 1 s; 2, 4 ... 30 s while it
     keeps dying within 30 s of starting); it rejoins at the next data-plane epoch. 0: a rollout that dies
@@ -233,6 +238,7 @@ class PipelineConfig:
             "pipeline.auto_window_updates",
             "placement=auto windows must be >= 1 (auto_window_updates, auto_recheck_windows)",
         )
+        _check(0 <= self.auto_cut_below < 1, "pipeline.auto_cut_below", "must be in [0, 1) (0: measure every split)")
         _check(self.max_batch >= 0, "pipeline.max_batch", "must be >= 0")
         _check(self.batch_timeout_s >= 0, "pipeline.batch_timeout_s", "must be >= 0")
         _check(self.slow_actor_s >= 0 and self.slow_rollout_s >= 0, "pipeline.slow_actor_s", "delays must be >= 0")

@@ -26,6 +26,7 @@ def test_a_swimlane_run_measures_its_placements_and_keeps_the_fastest(tmp_path):
             f"pipeline.num_updates={n}",
             "pipeline.auto_window_updates=2",
             "pipeline.auto_recheck_windows=1",
+            "pipeline.auto_cut_below=0",  # measure both splits whatever their CPU says (the bound: unit tests)
             "control.heartbeat_s=0.2",
         ],
     )
@@ -37,6 +38,8 @@ def test_a_swimlane_run_measures_its_placements_and_keeps_the_fastest(tmp_path):
     rates = chose["rates"]
     assert set(rates) == {"disaggregated", "colocated"} and all(r > 0 for r in rates.values())
     assert chose["placement"] == max(rates, key=rates.get)  # the faster of the two measured
+    # the CPU time of each stage's process tree (the rollouts' env shards included), in cores kept busy
+    assert 0 < chose["busy"]["rollout"] <= 2.2 and 0 < chose["busy"]["actor"] <= 2.2
     assert any(d["reason"].startswith(("checking", "back to", "chose colocated: now", "chose disaggregated: now"))
                for d in decisions[decisions.index(chose) + 1 :])  # fmt: skip
     # weight_control knows the last word, for `dvla admin status`

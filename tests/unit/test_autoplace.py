@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dvla.autoplace import AutoPlacer, cpu_candidates, describe
+from dvla.autoplace import AutoPlacer, actor_cores, cpu_candidates, describe, most_rate
 
 
 def drive(placer: AutoPlacer, speed, updates: int, steps_per_update: int = 1000):
@@ -130,3 +130,92 @@ def test_a_close_contender_runs_its_whole_window():
     no_cut = AutoPlacer(["colocated", "disaggregated"], window_updates=4, cut_below=0)
     seen = drive(no_cut, lambda c, u: {"disaggregated": 220.0, "colocated": 496.0}[c], 20)
     assert seen[6:11] == ["disaggregated"] * 5
+
+
+def drive_cpu(placer: AutoPlacer, speed, cost, updates: int, steps_per_update: int = 1000):
+    """drive() with CPU time: cost(update) = (rollout, actor) CPU seconds per env step, whatever the placement."""
+    wall, steps, cpu, seen = 0.0, 0, {"rollout": 0.0, "actor": 0.0}, []
+    for u in range(1, updates + 1):
+        steps += steps_per_update
+        wall += steps_per_update / speed(placer.current, u)
+        r, a = cost(u)
+        cpu = {"rollout": cpu["rollout"] + r * steps_per_update, "actor": cpu["actor"] + a * steps_per_update}
+        seen.append(placer.current)
+        placer.observe(u, wall, steps, dict(cpu))
+    return seen
+
+
+def test_most_rate_bounds_a_split_by_the_cpu_each_stage_used():
+    # colocated at 496 env steps/s, the rollouts keeping 1.79 of 2 cores busy and the actor 0.2: a split that
+    # leaves the rollouts one core runs at most 496 / 1.79 (measured on this machine: 220-242)
+    busy = {"rollout": 1.79, "actor": 0.2}
+    assert most_rate("disaggregated", 496.0, busy, 2, 1) == pytest.approx(496 / 1.79)
+    assert most_rate("colocated", 496.0, busy, 2, 1) == pytest.approx(496 * 2 / 1.99)
+    assert most_rate("6:2", 100.0, {"rollout": 2.0, "actor": 1.0}, 8, 1) == pytest.approx(200.0)  # actor-bound
+    assert most_rate("disaggregated", 496.0, {"rollout": 1.79}, 2, 1) is None  # nothing to bound it with
+    assert actor_cores("4:4", 8, 1) == 4 and actor_cores("colocated", 8, 1) is None
+
+
+def test_a_split_that_cannot_reach_the_cut_is_never_run():
+    p = AutoPlacer(["colocated", "disaggregated"], window_updates=4, cores=2, num_actors=1)
+    seen = drive_cpu(p, lambda c, u: {"disaggregated": 220.0, "colocated": 496.0}[c],
+                     lambda u: (1.79 / 496, 0.2 / 496), 120)  # fmt: skip
+    assert seen.count("disaggregated") == 0
+    chose = next(d for d in p.decisions if d.reason.startswith("chose"))
+    assert chose.placement == "colocated" and not chose.switch
+    assert "not run: disaggregated (at most 277 env steps/s)" in chose.reason
+    assert "rollouts kept 1.8 cores busy, the actor 0.2" in chose.reason
+    kept = [d for d in p.decisions if d.reason.startswith("kept colocated")]
+    assert len(kept) >= 2 and not any(d.switch for d in kept)  # every check passed without a move
+    assert p.most == {"disaggregated": pytest.approx(277, abs=1)}
+
+
+def test_a_split_within_reach_is_measured_and_a_grown_actor_brings_one_into_reach():
+    # balanced: the actor keeps 0.85 cores busy, so a core of its own may pay: it is measured
+    p = AutoPlacer(["colocated", "disaggregated"], window_updates=4, cores=2, num_actors=1)
+    seen = drive_cpu(p, lambda c, u: {"disaggregated": 247.0, "colocated": 200.0}[c],
+                     lambda u: (1.1 / 200, 0.85 / 200), 20)  # fmt: skip
+    assert p.current == "disaggregated" and seen.count("disaggregated") >= 5 and not p.most
+
+    # the actor's share grows as the run goes: the split out of reach at first is checked (and wins) later
+    def speed(c, u):
+        return {"disaggregated": 220.0, "colocated": 496.0}[c] if u <= 30 else {"disaggregated": 400.0,
+                                                                                   "colocated": 330.0}[c]  # fmt: skip
+
+    def cost(u):
+        return (1.79 / 496, 0.2 / 496) if u <= 30 else (1.0 / 330, 1.0 / 330)
+
+    p = AutoPlacer(["colocated", "disaggregated"], window_updates=2, recheck_windows=3, cores=2, num_actors=1)
+    seen = drive_cpu(p, speed, cost, 90)
+    assert seen[:30].count("disaggregated") == 0 and seen[60:].count("disaggregated") > 20
+    assert any(d.reason.startswith("chose disaggregated: now faster") for d in p.decisions)
+
+
+def test_the_cpu_time_of_a_process_tree_counts_its_children():
+    import os
+    import subprocess
+    import sys
+
+    from dvla.launch import tree_cpu_s
+
+    burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass\\nprint(1, flush=True)\\n"
+    code = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', '{burn}time.sleep(60)'], stdout=subprocess.PIPE)\n"
+        "print(child.pid, flush=True)\n"
+        "child.stdout.readline()\n"  # the child has burnt its 0.6 s
+        "print('done', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent, child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True), None
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "done"
+        assert tree_cpu_s([child]) >= 0.55  # the child's busy loop
+        assert tree_cpu_s([parent.pid]) >= 0.55  # the parent, which only waited, counts its child's time
+        assert tree_cpu_s([]) == 0.0
+    finally:
+        parent.kill()
+        if child is not None:
+            os.kill(child, 9)
+        parent.wait()
