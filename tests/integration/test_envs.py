@@ -161,3 +161,36 @@ def test_a_chunk_renders_only_what_the_policy_reads_and_matches_rendering_every_
         assert chunked.truncated.all()
     finally:
         a.close(), b.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_stepping_under_inference_mode_matches_plain_maniskill_and_returns_ordinary_tensors(task):
+    """CpuEnvBatch runs ManiSkill under torch.inference_mode (faster): the envs must behave exactly as
+    ManiSkill's own envs stepped without it, and what comes out must be usable anywhere (in place, autograd)."""
+    from dvla.envs.maniskill import CPU_BACKEND, _make, _split_obs
+
+    cfg = EnvConfig(task=task, num_envs=2, max_episode_steps=20)
+    ours, theirs = CpuEnvBatch(cfg), [_make(cfg, 1, CPU_BACKEND) for _ in range(2)]
+    try:
+        obs, _ = ours.reset([3, 4])
+        plain = torch.cat([_split_obs(env.reset(seed=s)[0], 1)[0] for env, s in zip(theirs, (3, 4))])
+        assert torch.equal(obs, plain)
+        actions = random_actions(24, ours.spec.action_dim, seed=5).reshape(2, 12, -1)
+        active = torch.ones(2, dtype=torch.bool)
+        for t in range(12):
+            res = ours.step(actions[:, t], active)
+            for i, env in enumerate(theirs):
+                o, r, term, trunc, info = env.step(actions[i, t : t + 1])
+                assert torch.equal(res.obs[i], _split_obs(o, 1)[0][0])
+                assert res.reward[i].item() == float(r.reshape(-1)[0])
+                assert bool(res.success[i]) == bool(info["success"].reshape(-1)[0])
+        for x in (obs, res.obs, res.reward, res.success, *ours.observe(active)):
+            assert not x.is_inference()
+        res.obs += 1.0  # in place, outside inference mode: an inference tensor would refuse it
+        w = torch.ones(ours.spec.obs_dim, requires_grad=True)
+        (res.obs @ w).sum().backward()  # and into autograd
+        assert w.grad is not None
+    finally:
+        ours.close()
+        for env in theirs:
+            env.close()
