@@ -131,18 +131,38 @@ def add_bound(rows: list[dict]) -> None:
         r["efficiency"] = r["throughput"] / r["bound"]
 
 
+def combine(rounds: list[list[dict]]) -> list[dict]:
+    """Rounds of the same modes in the same order (bench --repeat) -> one row per mode: its median run (by
+    throughput), with 'speedup' the median of its ratios to the sync run of the same round and
+    'speedup_runs' every such ratio. A ratio within a round is what to trust on a machine whose speed drifts
+    by a fifth from one minute to the next (measured here): both runs of it met the same drift."""
+    rows = []
+    sync_first = rounds[0][0]["mode"] == "sync"
+    for i in range(len(rounds[0])):
+        runs = sorted((r[i] for r in rounds), key=lambda r: r["throughput"])
+        row = dict(runs[len(runs) // 2])
+        if sync_first:
+            ratios = [r[i]["throughput"] / r[0]["throughput"] for r in rounds]
+            row["speedup"] = sorted(ratios)[len(ratios) // 2]
+            row["speedup_runs"] = " / ".join(f"{x:.2f}" for x in ratios)
+        rows.append(row)
+    return rows
+
+
 def write_outputs(rows: list[dict], out: Path, note: str) -> None:
     add_bound(rows)
     base = rows[0]["throughput"] if rows and rows[0]["mode"] == "sync" else None
     for r in rows:
-        r["speedup"] = r["throughput"] / base if base else float("nan")
+        if "speedup_runs" not in r:  # (a repeated bench set it from ratios within each round)
+            r["speedup"] = r["throughput"] / base if base else float("nan")
     with open(out / "bench.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    sep = "|" + "---|" * len(COLUMNS)
-    lines = [head, sep] + ["| " + " | ".join(fmt.format(r[key]) for key, _, fmt in COLUMNS) + " |" for r in rows]
+    columns = COLUMNS + ([("speedup_runs", "x sync, each round", "{}")] if "speedup_runs" in rows[0] else [])
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    sep = "|" + "---|" * len(columns)
+    lines = [head, sep] + ["| " + " | ".join(fmt.format(r[key]) for key, _, fmt in columns) + " |" for r in rows]
     ceiling = ""
     if base:
         sync = rows[0]
@@ -261,10 +281,14 @@ def run_bench(
     out_root: Path = Path("runs"),
     publish_check: bool = True,
     preset: str | None = None,
+    repeat: int = 1,
 ) -> Path:
+    """Every mode in `modes`, one after another, `repeat` rounds of them (each row then the median run)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {repeat}")
     base, why = bench_config(overrides, preset)
     model = base.policy.summary()
     if base.env.obs_mode == "rgb":
@@ -276,19 +300,26 @@ def run_bench(
         f"{base.pipeline.num_rollout_workers} rollout worker(s) x {base.env.num_envs} envs, "
         f"{base.pipeline.num_updates} updates per mode, eta={base.pipeline.max_staleness}; {why}."
     )
+    if repeat > 1:
+        note += f" {repeat} rounds of the modes; each row is a mode's median run, x sync the median of its ratios."
     print(note, flush=True)
-    rows = []
-    for mode in modes:
-        cfg = replace(base, name=mode, pipeline=replace(base.pipeline, mode=mode)).validate()
-        t = time.monotonic()
-        row = measure(cfg, out / mode)
-        rows.append(row)
-        print(
-            f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
-            f"actor {row['actor_time_s']:.2f}s busy per update  ({time.monotonic() - t:.0f}s)",
-            flush=True,
-        )
-    write_outputs(rows, out, note)
+    rounds = []
+    for k in range(repeat):
+        runs = []
+        for mode in modes:
+            cfg = replace(base, name=mode, pipeline=replace(base.pipeline, mode=mode)).validate()
+            t = time.monotonic()
+            row = measure(cfg, out / (mode if repeat == 1 else f"{mode}-{k + 1}"))
+            row["round"] = k + 1
+            runs.append(row)
+            print(
+                f"  {mode:14s} {row['throughput']:7.0f} env steps/s  rollout {row['rollout_time_s']:.2f}s  "
+                f"actor {row['actor_time_s']:.2f}s busy per update  ({time.monotonic() - t:.0f}s)"
+                + (f"  round {k + 1} of {repeat}" if repeat > 1 else ""),
+                flush=True,
+            )
+        rounds.append(runs)
+    write_outputs(combine(rounds) if repeat > 1 else rounds[0], out, note)
     if publish_check:
         p = measure_publish_overhead(base)
         text = (

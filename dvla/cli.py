@@ -49,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out-dir", default="runs", help="folder for the bench-<time> folder")
     b.add_argument("--no-publish-check", action="store_true", help="skip the publish-stall measurement")
     b.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the modes, one after another: each row is a mode's median run and x sync the median "
+        "of its ratios to the sync run of the same round (a noisy machine's drift hits both alike)",
+    )
+    b.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         help="bench this preset's task and model (e.g. a VLA) instead of the balanced MLP default",
@@ -165,6 +172,7 @@ def bench_command(args: argparse.Namespace) -> int:
             Path(args.out_dir),
             publish_check=not args.no_publish_check,
             preset=args.preset,
+            repeat=args.repeat,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,9 +22,12 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
             "telemetry.exporter=none",
         ],
         tmp_path,
+        repeat=2,
     )
     rows = list(csv.DictReader(open(out / "bench.csv")))
     assert [r["mode"] for r in rows] == ["sync", "swimlane"]
+    assert all((out / f"{m}-{k}" / "metrics.jsonl").exists() for m in ("sync", "swimlane") for k in (1, 2))
+    assert rows[0]["speedup_runs"] == "1.00 / 1.00" and rows[1]["speedup_runs"].count(" / ") == 1
     for r in rows:
         assert float(r["throughput"]) > 0 and 0 < float(r["efficiency"]) < 5
         assert float(r["staleness_max"]) <= 1
@@ -38,6 +41,8 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
 def test_bench_refuses_unknown_modes(tmp_path):
     with pytest.raises(ValueError, match="unknown mode"):
         run_bench(["turbo"], [], tmp_path)
+    with pytest.raises(ValueError, match="--repeat must be >= 1"):
+        run_bench(["sync"], [], tmp_path, repeat=0)
 
 
 def test_bench_accepts_a_vla_preset(tmp_path):
