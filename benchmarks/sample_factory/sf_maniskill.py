@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # dvla.config, from this checkout; spawned SF workers re-run this line too
@@ -109,6 +110,8 @@ class ManiSkillSF(gym.Env):
     ManiSkill returns batched torch tensors even for one env; Sample Factory wants one env's numpy arrays.
     At an episode's end, info carries `episode_extra_stats` = {'success': 0 or 1} (SF averages it in its
     summaries) and `true_objective` = success (SF's console line then shows the success rate).
+    Every call into ManiSkill runs under torch.inference_mode, as in dvla's CpuEnvBatch (it makes the CPU
+    env step ~1.2x cheaper): the comparison is of the two systems, not of their env wrappers.
     """
 
     def __init__(self, cfg: RunConfig, seed_offset: int):
@@ -118,7 +121,18 @@ class ManiSkillSF(gym.Env):
         if e.obs_mode != "state":
             raise ValueError(f"this benchmark wraps state observations only, not env.obs_mode={e.obs_mode!r}")
         # As dvla's CpuEnvBatch builds each of its envs (dvla/envs/maniskill.py: _make).
-        self._env = gym.make(
+        with torch.inference_mode():
+            self._env = self._make(e)
+        base = self._env.unwrapped
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, base.single_observation_space.shape, np.float32)
+        self.action_space = base.single_action_space
+        self._low, self._high = self.action_space.low, self.action_space.high
+        self._bootstrap_on_termination = cfg.algo.bootstrap_on_termination
+        self._seed_offset = seed_offset
+
+    @staticmethod
+    def _make(e):
+        return gym.make(
             e.task,
             num_envs=1,
             obs_mode=e.obs_mode,
@@ -128,24 +142,20 @@ class ManiSkillSF(gym.Env):
             render_backend="none",  # state obs need no renderer
             max_episode_steps=e.max_episode_steps,
         )
-        base = self._env.unwrapped
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, base.single_observation_space.shape, np.float32)
-        self.action_space = base.single_action_space
-        self._low, self._high = self.action_space.low, self.action_space.high
-        self._bootstrap_on_termination = cfg.algo.bootstrap_on_termination
-        self._seed_offset = seed_offset
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         # SF seeds the first reset with the env's global index whatever --seed is; shifting it by the run's
         # seed gives each seed its own initial states. Later resets (SF's auto-reset) are unseeded.
         if seed is not None:
             seed += self._seed_offset
-        obs, _ = self._env.reset(seed=seed, options=options)
+        with torch.inference_mode():
+            obs, _ = self._env.reset(seed=seed, options=options)
         return _row(obs), {}
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float32), self._low, self._high)  # dvla clamps too
-        obs, reward, terminated, truncated, info = self._env.step(action[None])
+        with torch.inference_mode():
+            obs, reward, terminated, truncated, info = self._env.step(action[None])
         terminated, truncated = _flag(terminated), _flag(truncated)
         out = {}
         if terminated or truncated:
