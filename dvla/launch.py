@@ -153,6 +153,8 @@ class Launcher:
                 str(self.run_dir),
                 "--worker-id",
                 f"actor-{k}",
+                "--busy-neighbours",
+                str(self._physics_beside(slot)),
                 *resume,
                 *_device(slot),
                 cores=slot.cores,
@@ -161,6 +163,14 @@ class Launcher:
         for _ in range(cfg.pipeline.num_rollout_workers):
             self.spawn_rollout()
         return address
+
+    def _physics_beside(self, slot: Slot) -> int:
+        """The env-stepping processes that run on an actor rank's cores while it trains: every rollout's
+        (its shards, or the worker itself) where they share cores in an asynchronous mode on CPU; else 0."""
+        p = self.cfg.pipeline
+        if p.lockstep or slot.cores or slot.device or _gpus(self.cfg):
+            return 0
+        return p.num_rollout_workers * (p.num_shards if p.sharded else 1)
 
     def slot_of(self, name: str) -> Slot | None:
         """The placement slot of the child called `name` (None for weight_control)."""

@@ -29,7 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         "--run-dir if it has one, else from the start (a supervisor restarting the actor: Kubernetes, compose) "
         "(env DVLA_RESUME)",
     )
+    p.add_argument(
+        "--busy-neighbours",
+        type=int,
+        default=int(os.environ.get("DVLA_BUSY_NEIGHBOURS", "0")),
+        help="env-stepping processes that share this rank's CPU cores while it trains (dvla run sets it when "
+        "colocated): its intra-op threads leave them their cores until it is moved onto cores of its own "
+        "(env DVLA_BUSY_NEIGHBOURS; default 0)",
+    )
     args = p.parse_args(argv)
+    if args.busy_neighbours < 0:
+        print(f"error: --busy-neighbours must be >= 0, got {args.busy_neighbours}", file=sys.stderr)
+        return 2
     cfg = service_args.config_from(args)
     resume = None
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.out_dir) / cfg.name
@@ -62,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir,
             stop,
             resume=resume,
+            busy_neighbours=args.busy_neighbours,
         ),
     )
 

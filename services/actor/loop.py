@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ from dvla.lanes.training import Progress, Trainer
 from dvla.membership import Heartbeat, join
 from dvla.metrics import SUPERSEDED, MetricsLog, plot_metrics
 from dvla.net import free_port
+from dvla.placement import actor_threads
 from dvla.policy import build_policy
 from dvla.rpc.client import ControlClient
 from dvla.service_main import give_up, resolve_device
@@ -57,12 +59,20 @@ log = logging.getLogger("dvla.actor")
 
 
 def run_actor(
-    cfg: RunConfig, control: str, worker_id: str, run_dir: Path, stop: threading.Event, resume: Path | None = None
+    cfg: RunConfig,
+    control: str,
+    worker_id: str,
+    run_dir: Path,
+    stop: threading.Event,
+    resume: Path | None = None,
+    busy_neighbours: int = 0,
 ) -> dict:
     """Train cfg.pipeline.num_updates updates; with `resume` (a checkpoint or run folder), continue from it:
-    its weights, optimizer and RNG states, its version N published first, updates N+1 onwards."""
+    its weights, optimizer and RNG states, its version N published first, updates N+1 onwards.
+    busy_neighbours: env-stepping processes sharing this rank's cores while it trains (see follow_cores)."""
     p, run_dir = cfg.pipeline, Path(run_dir)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores placement gave this rank, not the node's
+    cores = CoreShare(set(os.sched_getaffinity(0)), busy_neighbours)
+    follow_cores(cores)  # the cores placement gave this rank, not the node's
     ckpt = open_run_dir(cfg, run_dir, resume)
     ledger = EpisodeLedger()
     progress = Progress(updates=ckpt.updates, env_steps_trained=ckpt.env_steps_trained) if ckpt else Progress()
@@ -117,6 +127,7 @@ def run_actor(
             heartbeat.on_rejoin = lane.republish_in_background  # a restarted weight_control holds no version
         publisher = OffThread(lane.submit) if p.background_weights and reg.rank == 0 else lane
         actor = Actor(cfg, trainer, publisher, lane, policy, checkpoints, heartbeat, report, metrics, finished)
+        actor.cores = cores
         actor.train(start_version, stop=stop)
         plot_metrics(metrics.path, metrics.path.with_name("training.png"),
                      title=f"{cfg.name}: {cfg.env.task} ({cfg.algo.name}, {p.mode})")  # fmt: skip
@@ -135,13 +146,25 @@ def run_actor(
         actorgroup.leave()
 
 
-def follow_cores() -> None:
-    """As many intra-op threads as this process has cores now: placement=auto moves running processes
-    between cores (dvla/autoplace.py), and a thread pool sized for other cores would idle or oversubscribe."""
-    n = len(os.sched_getaffinity(0))
-    if n != torch.get_num_threads():
-        log.info("now on %d core(s): %d intra-op threads", n, n)
+@dataclass
+class CoreShare:
+    start: set[int]  # the cores this rank started on
+    busy_neighbours: int  # env-stepping processes that share them (0: they are its own)
+    seen: frozenset[int] = frozenset()  # the cores at the last look
+
+
+def follow_cores(share: CoreShare) -> None:
+    """Intra-op threads for the cores this process has now: placement=auto moves running processes between
+    cores (dvla/autoplace.py), and a thread pool sized for other cores would idle or oversubscribe. On the
+    cores it started on it shares them with share.busy_neighbours physics processes (dvla/placement.py:
+    actor_threads); moved onto fewer, they are its own."""
+    cores = set(os.sched_getaffinity(0))
+    n = actor_threads(len(cores), share.busy_neighbours if cores >= share.start else 0)
+    if n != torch.get_num_threads() or cores != share.seen:
+        log.info("now on %d core(s)%s: %d intra-op thread(s)", len(cores),
+                 f" beside {share.busy_neighbours} env process(es)" if n < len(cores) else "", n)  # fmt: skip
         torch.set_num_threads(n)
+        share.seen = frozenset(cores)
 
 
 class Actor:
@@ -151,6 +174,7 @@ class Actor:
         self.cfg, self.trainer, self.publisher, self.lane, self.policy = cfg, trainer, publisher, lane, policy
         self.checkpoints, self.heartbeat, self.report, self.metrics = checkpoints, heartbeat, report, metrics
         self.finished, self.progress, self.group = finished, trainer.progress, trainer.learner.group
+        self.cores = CoreShare(set(os.sched_getaffinity(0)), 0)  # run_actor: with the neighbours it was told of
 
     def train(self, start_version: int, stop: threading.Event) -> None:
         p, progress = self.cfg.pipeline, self.progress
@@ -163,7 +187,7 @@ class Actor:
             batch = self.trainer.next_global_batch()
             if batch is None:
                 raise RuntimeError(f"every rollout ended before update {progress.updates + 1}")
-            follow_cores()
+            follow_cores(self.cores)
             record = self.trainer.update(batch)
             if p.slow_actor_s:
                 time.sleep(p.slow_actor_s)

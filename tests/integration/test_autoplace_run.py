@@ -47,7 +47,10 @@ def test_a_swimlane_run_measures_its_placements_and_keeps_the_fastest(tmp_path):
     assert (status.placement.placement, status.placement.update) == (last["placement"], last["update"])
     assert status.placement.reason == last["reason"]
     # the actor followed its cores when it was moved (its intra-op threads)
-    assert "now on 1 core(s)" in (tmp_path / "logs" / "actor.log").read_text()  # disaggregated, measured second
+    log = (tmp_path / "logs" / "actor.log").read_text()
+    assert "now on 1 core(s)" in log  # disaggregated, measured second
+    # colocated beside the two rollouts' env shards: one intra-op thread, not a pool spinning on their cores
+    assert "now on 2 core(s) beside 2 env process(es): 1 intra-op thread(s)" in log
     # pipeline.num_shards=0 (auto): two rollouts on 2 cores, so one env shard process each
     assert [w.stats.num_shards for w in status.workers if w.role == pb.ROLLOUT] == [1, 1]
     assert plot_placement(tmp_path).exists()

@@ -101,3 +101,13 @@ def test_auto_shards_are_resolved_only_where_shards_run():
     assert sync.with_shards_for(16, 1) is sync  # envs in-process: nothing to resolve
     with pytest.raises(ValueError, match="workers=0"):
         shards_per_worker(2, 0, 16)
+
+
+def test_an_actor_beside_busy_physics_processes_leaves_them_their_cores():
+    from dvla.placement import actor_threads
+
+    assert actor_threads(2, 2) == 1  # colocated on 2 cores with 2 env processes: no thread pool to spin
+    assert actor_threads(16, 4) == 12 and actor_threads(8, 0) == 8  # cores of its own: one thread each
+    assert actor_threads(1, 5) == 1
+    with pytest.raises(ValueError, match="busy_neighbours"):
+        actor_threads(2, -1)
