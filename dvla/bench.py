@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -140,10 +141,10 @@ def combine(rounds: list[list[dict]]) -> list[dict]:
     sync_first = rounds[0][0]["mode"] == "sync"
     for i in range(len(rounds[0])):
         runs = sorted((r[i] for r in rounds), key=lambda r: r["throughput"])
-        row = dict(runs[len(runs) // 2])
+        row = dict(runs[(len(runs) - 1) // 2])  # (of an even number, the lower of the middle two)
         if sync_first:
             ratios = [r[i]["throughput"] / r[0]["throughput"] for r in rounds]
-            row["speedup"] = sorted(ratios)[len(ratios) // 2]
+            row["speedup"] = statistics.median(ratios)
             row["speedup_runs"] = " / ".join(f"{x:.2f}" for x in ratios)
         rows.append(row)
     return rows
@@ -319,6 +320,11 @@ def run_bench(
                 flush=True,
             )
         rounds.append(runs)
+    if repeat > 1:  # every run, beside the table's median ones
+        with open(out / "bench-runs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rounds[0][0]))
+            w.writeheader()
+            w.writerows(r for runs in rounds for r in runs)
     write_outputs(combine(rounds) if repeat > 1 else rounds[0], out, note)
     if publish_check:
         p = measure_publish_overhead(base)

@@ -28,6 +28,13 @@ def test_bench_writes_table_csv_and_chart(tmp_path):
     assert [r["mode"] for r in rows] == ["sync", "swimlane"]
     assert all((out / f"{m}-{k}" / "metrics.jsonl").exists() for m in ("sync", "swimlane") for k in (1, 2))
     assert rows[0]["speedup_runs"] == "1.00 / 1.00" and rows[1]["speedup_runs"].count(" / ") == 1
+    runs = list(csv.DictReader(open(out / "bench-runs.csv")))
+    assert [(r["mode"], r["round"]) for r in runs] == [
+        ("sync", "1"),
+        ("swimlane", "1"),
+        ("sync", "2"),
+        ("swimlane", "2"),
+    ]
     for r in rows:
         assert float(r["throughput"]) > 0 and 0 < float(r["efficiency"]) < 5
         assert float(r["staleness_max"]) <= 1

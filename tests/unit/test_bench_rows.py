@@ -26,6 +26,9 @@ def test_each_mode_gets_its_median_run_and_the_median_of_its_ratios_within_round
     # across rounds the throughputs alone would say anything from 0.61x (430 / 700) to 1.95x (780 / 400)
 
 
-def test_without_sync_first_there_is_no_ratio():
+def test_two_rounds_give_the_mean_of_their_ratios_and_without_sync_first_there_is_no_ratio():
+    sync, swim = combine([[run("sync", 500.0, 1), run("swimlane", 685.0, 1)],
+                          [run("sync", 500.0, 2), run("swimlane", 505.0, 2)]])  # fmt: skip
+    assert swim["speedup"] == pytest.approx(1.19) and swim["throughput"] == 505.0  # the lower of the middle two
     rows = combine([[run("swimlane", 500.0, 1)], [run("swimlane", 600.0, 2)]])
-    assert "speedup" not in rows[0] and rows[0]["throughput"] == 600.0  # the upper of two: index len // 2
+    assert "speedup" not in rows[0] and rows[0]["throughput"] == 500.0
