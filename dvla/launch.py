@@ -266,12 +266,15 @@ class Launcher:
             flush=True,
         )
 
-    def _actor_argv(self, argv: tuple[str, ...]) -> tuple[str, ...]:
-        """An actor's arguments for a restart: --resume the run folder once it holds a checkpoint."""
+    def _actor_argv(self, argv: tuple[str, ...], slot: Slot | None = None) -> tuple[str, ...]:
+        """An actor's arguments for a restart: --resume the run folder once it holds a checkpoint, and the env
+        processes beside it where it is placed now (placement=auto may have moved it onto cores of its own)."""
         args = list(argv)
         if "--resume" in args:
             i = args.index("--resume")
             del args[i : i + 2]
+        if slot is not None and "--busy-neighbours" in args:
+            args[args.index("--busy-neighbours") + 1] = str(self._physics_beside(slot))
         if list_checkpoints(self.run_dir / CHECKPOINTS):
             args += ["--resume", str(self.run_dir)]
         elif self.resume is not None:
@@ -285,7 +288,7 @@ class Launcher:
                 continue
             del self._due[name]
             old = next(c for c in self.children if c.name == name)
-            argv = self._actor_argv(old.argv) if _is_actor(name) else old.argv
+            argv = self._actor_argv(old.argv, self.slot_of(name)) if _is_actor(name) else old.argv
             new = self.spawn(name, *argv, cores=old.cores, again=True)
             new.restarts, new.quick_deaths = old.restarts + 1, old.quick_deaths
             what = (
