@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+Cpu = tuple[float, dict[str, float]]  # (seconds on a monotonic clock, CPU seconds each stage has used so far)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -129,12 +131,12 @@ class AutoPlacer:
         self.cores, self.num_actors = cores, num_actors
         self.busy: dict[str, float] = {}  # cores each stage kept busy in the last window measured
         self.most: dict[str, float] = {}  # the candidates not run: the most they could reach, env steps/s
-        self._cpu_mark: dict[str, float] | None = None  # CPU seconds per stage where the window began
+        self._cpu_mark: Cpu | None = None  # the CPU snapshot where the window began (or the first in it)
 
-    def observe(
-        self, update: int, wall_s: float, env_steps: int, cpu: dict[str, float] | None = None
-    ) -> Decision | None:
-        """cpu: CPU seconds each stage ('rollout', 'actor') has used so far, if the caller measures them."""
+    def observe(self, update: int, wall_s: float, env_steps: int, cpu: Cpu | None = None) -> Decision | None:
+        """cpu: (seconds on the caller's monotonic clock, {stage: CPU seconds used so far}) for 'rollout' and
+        'actor', if the caller measures them. Cores busy are taken between two snapshots on that clock, so
+        a snapshot may come a little after its update (a caller that reads rows in batches)."""
         if self._skip > 0:
             self._skip -= 1
             if self._skip == 0:
@@ -143,6 +145,8 @@ class AutoPlacer:
         if self._mark is None:
             self._mark, self._cpu_mark = (update, wall_s, env_steps), cpu
             return None
+        if self._cpu_mark is None:  # none where the window began: from the first one in it
+            self._cpu_mark = cpu
         u0, t0, s0 = self._mark
         rate = (env_steps - s0) / max(wall_s - t0, 1e-9)
         if update - u0 < self.window and not self._clearly_slower(rate):
@@ -150,10 +154,11 @@ class AutoPlacer:
         self.rates[self.current] = rate
         self._measured = self.current
         self.busy = {}
-        if cpu is not None and self._cpu_mark is not None:
-            used = {k: cpu[k] - self._cpu_mark.get(k, 0.0) for k in cpu}
+        if cpu is not None and self._cpu_mark is not None and cpu[0] - self._cpu_mark[0] > 0:
+            (t1, now), (t0_cpu, then) = cpu, self._cpu_mark
+            used = {k: now[k] - then.get(k, 0.0) for k in now}
             if all(v >= 0 for v in used.values()):  # (a process that restarted counts from 0 again)
-                self.busy = {k: v / max(wall_s - t0, 1e-9) for k, v in used.items()}
+                self.busy = {k: v / (t1 - t0_cpu) for k, v in used.items()}
         self._mark, self._cpu_mark = (update, wall_s, env_steps), cpu
         cut = update - u0 < self.window
         d = self._after_window(update)

@@ -392,20 +392,20 @@ class MeasuredPlacement:
         finally:
             client.close()
 
-    def cpu_used(self) -> dict[str, float]:
-        """CPU seconds the rollouts (env shards included) and the actor ranks have used so far."""
+    def cpu_used(self) -> tuple[float, dict[str, float]]:
+        """(now, CPU seconds the rollouts (env shards included) and the actor ranks have used so far)."""
         running = [c for c in self.launcher.children if c.proc.poll() is None]
         actors = [c.proc.pid for c in running if _is_actor(c.name)]
         rollouts = [c.proc.pid for c in running if c.name.startswith("rollout")]
-        return {"rollout": tree_cpu_s(rollouts), "actor": tree_cpu_s(actors)}
+        return time.monotonic(), {"rollout": tree_cpu_s(rollouts), "actor": tree_cpu_s(actors)}
 
     def observe(self, rows: list[dict], client, say) -> None:
-        cpu = self.cpu_used() if rows else None  # now: what the newest row reports
-        for i, row in enumerate(rows):
+        cpu = self.cpu_used() if rows else None  # one snapshot for the rows read together (timed on its own)
+        for row in rows:
             if row["update"] <= self._last_update:  # an actor started again repeats updates: measure afresh
                 self.placer.restart_window()
             self._last_update = row["update"]
-            d = self.placer.observe(row["update"], row["wall_s"], row["env_steps"], cpu if i == len(rows) - 1 else None)
+            d = self.placer.observe(row["update"], row["wall_s"], row["env_steps"], cpu)
             if d is None:
                 continue
             if d.switch:

@@ -141,7 +141,7 @@ def drive_cpu(placer: AutoPlacer, speed, cost, updates: int, steps_per_update: i
         r, a = cost(u)
         cpu = {"rollout": cpu["rollout"] + r * steps_per_update, "actor": cpu["actor"] + a * steps_per_update}
         seen.append(placer.current)
-        placer.observe(u, wall, steps, dict(cpu))
+        placer.observe(u, wall, steps, (wall, dict(cpu)))
     return seen
 
 
@@ -219,3 +219,20 @@ def test_the_cpu_time_of_a_process_tree_counts_its_children():
         if child is not None:
             os.kill(child, 9)
         parent.wait()
+
+
+def test_cores_busy_come_from_the_snapshots_own_clock_even_when_rows_arrive_in_batches():
+    # rows read two at a time share one snapshot, taken after the second: busy stays the true 1.5 and 0.5
+    p = AutoPlacer(["colocated", "disaggregated"], window_updates=4, warmup_updates=1, cores=2, num_actors=1)
+    snap = None
+    for u in range(1, 12):
+        if u % 2 == 1:  # the launcher reads rows u and u + 1 together, at time u + 1.3
+            t = u + 1.3
+            snap = (t, {"rollout": 1.5 * t, "actor": 0.5 * t})
+        p.observe(u, float(u), 500 * u, snap)
+    assert p.busy == pytest.approx({"rollout": 1.5, "actor": 0.5})
+    # no snapshot where a window began: it starts from the first one inside it
+    q = AutoPlacer(["colocated", "disaggregated"], window_updates=4, warmup_updates=1, cores=2, num_actors=1)
+    for u in range(1, 12):
+        q.observe(u, float(u), 500 * u, None if u < 4 else (float(u), {"rollout": 1.8 * u, "actor": 0.2 * u}))
+    assert q.busy == pytest.approx({"rollout": 1.8, "actor": 0.2})
