@@ -397,7 +397,8 @@ class MeasuredPlacement:
         running = [c for c in self.launcher.children if c.proc.poll() is None]
         actors = [c.proc.pid for c in running if _is_actor(c.name)]
         rollouts = [c.proc.pid for c in running if c.name.startswith("rollout")]
-        return time.monotonic(), {"rollout": tree_cpu_s(rollouts), "actor": tree_cpu_s(actors)}
+        stats = _proc_stats()  # one pass over /proc for both stages
+        return time.monotonic(), {"rollout": tree_cpu_s(rollouts, stats), "actor": tree_cpu_s(actors, stats)}
 
     def observe(self, rows: list[dict], client, say) -> None:
         cpu = self.cpu_used() if rows else None  # one snapshot for the rows read together (timed on its own)
@@ -473,9 +474,9 @@ def process_tree(pid: int, stats: dict[int, tuple[int, float]] | None = None) ->
     return tree
 
 
-def tree_cpu_s(pids: list[int]) -> float:
+def tree_cpu_s(pids: list[int], stats: dict[int, tuple[int, float]] | None = None) -> float:
     """CPU seconds used so far by the processes `pids` and every process below them (those still running)."""
-    stats = _proc_stats()
+    stats = _proc_stats() if stats is None else stats
     tree = set().union(*(process_tree(p, stats) for p in pids)) if pids else set()
     return sum(stats[p][1] for p in tree if p in stats)
 
